@@ -1,0 +1,214 @@
+"""Volume readers for NIfTI, DICOM folders and ``.npz``, all into one array convention.
+
+Every reader returns the stored values reoriented to RAS+ and laid out ``(D, H, W)`` = (z, y, x):
+index 0 of D is inferior, H grows anterior, W grows toward the patient's right (nibabel's
+``as_closest_canonical`` followed by a transpose). Reorientation is done with axis flips and
+permutations only (views, no interpolation, no copy), so reading is as cheap as decompressing.
+
+Two layers:
+
+* :func:`read_volume_raw` keeps the stored dtype (usually int16) plus the rescale
+  (``hu = values * slope + intercept``); preprocessing resamples from it without ever holding a
+  full-resolution float copy (bounded memory for 512x512x1000 volumes).
+* :func:`load_volume` is the contract of ``docs/architecture.md``: float32 HU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RAD_CHESTCT_SPACING_MM = 0.8
+"""RAD-ChestCT stores isotropic 0.8 mm volumes; used for an ``.npz`` that carries no spacing."""
+
+
+class VolumeReadError(ValueError):
+    """A volume could not be read; the message starts with the file and states the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class Volume:
+    """A CT volume in HU on the RAS ``(D, H, W)`` grid.
+
+    Args:
+        hu: Hounsfield units. Shape: (D, H, W) float32.
+        spacing_zyx: voxel size in mm along (D, H, W).
+        affine: 4x4 voxel-to-RAS-mm matrix of the array as nibabel would write it (index order x, y, z,
+            i.e. the transpose of ``hu``'s axes).
+        source: where it came from (a path, or a derived id for DICOM).
+    """
+
+    hu: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    affine: np.ndarray
+    source: str
+
+
+@dataclass
+class RawVolume:
+    """Stored values before the HU rescale, already on the RAS ``(D, H, W)`` grid.
+
+    Args:
+        values: stored values (int16, uint16, float...), possibly a non-contiguous view.
+            Shape: (D, H, W).
+        spacing_zyx: voxel size in mm along (D, H, W).
+        affine: 4x4 voxel-to-RAS-mm matrix (x, y, z index order), as in :class:`Volume`.
+        source: where it came from.
+        slope, intercept: ``hu = values * slope + intercept``.
+    """
+
+    values: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    affine: np.ndarray
+    source: str
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def hu(self) -> np.ndarray:
+        """The values in HU. Shape: (D, H, W) float32 (a new contiguous array)."""
+        out = np.array(self.values, dtype=np.float32, order="C")
+        if self.slope != 1.0:
+            out *= np.float32(self.slope)
+        if self.intercept != 0.0:
+            out += np.float32(self.intercept)
+        return out
+
+    def to_volume(self) -> Volume:
+        return Volume(self.hu(), self.spacing_zyx, self.affine, self.source)
+
+
+def canonical_zyx(data_xyz: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient ``[x, y, z]``-indexed data with a RAS affine to RAS+ and transpose to (z, y, x).
+
+    Args:
+        data_xyz: array indexed (i, j, k) as NIfTI stores it. Shape: (I, J, K).
+        affine: 4x4 voxel (i, j, k) -> RAS mm.
+
+    Returns:
+        (view of the data shaped (D, H, W), affine of the canonical (x, y, z) array).
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(affine)
+    data = apply_orientation(data_xyz, ornt)
+    new_affine = affine @ inv_ornt_aff(ornt, data_xyz.shape)
+    return data.transpose(2, 1, 0), new_affine
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (sz, sy, sx) in mm of a canonical (x, y, z) affine."""
+    sx, sy, sz = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    # Headers store float32: round away the 1e-8 noise so spacings compare and print cleanly.
+    return round(float(sz), 6), round(float(sy), 6), round(float(sx), 6)
+
+
+def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeReadError(path, f"expected a 3D volume, got a {data.ndim}D array of shape {tuple(data.shape)}")
+    if min(data.shape) < 2:
+        raise VolumeReadError(path, f"expected a 3D volume, got a flat array of shape {tuple(data.shape)}")
+    return data
+
+
+def read_nifti_raw(path: str | Path) -> RawVolume:
+    """Read a NIfTI file (``.nii`` / ``.nii.gz``) without converting its stored dtype.
+
+    Raises:
+        VolumeReadError: missing file, truncated or corrupt gzip, not NIfTI, not 3D.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeReadError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj.get_unscaled())
+        slope, intercept = img.dataobj.slope, img.dataobj.inter
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        raise VolumeReadError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from err
+    except Exception as err:  # zlib.error and friends from a corrupt stream
+        raise VolumeReadError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from err
+    data = _squeeze_to_3d(data, path)
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
+    zyx, affine = canonical_zyx(data, img.affine)
+    return RawVolume(zyx, spacing_from_affine(affine), affine, str(path), slope, intercept)
+
+
+def read_npz_raw(path: str | Path, key: str = "ct", spacing_zyx: tuple[float, float, float] | None = None) -> RawVolume:
+    """Read an ``.npz`` volume (RAD-ChestCT: key ``ct``, HU, 0.8 mm isotropic, stored (z, y, x)).
+
+    The array is taken as already (D, H, W) RAS-ordered HU. Optional keys ``spacing_zyx`` (3,) and
+    ``affine`` (4, 4) override the RAD-ChestCT defaults; an explicit ``spacing_zyx`` argument wins.
+
+    Raises:
+        VolumeReadError: missing file, not a zip, missing key, not 3D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeReadError(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if key not in npz.files:
+                raise VolumeReadError(path, f"no array named {key!r} (found {sorted(npz.files)})")
+            data = npz[key]
+            stored_spacing = npz["spacing_zyx"] if "spacing_zyx" in npz.files else None
+    except VolumeReadError:
+        raise
+    except Exception as err:
+        raise VolumeReadError(path, f"unreadable .npz ({type(err).__name__}: {err})") from err
+    data = _squeeze_to_3d(data, path)
+    if spacing_zyx is None:
+        spacing_zyx = (
+            tuple(float(s) for s in stored_spacing) if stored_spacing is not None else (RAD_CHESTCT_SPACING_MM,) * 3
+        )
+    sz, sy, sx = spacing_zyx
+    affine = np.diag([sx, sy, sz, 1.0])
+    return RawVolume(data, (float(sz), float(sy), float(sx)), affine, str(path))
+
+
+def read_volume_raw(path: str | Path, series_uid: str | None = None) -> RawVolume:
+    """Read a NIfTI file, an ``.npz``, a DICOM file or a DICOM folder (one series) as stored values.
+
+    Args:
+        path: file or folder.
+        series_uid: for a DICOM folder with several series, which one.
+
+    Raises:
+        VolumeReadError: naming the file and the reason.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".dcm"):
+        from ctxray.data.dicom import read_dicom_raw
+
+        return read_dicom_raw(path, series_uid=series_uid)
+    if name.endswith((".nii", ".nii.gz")):
+        return read_nifti_raw(path)
+    if name.endswith(".npz"):
+        return read_npz_raw(path)
+    if not path.exists():
+        raise VolumeReadError(path, "file not found")
+    raise VolumeReadError(path, "unknown volume format (expected .nii, .nii.gz, .npz, .dcm or a DICOM folder)")
+
+
+def load_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a volume in HU on the RAS ``(D, H, W)`` grid (see module docstring).
+
+    Returns:
+        :class:`Volume` with ``hu`` Shape: (D, H, W) float32.
+    """
+    return read_volume_raw(path, series_uid=series_uid).to_volume()
