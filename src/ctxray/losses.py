@@ -106,6 +106,8 @@ class RobustContrastiveLoss(nn.Module):
     Args:
         correction: ``"none"`` (plain CLIP InfoNCE), ``"multi_positive"`` (equivalent reports are extra
             positives with equal weight) or ``"soft"`` (equivalent reports weighted by text similarity).
+        reduction: ``"mean"`` (scalar) or ``"none"``: per sample i, the mean of volume i's (v->t) and
+            report i's (t->v) cross-entropy terms, shape (B,).
 
     Call args:
         volume: (B, E) L2-normalised volume embeddings.
@@ -116,14 +118,18 @@ class RobustContrastiveLoss(nn.Module):
         text_sim: optional (B, B) report similarity in [-1, 1]; required for ``correction="soft"``.
 
     Returns:
-        Scalar: mean of the volume->text and text->volume soft cross-entropies.
+        Scalar (or (B,) with ``reduction="none"``): mean of the volume->text and text->volume soft
+        cross-entropies.
     """
 
-    def __init__(self, correction: Correction = "multi_positive") -> None:
+    def __init__(self, correction: Correction = "multi_positive", reduction: Literal["mean", "none"] = "mean") -> None:
         super().__init__()
         if correction not in ("none", "multi_positive", "soft"):
             raise ValueError(f"correction must be 'none', 'multi_positive' or 'soft'; got {correction!r}")
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
         self.correction = correction
+        self.reduction = reduction
 
     def forward(
         self,
@@ -142,13 +148,16 @@ class RobustContrastiveLoss(nn.Module):
         logits = logit_scale * volume @ text.T  # (B, B): volume i vs report j
         if self.correction == "none" or equivalent is None:
             labels = torch.arange(b, device=volume.device)
-            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        t_v2t = contrastive_targets(b, b, self.correction, equivalent, text_sim, volume.device)
-        sim_t = None if text_sim is None else text_sim.T
-        t_t2v = contrastive_targets(b, b, self.correction, equivalent.T, sim_t, volume.device)
-        loss_v2t = -(t_v2t.to(logits.dtype) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        loss_t2v = -(t_t2v.to(logits.dtype) * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-        return 0.5 * (loss_v2t + loss_t2v)
+            per_v2t = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+            per_t2v = F.cross_entropy(logits.T, labels, reduction="none")  # (B,)
+        else:
+            t_v2t = contrastive_targets(b, b, self.correction, equivalent, text_sim, volume.device)
+            sim_t = None if text_sim is None else text_sim.T
+            t_t2v = contrastive_targets(b, b, self.correction, equivalent.T, sim_t, volume.device)
+            per_v2t = -(t_v2t.to(logits.dtype) * F.log_softmax(logits, dim=1)).sum(dim=1)
+            per_t2v = -(t_t2v.to(logits.dtype) * F.log_softmax(logits.T, dim=1)).sum(dim=1)
+        per_sample = 0.5 * (per_v2t + per_t2v)
+        return per_sample if self.reduction == "none" else per_sample.mean()
 
 
 class PairwiseKDLoss(nn.Module):
@@ -174,8 +183,9 @@ class PairwiseKDLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape != teacher.shape or student.dim() != 2:
-            raise ValueError(f"student and teacher must both be (B, Dt); got {tuple(student.shape)}, "
-                             f"{tuple(teacher.shape)}")
+            raise ValueError(
+                f"student and teacher must both be (B, Dt); got {tuple(student.shape)}, {tuple(teacher.shape)}"
+            )
         s = F.normalize(student, dim=1)
         t = F.normalize(teacher.detach().to(student.dtype), dim=1)
         if self.kind == "cosine":
@@ -217,8 +227,9 @@ class RelationKDLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
-            raise ValueError(f"student and teacher must be (B, D) with equal B; got {tuple(student.shape)}, "
-                             f"{tuple(teacher.shape)}")
+            raise ValueError(
+                f"student and teacher must be (B, D) with equal B; got {tuple(student.shape)}, {tuple(teacher.shape)}"
+            )
         if student.shape[0] < 2:
             return student.sum() * 0.0
         log_p_s = _offdiag_log_probs(student, self.tau)
@@ -238,8 +249,9 @@ class MaskedLMLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-            raise ValueError(f"logits must be (B, L, V) and labels (B, L); got {tuple(logits.shape)}, "
-                             f"{tuple(labels.shape)}")
+            raise ValueError(
+                f"logits must be (B, L, V) and labels (B, L); got {tuple(logits.shape)}, {tuple(labels.shape)}"
+            )
         if not (labels != -100).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
