@@ -1,0 +1,30 @@
+"""``ctxray predict``: run a model folder on scans (findings, report, embedding, heatmaps, HTML)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder (ctxray export --out MODEL_DIR)")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="NIfTI/.npz files, DICOM folders, or folders of scans")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per scan)")
+    parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive",
+                        help="relevance maps for positive findings (default), every label, or none")
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    parser.add_argument("--max-voxels", type=int, default=4_000_000,
+                        help="voxel budget of the volume embedded in the HTML report")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any scan failed")
+
+
+def run(args: argparse.Namespace) -> int:
+    import ctxray
+    from ctxray.inference.predict import predict
+
+    model = ctxray.load(args.model)
+    results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
+                      max_voxels=args.max_voxels)
+    failed = [r for r in results if r.status == "error"]
+    print(f"{len(results) - len(failed)} scan(s) ok, {len(failed)} failed; results in {args.out}")
+    return 1 if (failed and args.strict) else 0

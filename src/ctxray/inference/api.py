@@ -1,0 +1,270 @@
+"""The Python API on an exported model folder: ``model = ctxray.load(MODEL_DIR)``.
+
+``load`` checks every file against ``manifest.json`` (SHA-256) before reading anything, so a
+missing or altered file fails with an error naming it, and it never unpickles: weights are
+safetensors, the rest JSON or text. Inputs to every method are a NIfTI path, a DICOM folder, an
+``.npz``, a ``ctxray.data.readers.Volume``, or a HU array ``(D, H, W)`` on the RAS grid with its
+``spacing=(sz, sy, sx)`` in mm. Each volume is preprocessed with the spec the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctxray.inference.export import DECODER_DIR, ENCODER_DIR, FORMAT_VERSION, MANIFEST
+from ctxray.utils.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class ModelFolderError(ValueError):
+    """A model folder is incomplete or altered; the message names the file and the reason."""
+
+
+class NoDecoderError(RuntimeError):
+    """The model folder has no report decoder."""
+
+
+@dataclass
+class Finding:
+    """One label's zero-shot result (``decision`` is ``probability >= threshold``)."""
+
+    label: str
+    probability: float
+    threshold: float
+    decision: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
+    """Check every file listed in ``manifest.json`` exists and has its recorded SHA-256.
+
+    Returns:
+        relative path -> sha256 of the verified files.
+
+    Raises:
+        ModelFolderError: naming the first missing or altered file.
+    """
+    root = Path(model_dir)
+    manifest = root / MANIFEST
+    if not root.is_dir():
+        raise ModelFolderError(f"{root}: model folder not found")
+    try:
+        data = json.loads(manifest.read_text())
+        files = data["files"]
+    except FileNotFoundError:
+        raise ModelFolderError(f"{manifest}: missing; not a model folder written by ctxray export") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ModelFolderError(f"{manifest}: unreadable manifest: {err}") from err
+    if data.get("format") != FORMAT_VERSION:
+        raise ModelFolderError(f"{manifest}: format {data.get('format')} is not the supported {FORMAT_VERSION}")
+    for rel, digest in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: missing (listed in {MANIFEST})")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelFolderError(f"{path}: altered (sha256 {actual[:12]}... != {digest[:12]}... in {MANIFEST})")
+    return dict(files)
+
+
+class CTModel:
+    """A loaded model folder: embeddings, zero-shot findings, reports and relevance maps.
+
+    Build it with :func:`load`. Attributes: ``labels`` (names in order), ``thresholds``, ``spec``,
+    ``card`` (the model card text), ``info`` (``model.json``), ``model`` (the ``DualEncoder``).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: Any, label_set: Any,
+                 thresholds: dict[str, float], card: str = "", info: dict | None = None,
+                 decoder_dir: Path | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.label_set = label_set
+        self.labels: list[str] = list(label_set.names)
+        self.thresholds = {n: float(thresholds.get(n, 0.5)) for n in self.labels}
+        self.card = card
+        self.info = info or {}
+        self.decoder_dir = decoder_dir
+        self._prompts: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._generator: Any = None
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def read(self, volume: Any, spacing: tuple[float, float, float] | None = None):
+        """The input as a ``ctxray.data.readers.Volume`` (HU, spacing, affine, source).
+
+        Raises:
+            ValueError: an array without ``spacing``, or of the wrong rank.
+            ctxray.data.readers.VolumeReadError: a file or folder that cannot be read (names it).
+        """
+        from ctxray.data.readers import Volume, load_volume
+
+        if isinstance(volume, Volume):
+            return volume
+        if isinstance(volume, str | Path):
+            return load_volume(volume)
+        arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        if arr.ndim != 3:
+            raise ValueError(f"a volume array must be (D, H, W) HU on the RAS grid, got shape {arr.shape}")
+        if spacing is None:
+            raise ValueError("an array input needs its spacing=(sz, sy, sx) in mm")
+        sp = tuple(float(s) for s in spacing)
+        affine = np.diag([sp[2], sp[1], sp[0], 1.0])
+        return Volume(arr.astype(np.float32, copy=False), sp, affine, "array")
+
+    def preprocess(self, volume: Any, spacing: tuple[float, float, float] | None = None) -> torch.Tensor:
+        """The model input for one volume, preprocessed exactly as in training.
+
+        Shape:
+            output: (1, 1, D, H, W) float32 in [0, 1] (``spec.shape_zyx``)
+        """
+        vol = self.read(volume, spacing)
+        x = self.spec.apply(vol.hu, vol.spacing_zyx)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+
+    # ---- embeddings and zero-shot ------------------------------------------------------------
+    def _embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.encode_volume(x).float()
+
+    def embed_volume(self, volume: Any, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """L2-normalised volume embedding.
+
+        Shape:
+            output: (E,) float32
+        """
+        return self._embed_input(self.preprocess(volume, spacing))[0].numpy()
+
+    def embed_text(self, texts: str | list[str]) -> np.ndarray:
+        """L2-normalised report embeddings.
+
+        Shape:
+            output: (N, E) float32
+        """
+        from ctxray.evaluate.zeroshot import encode_texts
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return encode_texts(self.model, self.tokenizer, texts).numpy()
+
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative prompt-ensemble embeddings (computed once). Shape: (L, E) each."""
+        if self._prompts is None:
+            from ctxray.evaluate.zeroshot import prompt_embeddings
+
+            self._prompts = prompt_embeddings(self.model, self.tokenizer, self.label_set)
+        return self._prompts
+
+    def _label_rows(self, labels: list[str] | None) -> list[int]:
+        names = self.labels if labels is None else list(labels)
+        unknown = [n for n in names if n not in self.labels]
+        if unknown:
+            raise KeyError(f"unknown label(s) {unknown}; this model knows {self.labels}")
+        return [self.labels.index(n) for n in names]
+
+    def findings_from_embedding(self, emb: torch.Tensor | np.ndarray, labels: list[str] | None = None) -> list[Finding]:
+        """Zero-shot findings for an embedding already computed (see :meth:`zero_shot`)."""
+        from ctxray.evaluate.zeroshot import zero_shot_probs
+
+        pos, neg = self.prompt_embeddings()
+        v = torch.as_tensor(np.asarray(emb, dtype=np.float32)).reshape(1, -1)
+        probs = zero_shot_probs(v, pos, neg, self.model.scale())[0]
+        out = []
+        for i in self._label_rows(labels):
+            name, p = self.labels[i], float(probs[i])
+            out.append(Finding(name, p, self.thresholds[name], p >= self.thresholds[name]))
+        return out
+
+    def zero_shot(self, volume: Any, labels: list[str] | None = None,
+                  spacing: tuple[float, float, float] | None = None) -> list[Finding]:
+        """Per-label probability and decision.
+
+        Args:
+            volume: a path, a ``Volume`` or a HU array (with ``spacing``).
+            labels: a subset of ``self.labels`` (None: all, in the model's order).
+
+        Returns:
+            One :class:`Finding` per label.
+        """
+        return self.findings_from_embedding(self.embed_volume(volume, spacing), labels)
+
+    # ---- report and heatmaps -----------------------------------------------------------------
+    def generate_report(self, volume: Any, spacing: tuple[float, float, float] | None = None) -> str:
+        """The generated report (Findings + Impression) for a volume.
+
+        Raises:
+            NoDecoderError: the model folder has no report decoder (export it with ``--decoder``).
+        """
+        return self.generate_from_input(self.preprocess(volume, spacing))
+
+    def generate_from_input(self, x: torch.Tensor) -> str:
+        """Generated report for a preprocessed input. Shape: x (1, 1, D, H, W)."""
+        if self.decoder_dir is None:
+            raise NoDecoderError("this model folder has no report decoder; export the run with "
+                                 "`ctxray export --decoder G` to include one")
+        if self._generator is None:
+            from ctxray.inference.report import load_generator
+
+            self._generator = load_generator(self.decoder_dir, self.model)
+        return self._generator(x)
+
+    def explain(self, volume: Any, label: str, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """A relevance map for ``label`` aligned with the input volume (see ``ctxray.inference.heatmap``).
+
+        Returns:
+            Values in [0, 1] on the input's voxel grid. Shape: (D, H, W) of the input volume.
+        """
+        vol = self.read(volume, spacing)
+        x = torch.from_numpy(np.ascontiguousarray(self.spec.apply(vol.hu, vol.spacing_zyx)))[None, None]
+        return self.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)[0]
+
+    def explain_input(self, x: torch.Tensor, label: str, shape: tuple[int, ...],
+                      spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, str]:
+        """Relevance map of a preprocessed input, mapped onto the original grid; also the method."""
+        from ctxray.inference.heatmap import gradcam
+
+        (i,) = self._label_rows([label])
+        pos, neg = self.prompt_embeddings()
+        rel = gradcam(self.model, x, pos[i] - neg[i])
+        mapped = self.spec.invert(rel.map, tuple(shape), tuple(spacing_zyx))
+        top = float(mapped.max())
+        return (mapped / top if top > 0 else mapped).astype(np.float32), rel.method
+
+    def __repr__(self) -> str:
+        return (f"CTModel(encoder={self.info.get('encoder')!r}, labels={len(self.labels)}, "
+                f"input={tuple(self.spec.shape_zyx)}, decoder={self.decoder_dir is not None})")
+
+
+def load(model_dir: str | Path, map_location: str = "cpu") -> CTModel:
+    """Load a model folder written by ``ctxray export``.
+
+    Args:
+        model_dir: the folder.
+        map_location: device for the weights.
+
+    Raises:
+        ModelFolderError: a missing or altered file (named), or a folder that is not a model folder.
+    """
+    from ctxray.data.spec import PreprocessSpec
+    from ctxray.labels import load_labels
+    from ctxray.train.checkpoint import load_model
+
+    root = Path(model_dir)
+    verify_model_dir(root)
+    model, tokenizer, _config = load_model(root / ENCODER_DIR, map_location=map_location)
+    spec = PreprocessSpec.load(root / "spec.json")
+    label_set = load_labels(str((root / "labels.json").resolve()))
+    thresholds = json.loads((root / "thresholds.json").read_text())["thresholds"]
+    info = json.loads((root / "model.json").read_text())
+    card = (root / "MODEL_CARD.md").read_text()
+    decoder = root / DECODER_DIR if (root / DECODER_DIR).is_dir() else None
+    return CTModel(model, tokenizer, spec, label_set, thresholds, card=card, info=info, decoder_dir=decoder)

@@ -1,0 +1,100 @@
+"""The model card written into every exported model folder (``MODEL_CARD.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+INTENDED_USE = (
+    "Research on chest-CT representation learning: zero-shot finding classification, report-volume "
+    "retrieval, report generation and relevance maps on chest CT volumes, for comparing methods and for "
+    "building on. Not for clinical use."
+)
+
+
+def _numbers(data: Any, prefix: str = "", depth: int = 2) -> list[tuple[str, float]]:
+    """Scalar numbers of a metrics document up to ``depth`` levels (dotted keys)."""
+    out: list[tuple[str, float]] = []
+    if not isinstance(data, dict) or depth < 0:
+        return out
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out.append((name, float(value)))
+        elif isinstance(value, dict):
+            out.extend(_numbers(value, name + ".", depth - 1))
+    return out
+
+
+def _training_data(config: Any) -> list[str]:
+    data = getattr(config, "data", None)
+    cache = getattr(data, "cache", "") if data is not None else ""
+    lines = [f"- Preprocess cache: `{cache or 'unknown'}`"]
+    manifest = Path(cache) / "manifest.jsonl" if cache else None
+    if manifest is not None and manifest.is_file():
+        splits: dict[str, int] = {}
+        sources: set[str] = set()
+        for line in manifest.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                splits[str(row.get("split"))] = splits.get(str(row.get("split")), 0) + 1
+                sources.add(str(row.get("preset", "")))
+        lines.append("- Volumes per split: " + ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
+    if data is not None:
+        lines.append(f"- Training split `{getattr(data, 'train_split', '?')}`, validation split "
+                     f"`{getattr(data, 'val_split', '?')}`, retrieval targets `{getattr(data, 'retrieval', None)}`")
+    loss = getattr(config, "loss", None)
+    if loss is not None:
+        terms = {k: getattr(loss, k) for k in ("roco", "pkd", "srkd", "mlm") if hasattr(loss, k)}
+        lines.append("- Loss weights: " + ", ".join(f"{k} {v:g}" for k, v in terms.items()))
+    return lines
+
+
+def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float], threshold_note: str,
+               ckpt_metrics: dict | None, eval_metrics: dict | None, limits: str) -> str:
+    """The Markdown text of the model card.
+
+    Args:
+        info: ``model.json`` content.
+        config: the run's ``TrainConfig``.
+        spec: the preprocessing spec as a dict.
+        thresholds: decision threshold per label; ``threshold_note`` says where they come from.
+        ckpt_metrics: the checkpoint's validation metrics (training-time), or None.
+        eval_metrics: the evaluation's ``metrics.json``, or None.
+        limits: the limits section.
+    """
+    lines = [f"# ctxray model card ({info['encoder']}, exported {info['created']})", "",
+             "## Model", "",
+             f"- Volume encoder `{info['encoder']}` on input (D, H, W) = {tuple(info['input_shape'])}; shared "
+             f"embedding width {info['embed_dim']}; report decoder: {'yes' if info['has_decoder'] else 'no'}.",
+             f"- Method: BIUD-style CT-report contrastive training with X-ray expert distillation (ctxray "
+             f"{info['ctxray_version']}, code {info.get('code_version', {}).get('git', 'unknown')[:12]}).",
+             f"- Preprocessing: spec `{spec.get('name')}`: spacing (z, y, x) {spec.get('spacing_zyx')} mm, shape "
+             f"{spec.get('shape_zyx')}, HU window [{spec.get('hu_min')}, {spec.get('hu_max')}], fit "
+             f"`{spec.get('fit', 'crop_pad')}`; the same spec is applied at inference.",
+             "", "## Data", "", *_training_data(config), "", "## Metrics", ""]
+    if eval_metrics:
+        lines.append("Evaluation (`metrics.json` given to `ctxray export`):")
+        lines += [f"- {k}: {v:.4g}" for k, v in _numbers(eval_metrics)[:40]]
+    else:
+        lines.append("No evaluation metrics were given to `ctxray export`.")
+    if ckpt_metrics:
+        lines += ["", "Validation during training (the checkpoint's `metrics.json`):"]
+        lines += [f"- {k}: {v:.4g}" for k, v in _numbers(ckpt_metrics)[:20]]
+    lines += ["", "## Decision thresholds", "", f"Source: {threshold_note}.", "",
+              "| label | threshold |", "|---|---:|"]
+    lines += [f"| {name} | {t:.4f} |" for name, t in thresholds.items()]
+    lines += ["", "## Intended use", "", INTENDED_USE, "", "## Limits", "", limits, ""]
+    return "\n".join(lines)
+
+
+def limits_section(card_text: str) -> str:
+    """The text under ``## Limits`` of a model card (the whole card if it has no such section)."""
+    marker = "## Limits"
+    if marker not in card_text:
+        return card_text.strip()
+    rest = card_text.split(marker, 1)[1]
+    return rest.split("\n## ", 1)[0].strip()

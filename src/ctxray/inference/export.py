@@ -1,0 +1,227 @@
+"""``ctxray export``: a training run -> a self-describing model folder that ``ctxray.load`` reads.
+
+Layout of ``MODEL_DIR`` (every file listed with its SHA-256 in ``manifest.json``)::
+
+    model.json          format version, software version, source run, embedding width, heatmap method
+    encoder/            the checkpoint as training wrote it: model.safetensors, config.json
+                        (the TrainConfig), tokenizer/
+    spec.json           the preprocessing spec of the cache the model was trained on
+    labels.json         the label set (names, prompt templates, phrases)
+    prompts.json        the filled-in positive / negative prompts per label
+    thresholds.json     decision threshold per label and where it came from
+    MODEL_CARD.md       data, metrics, intended use, limits
+    decoder/            optional: the report generator folder (``ctxray generate``)
+    manifest.json       {"format": 1, "files": {relative path: sha256}}
+
+Nothing in it is pickled: tensors are safetensors, everything else JSON or text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ctxray.labels import LabelSet, load_labels
+from ctxray.utils.io import atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_DIR, DECODER_DIR = "encoder", "decoder"
+DEFAULT_THRESHOLD = 0.5
+LIMITS = (
+    "Research use only; not a medical device. Not validated for diagnosis, triage or treatment decisions.\n"
+    "- Zero-shot probabilities come from prompt similarity; they are not calibrated risks.\n"
+    "- Trained on the data named above only; scanners, protocols, populations and report styles it did not "
+    "see may degrade it without warning. A model trained on the synthetic world knows nothing about real "
+    "anatomy.\n"
+    "- Labels for training and evaluation may be text-mined from reports (CT-RATE's are predicted by a "
+    "text classifier), so the metrics inherit their errors.\n"
+    "- Heatmaps show where the model's score is sensitive, not where a lesion is; check them against the "
+    "image.\n"
+    "- Generated reports can state findings that are absent and omit findings that are present."
+)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_thresholds(metrics_path: str | Path | None, names: list[str]) -> tuple[dict[str, float], str]:
+    """Decision thresholds per label from an evaluation's ``metrics.json``.
+
+    Accepted layouts: ``{"thresholds": {label: t}}`` at the top level or under a section (e.g.
+    ``"zero_shot"``), or ``{"per_label": {label: {"threshold": t}}}`` / a list of rows with ``label``
+    and ``threshold``. Labels the file lacks get ``DEFAULT_THRESHOLD``.
+
+    Returns:
+        (label -> threshold, a sentence on their source).
+
+    Raises:
+        ValueError: if the file cannot be read or holds no threshold for any of ``names``.
+    """
+    if metrics_path is None:
+        return {n: DEFAULT_THRESHOLD for n in names}, (
+            f"default {DEFAULT_THRESHOLD} for every label (no validation metrics were given to ctxray export)")
+    path = Path(metrics_path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read evaluation metrics: {err}") from err
+    found = _find_thresholds(data, set(names))
+    if not found:
+        raise ValueError(f"{path}: no per-label thresholds found (expected a 'thresholds' mapping or per-label "
+                         f"rows with 'threshold')")
+    missing = [n for n in names if n not in found]
+    out = {n: float(found.get(n, DEFAULT_THRESHOLD)) for n in names}
+    note = f"chosen on validation, read from {path.name}"
+    if missing:
+        note += f"; default {DEFAULT_THRESHOLD} for {len(missing)} label(s) without one: {', '.join(missing)}"
+    return out, note
+
+
+def _find_thresholds(node: Any, names: set[str]) -> dict[str, float]:
+    """Depth-first search for the first label -> threshold mapping in a metrics document."""
+    if isinstance(node, dict):
+        th = node.get("thresholds")
+        if isinstance(th, dict) and names & set(th) and all(isinstance(v, int | float) for v in th.values()):
+            return {k: float(v) for k, v in th.items() if k in names}
+        rows = {k: v for k, v in node.items() if k in names and isinstance(v, dict) and "threshold" in v}
+        if rows:
+            return {k: float(v["threshold"]) for k, v in rows.items()}
+        for value in node.values():
+            hit = _find_thresholds(value, names)
+            if hit:
+                return hit
+    elif isinstance(node, list):
+        rows = {r.get("label", r.get("name")): r["threshold"] for r in node
+                if isinstance(r, dict) and "threshold" in r and r.get("label", r.get("name")) in names}
+        if rows:
+            return {k: float(v) for k, v in rows.items()}
+        for value in node:
+            hit = _find_thresholds(value, names)
+            if hit:
+                return hit
+    return {}
+
+
+def _label_set(config: Any) -> tuple[LabelSet, str]:
+    """The run's label set and its JSON text (the packaged one unless the config names a file)."""
+    path = getattr(getattr(config, "data", None), "labels", None) or getattr(config, "labels", None)
+    if path:
+        return load_labels(str(path)), Path(path).read_text()
+    from importlib import resources
+
+    return load_labels(), resources.files("ctxray").joinpath("resources/labels.json").read_text()
+
+
+def _spec_path(config: Any, spec: str | Path | None) -> Path:
+    if spec is not None:
+        p = Path(spec)
+    else:
+        cache = getattr(getattr(config, "data", None), "cache", "") or ""
+        if not cache:
+            raise ValueError("the run's config names no cache (data.cache); pass --spec SPEC.json")
+        p = Path(cache) / "spec.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: preprocessing spec not found (the training cache moved? pass --spec)")
+    return p
+
+
+def _copy_checkpoint(ckpt: Path, dest: Path) -> None:
+    """Copy what a model needs from a checkpoint folder (never the optimiser state)."""
+    dest.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(ckpt / name, dest / name)
+    shutil.copytree(ckpt / "tokenizer", dest / "tokenizer")
+
+
+def write_manifest(model_dir: Path) -> dict[str, str]:
+    """Hash every file under ``model_dir`` (except the manifest) into ``manifest.json``."""
+    files = {p.relative_to(model_dir).as_posix(): sha256_file(p)
+             for p in sorted(model_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    _write_json(model_dir / MANIFEST, {"format": FORMAT_VERSION, "files": files})
+    return files
+
+
+def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = None,
+                 metrics: str | Path | None = None, spec: str | Path | None = None,
+                 prefer: str = "best", overwrite: bool = False) -> Path:
+    """Write a model folder from a training run.
+
+    Args:
+        run: a run folder (``ctxray train --out RUN``) or one of its checkpoint folders.
+        out: the model folder to create.
+        decoder: a report-generator folder to include (``ctxray generate``), or None.
+        metrics: an evaluation's ``metrics.json`` holding per-label thresholds chosen on validation.
+        spec: the preprocessing spec file; by default ``spec.json`` of the run's cache.
+        prefer: ``best`` or ``last`` checkpoint of a run folder.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The model folder.
+    """
+    from ctxray.train.checkpoint import load_model, resolve_checkpoint
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty (use --overwrite)")
+        shutil.rmtree(out)
+    ckpt = resolve_checkpoint(run, prefer)
+    model, _tokenizer, config = load_model(ckpt)  # proves the checkpoint loads before we write anything
+    label_set, labels_text = _label_set(config)
+    spec_file = _spec_path(config, spec)
+    thresholds, threshold_note = read_thresholds(metrics, label_set.names)
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_checkpoint(ckpt, out / ENCODER_DIR)
+    shutil.copy2(spec_file, out / "spec.json")
+    atomic_write_text(out / "labels.json", labels_text)
+    prompts = {n: dict(zip(("positive", "negative"), label_set.prompts(n))) for n in label_set.names}
+    _write_json(out / "prompts.json", prompts)
+    _write_json(out / "thresholds.json", {"rule": "positive when probability >= threshold",
+                                          "source": threshold_note, "thresholds": thresholds})
+    if decoder is not None:
+        if not Path(decoder).is_dir():
+            raise FileNotFoundError(f"{decoder}: report decoder folder not found")
+        shutil.copytree(decoder, out / DECODER_DIR)
+    from ctxray.inference.card import model_card
+
+    ckpt_metrics = _read_json_or_none(ckpt / "metrics.json")
+    eval_metrics = _read_json_or_none(Path(metrics)) if metrics else None
+    info = {
+        "format": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "ctxray_version": _version(),
+        "source_checkpoint": str(ckpt.resolve()),
+        "embed_dim": int(model.cfg.embed_dim),
+        "encoder": model.cfg.encoder,
+        "input_shape": list(json.loads(spec_file.read_text())["shape_zyx"]),
+        "has_decoder": decoder is not None,
+        "code_version": dict(getattr(config, "code_version", {}) or {}),
+    }
+    _write_json(out / "model.json", info)
+    card = model_card(info, config, json.loads(spec_file.read_text()), thresholds, threshold_note,
+                      ckpt_metrics, eval_metrics, LIMITS)
+    atomic_write_text(out / "MODEL_CARD.md", card)
+    files = write_manifest(out)
+    log.info("exported %s -> %s (%d files)", ckpt, out, len(files))
+    return out
+
+
+def _read_json_or_none(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _version() -> str:
+    import ctxray
+
+    return ctxray.__version__

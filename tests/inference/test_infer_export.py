@@ -1,0 +1,135 @@
+"""Model folder: export -> load gives the training checkpoint's outputs; integrity; no unpickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from infer_helpers import synthetic_ct
+
+import ctxray
+from ctxray.inference.api import ModelFolderError, NoDecoderError
+from ctxray.inference.export import export_model, read_thresholds
+
+
+def _reference_probs(run, hu, spacing):
+    """Zero-shot probabilities straight from the training checkpoint, without the inference package."""
+    from ctxray.data.spec import PreprocessSpec
+    from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
+    from ctxray.labels import load_labels
+    from ctxray.train.checkpoint import load_model
+
+    model, tok, cfg = load_model(run)
+    spec = PreprocessSpec.load(f"{cfg.data.cache}/spec.json")
+    x = torch.from_numpy(spec.apply(hu.copy(), spacing))[None, None]
+    with torch.no_grad():
+        emb = model.encode_volume(x)
+    pos, neg = prompt_embeddings(model, tok, load_labels())
+    return zero_shot_probs(emb, pos, neg, model.scale())[0].numpy(), emb[0].numpy()
+
+
+def test_export_load_gives_identical_zero_shot(tiny_run, tiny_model_dir, tiny_metrics):
+    hu, spacing = synthetic_ct(), (9.0, 8.0, 8.0)
+    ref_probs, ref_emb = _reference_probs(tiny_run, hu, spacing)
+    model = ctxray.load(tiny_model_dir)
+    findings = model.zero_shot(hu, spacing=spacing)
+    assert [f.label for f in findings] == model.labels
+    np.testing.assert_array_equal(np.array([f.probability for f in findings], np.float32), ref_probs)
+    np.testing.assert_array_equal(model.embed_volume(hu, spacing=spacing), ref_emb)
+    thresholds = json.loads(tiny_metrics.read_text())["zero_shot"]["thresholds"]
+    for f in findings:
+        assert f.threshold == pytest.approx(thresholds[f.label])
+        assert f.decision == (f.probability >= f.threshold)
+    subset = model.zero_shot(hu, labels=["Emphysema", "Cardiomegaly"], spacing=spacing)
+    assert [f.label for f in subset] == ["Emphysema", "Cardiomegaly"]
+    assert subset[0].probability == findings[model.labels.index("Emphysema")].probability
+    with pytest.raises(KeyError, match="Not a label"):
+        model.zero_shot(hu, labels=["Not a label"], spacing=spacing)
+
+
+def test_embed_text_matches_checkpoint(tiny_run, tiny_model_dir):
+    from ctxray.evaluate.zeroshot import encode_texts
+    from ctxray.train.checkpoint import load_model
+
+    m, tok, _ = load_model(tiny_run)
+    texts = ["There is a lung nodule.", "No pleural effusion."]
+    got = ctxray.load(tiny_model_dir).embed_text(texts)
+    np.testing.assert_array_equal(got, encode_texts(m, tok, texts).numpy())
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_model_folder_contents(tiny_model_dir):
+    files = json.loads((tiny_model_dir / "manifest.json").read_text())["files"]
+    for name in ("encoder/model.safetensors", "encoder/config.json", "spec.json", "labels.json", "prompts.json",
+                 "thresholds.json", "MODEL_CARD.md", "model.json"):
+        assert name in files, name
+    assert not any("state" in f for f in files), "optimiser state must not be exported"
+    card = (tiny_model_dir / "MODEL_CARD.md").read_text()
+    assert "not a medical device" in card and "## Intended use" in card and "## Data" in card
+    assert "macro_auc" in card  # evaluation metrics reach the card
+    prompts = json.loads((tiny_model_dir / "prompts.json").read_text())
+    assert prompts["Emphysema"]["positive"] and prompts["Emphysema"]["negative"]
+
+
+def test_default_thresholds_are_stated(tiny_run, tmp_path):
+    out = export_model(tiny_run, tmp_path / "m")
+    th = json.loads((out / "thresholds.json").read_text())
+    assert set(th["thresholds"].values()) == {0.5} and "default 0.5" in th["source"]
+    assert "default 0.5" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(FileExistsError):
+        export_model(tiny_run, out)
+
+
+def test_read_thresholds_layouts(tmp_path):
+    names = ["A", "B"]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"per_label": [{"label": "A", "threshold": 0.2}]}))
+    th, note = read_thresholds(p, names)
+    assert th == {"A": 0.2, "B": 0.5} and "B" in note
+    p.write_text(json.dumps({"macro_auc": 0.7}))
+    with pytest.raises(ValueError, match="no per-label thresholds"):
+        read_thresholds(p, names)
+
+
+@pytest.mark.parametrize("victim", ["encoder/model.safetensors", "spec.json", "thresholds.json"])
+def test_missing_or_altered_file_fails_naming_it(tiny_model_dir, tmp_path, victim):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / victim).unlink()
+    with pytest.raises(ModelFolderError, match=f"{victim}: missing"):
+        ctxray.load(broken)
+    shutil.copy2(tiny_model_dir / victim, broken / victim)
+    data = bytearray((broken / victim).read_bytes())
+    data[len(data) // 2] ^= 0x01  # flip one bit
+    (broken / victim).write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match=f"{victim}: altered"):
+        ctxray.load(broken)
+
+
+def test_load_never_unpickles(tiny_model_dir, monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model = ctxray.load(tiny_model_dir)
+    assert len(model.labels) == 18
+
+
+def test_no_decoder_is_stated(tiny_model_dir):
+    model = ctxray.load(tiny_model_dir)
+    with pytest.raises(NoDecoderError, match="--decoder"):
+        model.generate_report(synthetic_ct(), spacing=(9.0, 8.0, 8.0))
+
+
+def test_array_input_needs_spacing(tiny_model_dir):
+    model = ctxray.load(tiny_model_dir)
+    with pytest.raises(ValueError, match="spacing"):
+        model.embed_volume(synthetic_ct())
+    with pytest.raises(ValueError, match=r"\(D, H, W\)"):
+        model.embed_volume(np.zeros((4, 4)), spacing=(1, 1, 1))
