@@ -1,0 +1,350 @@
+"""Language-guided retrieval: for each CT report, the X-rays whose reports the expert reads most alike.
+
+For CT report ``r_i`` the match is ``argmax_k cos(T_txt(r_i), T_txt(r_k))`` over the gallery's
+reports; the matched X-rays' teacher *image* embeddings (top-1 and the mean of the top-k, each
+L2-normalised) become the distillation targets, cached once so training never runs the teacher.
+
+Search is exact (blocked matrix products with a running top-k: memory bounded by ``block_elems``
+floats whatever the sizes) or approximate (FAISS IVF-Flat, inner product; its recall against exact is
+measured in tests and ``bench/bench_retrieval.py``). Pairing modes: ``text`` (the method), ``random``
+(seeded control) and ``label_oracle`` (gallery items ranked by Jaccard agreement of X-ray-visible
+labels, ties broken at random: the ceiling for label agreement).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Pairing = Literal["text", "random", "label_oracle"]
+IndexKind = Literal["exact", "faiss"]
+_ID_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy")
+
+
+def canonical_id(name: str) -> str:
+    """A CT id without its file suffix: ``train_1_a_1.nii.gz`` -> ``train_1_a_1`` (manifest ids are unchanged)."""
+    for suffix in _ID_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# -- search ---------------------------------------------------------------------------------------
+def exact_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int,
+               block_elems: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k inner products by blocked matrix products with a running top-k.
+
+    Args:
+        queries, gallery: float32 rows (normalise them first for cosine similarity).
+        k: neighbours per query (capped at the gallery size).
+        block_elems: most similarity entries held at once (default 2**25 floats = 128 MiB).
+
+    Returns:
+        (scores, indices), best first.
+
+    Shape:
+        queries (Q, D), gallery (N, D) -> scores (Q, k) float32, indices (Q, k) int64
+    """
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"dimension mismatch: queries {tuple(queries.shape)} vs gallery {tuple(gallery.shape)}")
+    n = gallery.shape[0]
+    k = min(k, n)
+    g_block = max(k, min(n, block_elems // max(1, min(queries.shape[0], 1024))))
+    q_block = max(1, block_elems // g_block)
+    scores = torch.empty(queries.shape[0], k)
+    index = torch.empty(queries.shape[0], k, dtype=torch.long)
+    for qs in range(0, queries.shape[0], q_block):
+        q = queries[qs:qs + q_block]
+        best_s = torch.full((q.shape[0], k), -math.inf)
+        best_i = torch.zeros((q.shape[0], k), dtype=torch.long)
+        for gs in range(0, n, g_block):
+            sim = q @ gallery[gs:gs + g_block].T  # (q, g)
+            s, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            cat_s, cat_i = torch.cat([best_s, s], 1), torch.cat([best_i, i + gs], 1)
+            best_s, pos = cat_s.topk(k, dim=1)
+            best_i = cat_i.gather(1, pos)
+        scores[qs:qs + q.shape[0]], index[qs:qs + q.shape[0]] = best_s, best_i
+    return scores, index
+
+
+def faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, nlist: int | None = None,
+               nprobe: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top-k inner products with a FAISS IVF-Flat index.
+
+    Args:
+        nlist: inverted lists (default ``4 * sqrt(N)``, at most N / 39 so k-means has data).
+        nprobe: lists searched per query (default ``max(1, nlist // 8)``).
+        seed: k-means seed.
+
+    Shape:
+        queries (Q, D), gallery (N, D) -> scores (Q, k), indices (Q, k) int64
+    """
+    import faiss
+
+    g = np.ascontiguousarray(gallery.numpy(), dtype=np.float32)
+    q = np.ascontiguousarray(queries.numpy(), dtype=np.float32)
+    n, d = g.shape
+    k = min(k, n)
+    nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(g)
+    index.add(g)
+    index.nprobe = nprobe or max(1, nlist // 8)
+    scores, ids = index.search(q, k)
+    return torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64))
+
+
+def search(queries: torch.Tensor, gallery: torch.Tensor, k: int, index: IndexKind = "exact",
+           **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to ``exact_topk`` or ``faiss_topk``."""
+    if index == "exact":
+        return exact_topk(queries, gallery, k, **kw)
+    if index == "faiss":
+        return faiss_topk(queries, gallery, k, **kw)
+    raise ValueError(f"unknown index {index!r}; use exact or faiss")
+
+
+def random_pairs(n_queries: int, n_gallery: int, k: int, seed: int = 0) -> torch.Tensor:
+    """k distinct random gallery indices per query (the control). Shape: (Q, k) int64."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(k, n_gallery)
+    return torch.stack([torch.randperm(n_gallery, generator=gen)[:k] for _ in range(n_queries)])
+
+
+def label_oracle_pairs(ct_labels: np.ndarray, gallery_labels: np.ndarray, k: int,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gallery items ranked by Jaccard agreement of label sets (empty with empty counts as 1), random tie-breaks.
+
+    Shape:
+        ct_labels (Q, L), gallery_labels (N, L) 0/1 -> scores (Q, k), indices (Q, k)
+    """
+    from ctxray.teacher.quality import jaccard_matrix
+
+    rng = np.random.default_rng(seed)
+    jac = torch.from_numpy(jaccard_matrix(ct_labels, gallery_labels))  # (Q, N)
+    jitter = torch.from_numpy(rng.random(jac.shape, dtype=np.float32)) * 1e-3  # < any Jaccard gap of 18 labels
+    _, idx = (jac + jitter).topk(min(k, jac.shape[1]), dim=1)
+    return jac.gather(1, idx), idx
+
+
+# -- targets --------------------------------------------------------------------------------------
+@dataclass
+class TeacherTargets:
+    """Cached teacher targets, one row per CT, loaded from a retrieval folder.
+
+    Args:
+        ct_ids: row order. tensors: ``top1``, ``topk_mean``, ``ct_text`` (N, Dt) normalised.
+        teacher: the teacher's fingerprint. k: neighbours averaged in ``topk_mean``.
+    """
+
+    ct_ids: list[str]
+    tensors: dict[str, torch.Tensor]
+    teacher: str
+    k: int
+    meta: dict
+
+    def __post_init__(self) -> None:
+        self._row = {cid: i for i, cid in enumerate(self.ct_ids)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.tensors["top1"].shape[1])
+
+    def lookup(self, ids: list[str], kind: str = "top1") -> torch.Tensor:
+        """Targets for CT ids (file suffixes ignored).
+
+        Shape:
+            returns (len(ids), Dt) float32
+
+        Raises:
+            KeyError: an id without targets (names it) or an unknown kind.
+        """
+        if kind not in self.tensors:
+            raise KeyError(f"unknown target kind {kind!r}; have {sorted(self.tensors)}")
+        try:
+            rows = [self._row[canonical_id(i)] for i in ids]
+        except KeyError as err:
+            raise KeyError(f"no teacher target for CT id {err.args[0]!r} (run ctxray retrieve on it)") from None
+        return self.tensors[kind][rows]
+
+
+def load_targets(path: str | Path) -> TeacherTargets:
+    """Read ``targets.safetensors`` + ``targets.json`` of a retrieval folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path, data_path = path / "targets.json", path / "targets.safetensors"
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(data_path))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read teacher targets ({err})") from err
+    n = len(meta["ct_ids"])
+    for name, t in tensors.items():
+        if t.shape[0] != n:
+            raise ValueError(f"{data_path}: {name} has {t.shape[0]} rows but targets.json lists {n} CT ids")
+    return TeacherTargets(meta["ct_ids"], tensors, meta["teacher"], int(meta["k"]), meta)
+
+
+def write_pairs_csv(path: Path, ct_ids: list[str], xray_ids: list[str], index: torch.Tensor,
+                    scores: torch.Tensor) -> None:
+    """``ct_id, rank, xray_id, score`` rows, rank 1 the best."""
+    from ctxray.utils.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ct_id", "rank", "xray_id", "score"])
+            for i, cid in enumerate(ct_ids):
+                for r in range(index.shape[1]):
+                    w.writerow([cid, r + 1, xray_ids[int(index[i, r])], f"{float(scores[i, r]):.6f}"])
+
+    atomic_write(path, write)
+
+
+def write_targets(out: Path, ct_ids: list[str], index: torch.Tensor, gallery_image: torch.Tensor,
+                  ct_text: torch.Tensor, meta: dict) -> None:
+    """Write ``targets.safetensors`` (top1, topk_mean, ct_text; all normalised) and ``targets.json``.
+
+    Shape:
+        index (N, k); gallery_image (G, Dt) normalised; ct_text (N, Dt) normalised
+    """
+    from safetensors.torch import save_file
+
+    from ctxray.utils.io import atomic_write, atomic_write_text
+
+    matched = gallery_image[index]  # (N, k, Dt)
+    tensors = {
+        "top1": matched[:, 0].contiguous(),
+        "topk_mean": torch.nn.functional.normalize(matched.mean(1), dim=-1).contiguous(),
+        "ct_text": ct_text.contiguous(),
+    }
+    atomic_write(out / "targets.safetensors", lambda p: save_file(tensors, str(p)))
+    body = {"ct_ids": ct_ids, "k": int(index.shape[1]), "dim": int(gallery_image.shape[1]), **meta}
+    atomic_write_text(out / "targets.json", json.dumps(body, indent=1))
+
+
+# -- the stage ------------------------------------------------------------------------------------
+@dataclass
+class CTReports:
+    """CT ids (canonical), report texts and label matrix (None if any CT lacks labels)."""
+
+    ids: list[str]
+    reports: list[str]
+    labels: np.ndarray | None
+
+
+def read_ct_reports(source: str | Path) -> CTReports:
+    """CT reports from a preprocess cache (``manifest.jsonl`` or its folder) or a CT-RATE root (all splits).
+
+    Raises:
+        FileNotFoundError: neither a manifest nor a CT-RATE root. ValueError: a bad manifest line.
+    """
+    source = Path(source)
+    manifest = source if source.suffix == ".jsonl" else source / "manifest.jsonl"
+    ids, reports, labels = [], [], []
+    if manifest.is_file():
+        for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ids.append(canonical_id(str(row["id"])))
+                reports.append(str(row.get("report") or ""))
+            except (json.JSONDecodeError, KeyError) as err:
+                raise ValueError(f"{manifest}:{line_no}: bad manifest line ({err})") from err
+            labels.append(row.get("labels"))
+    else:
+        from ctxray.data.ctrate import read_ctrate
+
+        for split in ("train", "valid"):
+            try:
+                records = read_ctrate(source, split, missing="keep")
+            except FileNotFoundError as err:
+                log.warning("CT-RATE split %s skipped: %s", split, err)
+                continue
+            ids += [canonical_id(r.volume_name) for r in records]
+            reports += [r.report for r in records]
+            labels += [None if r.labels is None else r.labels.tolist() for r in records]
+        if not ids:
+            raise FileNotFoundError(f"{source}: neither a preprocess cache (manifest.jsonl) nor a CT-RATE root")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{source}: duplicate CT ids")
+    has_labels = all(lab is not None for lab in labels)
+    return CTReports(ids, reports, np.asarray(labels, dtype=np.float32) if has_labels and labels else None)
+
+
+def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, out: str | Path, k: int = 5,
+             index: IndexKind = "exact", pairing: Pairing = "text", text_teacher: str | None = None,
+             gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0) -> dict:
+    """Run the retrieval stage and write ``pairs.csv``, ``targets.safetensors``, ``targets.json``, ``quality.json``.
+
+    Args:
+        teacher_spec: the expert (its image tower gives the targets; its text tower ranks unless
+            ``text_teacher`` is given).
+        ct_source: preprocess cache or CT-RATE root.
+        gallery_dir: X-ray gallery folder.
+        out: output folder.
+        k: neighbours kept (``topk_mean`` averages them).
+        index: exact or faiss search. pairing: text (the method), random or label_oracle.
+        text_teacher: a separate (text-only) expert for ranking, e.g. a CXR-BERT folder.
+        gallery_split: restrict the gallery to one split.
+        cache_dir: gallery-embedding cache (default ``out/cache``).
+
+    Returns:
+        The quality summary (also in ``quality.json``).
+    """
+    from ctxray.teacher import load_teacher
+    from ctxray.teacher.embed import embed_gallery, embed_texts
+    from ctxray.teacher.quality import agreement_table
+    from ctxray.utils.io import atomic_write_text
+
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    teacher = load_teacher(teacher_spec)
+    if not teacher.has_image_tower:
+        raise ValueError(f"{teacher_spec}: a text-only teacher cannot give image targets; "
+                         "pass it as --text-teacher with a CLIP-style --teacher")
+    ranker = load_teacher(text_teacher) if text_teacher else teacher
+    ct = read_ct_reports(ct_source)
+    gallery = embed_gallery(teacher, gallery_dir, split=gallery_split, cache_dir=cache)
+    gallery_rank = gallery if ranker is teacher else embed_gallery(ranker, gallery_dir, gallery_split, cache, False)
+    ct_text = embed_texts(teacher, ct.reports, desc="CT reports")
+    ct_rank = ct_text if ranker is teacher else embed_texts(ranker, ct.reports, desc="CT reports (ranker)")
+    text_scores, text_index = search(ct_rank, gallery_rank.text, k, index=index)
+    if pairing == "text":
+        scores, idx = text_scores, text_index
+    elif pairing == "random":
+        idx = random_pairs(len(ct.ids), len(gallery.ids), k, seed)
+        scores = (ct_rank[:, None, :] * gallery_rank.text[idx]).sum(-1)  # (N, k) text cosine, for the record
+    elif pairing == "label_oracle":
+        if ct.labels is None:
+            raise ValueError(f"{ct_source}: label_oracle pairing needs CT labels")
+        scores, idx = label_oracle_pairs(ct.labels, gallery.labels, k, seed)
+    else:
+        raise ValueError(f"unknown pairing {pairing!r}; use text, random or label_oracle")
+    out.mkdir(parents=True, exist_ok=True)
+    write_pairs_csv(out / "pairs.csv", ct.ids, gallery.ids, idx, scores)
+    meta = {"teacher": teacher.fingerprint(), "ranker": ranker.fingerprint(), "pairing": pairing,
+            "index": index, "gallery": str(gallery_dir), "gallery_size": len(gallery.ids)}
+    write_targets(out, ct.ids, idx, gallery.image, ct_text, meta)
+    quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids)}
+    if ct.labels is not None:
+        quality["agreement_top1"] = agreement_table(ct.labels, gallery.labels, text_index, seed)
+        quality["agreement_top1"]["written"] = agreement_table(ct.labels, gallery.labels, idx, seed)["text"]
+    atomic_write_text(out / "quality.json", json.dumps(quality, indent=2))
+    log.info("retrieval: %d CTs -> %d X-rays (%s, %s); agreement %s", len(ct.ids), len(gallery.ids), pairing,
+             index, quality.get("agreement_top1"))
+    return quality

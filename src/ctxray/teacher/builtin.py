@@ -1,0 +1,183 @@
+"""The built-in X-ray expert: a 2D CNN image tower and a small BERT text tower trained CLIP-style.
+
+``XrayCLIP`` is the trainable module (features in, features out; the loss lives in
+``ctxray.teacher.train``). ``BuiltinTeacher`` wraps a trained one with its tokenizer behind the
+``Teacher`` interface. A teacher folder holds ``model.safetensors``, ``config.json`` (an
+``XrayCLIPConfig`` plus ``"ctxray_teacher": "builtin"``), ``tokenizer/`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctxray.config import from_dict, to_dict
+from ctxray.models.text import TextEncoder, TextEncoderConfig, Tokenizer
+from ctxray.teacher.base import Teacher, fingerprint_files, head_tail_truncate
+from ctxray.teacher.image import ImageEncoderConfig, XrayImageEncoder
+
+KIND_KEY = "ctxray_teacher"
+
+
+def _default_text() -> TextEncoderConfig:
+    return TextEncoderConfig(kind="bert", hidden=128, layers=2, heads=4, max_length=128, pooling="mean", dropout=0.1)
+
+
+@dataclass
+class XrayCLIPConfig:
+    """Architecture of the built-in teacher.
+
+    Args:
+        image: the CNN image tower.
+        text: the BERT text tower (``vocab_size`` is set from the tokenizer).
+        embed_dim: width of the shared space (``Dt``).
+        image_size: square input size the image tower is trained at.
+        init_temperature: initial softmax temperature (the learnable logit scale starts at its inverse).
+    """
+
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=_default_text)
+    embed_dim: int = 256
+    image_size: int = 128
+    init_temperature: float = 0.07
+
+
+class XrayCLIP(nn.Module):
+    """Image and text towers with linear projections into a shared ``embed_dim`` space.
+
+    Args:
+        cfg: architecture; ``cfg.text.vocab_size`` must be set.
+    """
+
+    def __init__(self, cfg: XrayCLIPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_encoder = XrayImageEncoder(cfg.image)
+        self.text_encoder = TextEncoder(cfg.text)
+        self.image_proj = nn.Linear(self.image_encoder.width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(self.text_encoder.width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, 1, H, W) in [0, 1] -> (B, embed_dim), unnormalised."""
+        return self.image_proj(self.image_encoder(images))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, L) ids and mask -> (B, embed_dim), unnormalised."""
+        return self.text_proj(self.text_encoder(input_ids, attention_mask))
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised features of both towers and the clamped, exponentiated logit scale.
+
+        Shape:
+            returns image (B, E), text (B, E), logit_scale ()
+        """
+        return {
+            "image": F.normalize(self.encode_image(images), dim=-1),
+            "text": F.normalize(self.encode_text(input_ids, attention_mask), dim=-1),
+            "logit_scale": self.logit_scale.clamp(0, math.log(100.0)).exp(),
+        }
+
+
+def tokenize_reports(tokenizer: Tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise with the head+tail truncation rule of ``ctxray.teacher.base.TEXT_TRUNCATION_RULE``.
+
+    Shape:
+        returns input_ids, attention_mask: (B, <= max_length)
+    """
+    enc = tokenizer(texts, max_length=1 << 16)
+    ids, mask = head_tail_truncate(enc["input_ids"], enc["attention_mask"], max_length, tokenizer.pad_id)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None:
+    """Write a teacher folder: ``model.safetensors``, ``config.json``, ``tokenizer/``."""
+    from safetensors.torch import save_file
+
+    from ctxray.utils.io import atomic_write, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p)))
+    tokenizer.save(out / "tokenizer")
+    atomic_write_text(out / "config.json", json.dumps({KIND_KEY: "builtin", **to_dict(model.cfg)}, indent=2))
+
+
+def load_builtin_model(path: str | Path) -> tuple[XrayCLIP, Tokenizer]:
+    """Rebuild an ``XrayCLIP`` and its tokenizer from a teacher folder (strict weight loading)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        data = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / 'config.json'}: cannot read the teacher config: {err}") from err
+    data.pop(KIND_KEY, None)
+    cfg = from_dict(XrayCLIPConfig, data, str(path / "config.json"))
+    tokenizer = Tokenizer.from_pretrained(path / "tokenizer")
+    model = XrayCLIP(cfg)
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{path / 'model.safetensors'}: weights do not fit the config: {err}") from err
+    return model, tokenizer
+
+
+class BuiltinTeacher(Teacher):
+    """A trained ``XrayCLIP`` behind the ``Teacher`` interface.
+
+    Args:
+        model: the two towers.
+        tokenizer: its WordPiece tokenizer.
+        files: files whose bytes define the teacher (for the fingerprint); None hashes the weights.
+        batch_size: texts per forward pass in ``encode_text``.
+    """
+
+    name = "builtin"
+
+    def __init__(self, model: XrayCLIP, tokenizer: Tokenizer, files: list[Path] | None = None,
+                 batch_size: int = 256) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.embed_dim = model.cfg.embed_dim
+        self.image_size = model.cfg.image_size
+        self.max_length = model.cfg.text.max_length
+        self.batch_size = batch_size
+        self._files = files
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> BuiltinTeacher:
+        path = Path(path)
+        model, tok = load_builtin_model(path)
+        files = [path / "model.safetensors", path / "config.json", *sorted((path / "tokenizer").glob("*"))]
+        return cls(model, tok, files=files)
+
+    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+    def _encode_text(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = tokenize_reports(self.tokenizer, texts[start:start + self.batch_size], self.max_length)
+            out.append(self.model.encode_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)))
+        if not out:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        return torch.cat(out)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.clamp(0, math.log(100.0)).exp())
+
+    def _compute_fingerprint(self) -> str:
+        if self._files:
+            return fingerprint_files(self._files, {"kind": self.name, "max_length": self.max_length})
+        return super()._compute_fingerprint()
