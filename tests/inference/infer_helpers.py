@@ -54,3 +54,55 @@ def synthetic_ct(shape=(20, 40, 44), seed: int = 0) -> np.ndarray:
         hu[((y / 0.55) ** 2 + ((x - cx) / 0.35) ** 2 <= 1) & (np.abs(z) < 0.9)] = -850.0
     hu[(z - 0.2) ** 2 + (y + 0.1) ** 2 + (x - 0.45) ** 2 <= 0.02] = 30.0
     return (hu + rng.normal(0, 15, shape)).astype(np.float32)
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:
+    """Write a RAS (D, H, W) HU volume as an axial CT series with pydicom (int16, slope 2, LPS).
+
+    Written here rather than with ``ctxray.data.dicom.write_ct_series`` so the reader is checked
+    against an independent writer. Files are named in reverse slice order.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sz, sy, sx = spacing_zyx
+    d, h, w = hu.shape
+    slope, intercept = 2.0, -10.0
+    stored = np.rint((hu - intercept) / slope).astype(np.int16)
+    series, study = generate_uid(), generate_uid()
+    origin = np.array([37.5, -12.0, -80.0])  # LPS mm of the first voxel (arbitrary)
+    for k in range(d):
+        meta = FileMetaDataset()
+        uid = generate_uid()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, uid, "CT"
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PatientName, ds.PatientID = "TEST^PATIENT", "ID12345"
+        # columns run to patient-left (+x LPS) = RAS x decreasing; rows to posterior = RAS y decreasing
+        ds.ImagePositionPatient = [float(v) for v in origin + [0.0, 0.0, k * sz]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.InstanceNumber = d - k
+        ds.Rows, ds.Columns = h, w
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.ascontiguousarray(stored[k, ::-1, ::-1]).tobytes()
+        ds.save_as(str(folder / f"slice_{d - k:03d}.dcm"), enforce_file_format=True)
+
+
+def write_nifti(path: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:
+    """Write a RAS (D, H, W) HU volume as NIfTI (data x, y, z; diagonal RAS affine)."""
+    import nibabel as nib
+
+    sz, sy, sx = spacing_zyx
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = [-100.0, 20.0, 5.0]
+    img = nib.Nifti1Image(np.rint(hu).astype(np.int16).transpose(2, 1, 0), affine)
+    nib.save(img, str(path))

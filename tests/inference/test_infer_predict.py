@@ -1,0 +1,94 @@
+"""`ctxray predict`: DICOM folder and NIfTI of one volume agree; outputs; a bad scan does not stop the batch."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from infer_helpers import synthetic_ct, write_dicom_series, write_nifti
+
+import ctxray
+from ctxray.cli import main
+from ctxray.inference.predict import discover_scans, predict
+
+SPACING = (9.0, 8.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scans")
+    hu = synthetic_ct()
+    write_nifti(root / "case_a.nii.gz", hu, SPACING)
+    write_dicom_series(root / "case_a_dicom", hu, SPACING)
+    (root / "broken.nii.gz").write_bytes(b"\x1f\x8b this is not a gzip stream")
+    (root / "notes.txt").write_text("not a scan")
+    return root, hu
+
+
+def test_discover_scans(scans):
+    root, _ = scans
+    found = discover_scans([root])
+    assert sorted(p.name for p in found) == ["broken.nii.gz", "case_a.nii.gz", "case_a_dicom"]
+    assert discover_scans([root / "case_a_dicom"]) == [root / "case_a_dicom"]
+
+
+def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
+    root, hu = scans
+    model = ctxray.load(tiny_model_dir)
+    missing = root / "does_not_exist.nii.gz"
+    results = predict(model, [root, missing], tmp_path / "out", explain="all")
+    by_name = {r.name: r for r in results}
+    assert by_name["broken"].status == "error" and "broken.nii.gz" in by_name["broken"].error
+    assert by_name["does_not_exist"].status == "error" and "not found" in by_name["does_not_exist"].error
+    nii, dcm = by_name["case_a"], by_name["case_a_dicom"]
+    assert nii.status == dcm.status == "ok"
+    p_nii = np.array([f["probability"] for f in nii.findings])
+    p_dcm = np.array([f["probability"] for f in dcm.findings])
+    np.testing.assert_allclose(p_dcm, p_nii, atol=1e-3)  # DICOM stores HU in steps of 2 (slope 2)
+    assert [f["decision"] for f in nii.findings] == [f["decision"] for f in dcm.findings]
+
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_ok"] == 2 and summary["n_error"] == 2
+    assert "broken.nii.gz" in (out / "errors.log").read_text()
+    for path in [out / "summary.json", *out.glob("case_a_dicom/*.*")]:  # no DICOM identifier leaks
+        text = path.read_bytes()
+        assert b"ID12345" not in text and b"TEST^PATIENT" not in text, path
+    for name, source in (("case_a", root / "case_a.nii.gz"), ("case_a_dicom", None)):
+        d = out / name
+        doc = json.loads((d / "findings.json").read_text())
+        assert [f["label"] for f in doc["findings"]] == model.labels
+        assert all({"label", "probability", "threshold", "decision"} <= set(f) for f in doc["findings"])
+        emb = np.load(d / "embedding.npy")
+        assert emb.shape == (32,) and abs(np.linalg.norm(emb) - 1) < 1e-5
+        assert "no report decoder" in (d / "report.txt").read_text()
+        assert (d / "report.html").stat().st_size > 10_000
+        heat = nib.load(d / "heatmaps" / "lung_nodule.nii.gz")
+        expected_affine = nib.load(source).affine if source else model.read(root / "case_a_dicom").affine
+        np.testing.assert_allclose(heat.affine, expected_affine, atol=1e-4)
+        assert heat.shape == hu.shape[::-1]  # NIfTI data is (x, y, z)
+        data = np.asarray(heat.dataobj)
+        assert 0 <= data.min() and data.max() == pytest.approx(1.0, abs=1e-5)
+    # the DICOM volume reads to the same array as the NIfTI one, so the maps agree too
+    a = np.asarray(nib.load(out / "case_a" / "heatmaps" / "emphysema.nii.gz").dataobj)
+    b = np.asarray(nib.load(out / "case_a_dicom" / "heatmaps" / "emphysema.nii.gz").dataobj)
+    assert np.abs(a - b).max() < 0.05
+
+
+def test_predict_cli_positive_maps_only(tiny_model_dir, scans, tmp_path):
+    root, _ = scans
+    out = tmp_path / "cli"
+    rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "case_a.nii.gz"), "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "case_a" / "findings.json").read_text())
+    maps = {p.name for p in (out / "case_a" / "heatmaps").glob("*.nii.gz")} if (out / "case_a" / "heatmaps").exists() \
+        else set()
+    expected = {f["heatmap"].split("/")[-1] for f in doc["findings"] if f["decision"]}
+    assert expected and len(expected) < len(doc["findings"])  # the fixture model has some of each
+    assert maps == expected
+    assert all((f["heatmap"] is None) != f["decision"] for f in doc["findings"])
+    rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "broken.nii.gz"), "--out",
+               str(tmp_path / "strict"), "--strict"])
+    assert rc == 1
