@@ -1,0 +1,194 @@
+"""Checkpoints: safetensors + JSON folders written atomically; ``load_model`` for every later stage.
+
+A checkpoint folder (``RUN/checkpoints/last`` or ``best``) holds ``model.safetensors``, ``config.json``
+(the resolved ``TrainConfig`` with the code version), ``tokenizer/``, ``metrics.json`` and, in ``last``,
+``state.safetensors`` + ``state.json``: optimiser, scheduler, loss scaler, data position and every
+rank's RNG states, so ``--resume`` continues the same trajectory. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctxray.config import from_dict, to_dict
+from ctxray.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, CONFIG_FILE, STATE_FILE, STATE_JSON, TOKENIZER_DIR = (
+    "model.safetensors", "config.json", "state.safetensors", "state.json", "tokenizer")
+
+
+def code_version() -> dict[str, str]:
+    """The package version, torch version and, when the source is a git checkout, its commit."""
+    import ctxray
+
+    version = {"ctxray": ctxray.__version__, "torch": torch.__version__}
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(ctxray.__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        version["git"] = sha
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's Python, NumPy and torch (CPU, CUDA) RNG states as (tensors, JSON)."""
+    np_state = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    py = random.getstate()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]),
+                                                              float(np_state[4])]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore states captured by ``rng_state``."""
+    torch.set_rng_state(tensors["torch"].to(torch.uint8))
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"].to(torch.uint8))
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+@dataclass
+class ResumeState:
+    """Where a run is: counters, the best validation score, and opaque optimiser/RNG states."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    world_size: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _write_folder(dest: Path, write: Any) -> None:
+    """Write a folder by ``write(tmp)`` then swap it into place (the old one is kept until then)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, config: Any, metrics: dict[str, Any],
+                    state: ResumeState | None = None) -> None:
+    """Write one checkpoint folder atomically.
+
+    Args:
+        dest: the folder (replaced as a whole).
+        model: the bare model (not a DDP wrapper).
+        tokenizer: has ``save(dir)``.
+        config: the resolved ``TrainConfig``.
+        metrics: JSON-ready scores of this point of the run.
+        state: the resume state; None for a folder that only serves loading (``best``).
+    """
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file(_model_tensors(model), str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        if state is not None:
+            save_file(state.tensors, str(tmp / STATE_FILE))
+            meta = {"step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                    "best_metric": state.best_metric, "best_step": state.best_step,
+                    "world_size": state.world_size, **state.meta}
+            (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1))
+
+    _write_folder(Path(dest), write)
+
+
+def load_resume_state(ckpt: Path) -> ResumeState:
+    """Read ``state.safetensors`` + ``state.json`` of a ``last`` checkpoint."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    for name in (STATE_FILE, STATE_JSON):
+        if not (ckpt / name).is_file():
+            raise FileNotFoundError(f"{ckpt / name}: no resume state (was the run saved by ctxray train?)")
+    meta = json.loads((ckpt / STATE_JSON).read_text())
+    counters = {k: meta.pop(k) for k in ("step", "epoch", "step_in_epoch", "best_metric", "best_step",
+                                         "world_size")}
+    return ResumeState(**counters, meta=meta, tensors=load_file(str(ckpt / STATE_FILE)))
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder from a run folder (``best`` then ``last``) or a checkpoint folder itself."""
+    p = Path(path)
+    if (p / MODEL_FILE).is_file():
+        return p
+    order = [prefer, "last" if prefer == "best" else "best"]
+    for name in order:
+        cand = p / "checkpoints" / name
+        if (cand / MODEL_FILE).is_file():
+            return cand
+    raise FileNotFoundError(f"{p}: neither a checkpoint folder ({MODEL_FILE}) nor a run folder with "
+                            f"checkpoints/{{best,last}}")
+
+
+def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: str = "cpu"):
+    """Rebuild a trained dual encoder for evaluation, generation or export.
+
+    Args:
+        run_or_ckpt_dir: a run folder (``ctxray train --out RUN``) or one of its checkpoint folders.
+        prefer: which checkpoint of a run folder to take first (``best`` or ``last``).
+
+    Returns:
+        (DualEncoder in eval mode, Tokenizer, TrainConfig).
+    """
+    from safetensors.torch import load_file
+
+    from ctxray.models.dual import DualEncoder
+    from ctxray.models.text import Tokenizer
+    from ctxray.train.config import TrainConfig
+
+    ckpt = resolve_checkpoint(run_or_ckpt_dir, prefer)
+    try:
+        config = from_dict(TrainConfig, json.loads((ckpt / CONFIG_FILE).read_text()), str(ckpt / CONFIG_FILE))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{ckpt / CONFIG_FILE}: cannot read the training config: {err}") from err
+    model = DualEncoder(config.model)
+    state = load_file(str(ckpt / MODEL_FILE), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt / MODEL_FILE}: weights do not fit the config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    tokenizer = Tokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
+    return model.to(map_location).eval(), tokenizer, config
+
+
+def write_json(path: Path, data: Any) -> None:
+    """A JSON file written atomically."""
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True))

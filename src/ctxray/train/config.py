@@ -1,0 +1,177 @@
+"""The training configuration: one dataclass per concern, stored in every checkpoint.
+
+``TrainConfig`` nests ``model`` (the dual encoder, ``ctxray.models.dual.DualEncoderConfig``), ``loss``,
+``optim`` and ``data``. Read it with ``ctxray.config.load_config(TrainConfig, FILE, ["a.b=c", ...])``;
+``configs/*.yaml`` hold examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ctxray.models.dual import DualEncoderConfig
+
+
+@dataclass
+class LossConfig:
+    """The BIUD objective ``L = w_roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM``.
+
+    Args:
+        roco: weight of the (robust) contrastive term; 0 switches it off.
+        correction: false-negative handling of L_RoCo; ``none`` is plain CLIP InfoNCE.
+        false_negatives: what marks two reports as equivalent: equal label vectors (``labels``,
+            the dataset's labels), or the teacher's text embeddings of the reports (``text``, the
+            targets' ``ct_text``) with cosine above ``fn_threshold``.
+        fn_threshold: cosine threshold for ``false_negatives="text"``.
+        soft_tau: temperature of the soft targets built from teacher text similarity (``soft`` only).
+        pkd: weight of pair-wise distillation to the retrieved X-ray's teacher embedding.
+        pkd_kind: ``cosine`` (1 - cos) or ``mse`` on normalised vectors.
+        target: which cached teacher target to distil: the top-1 X-ray or the top-k mean.
+        srkd: weight of semantic-relation distillation (KL of in-batch similarity distributions).
+        srkd_tau: temperature of those distributions.
+        mlm: weight of masked language modelling on the reports; > 0 adds an MLM head.
+        mlm_prob: fraction of tokens masked per report.
+        mlm_entity_boost: how much likelier a clinical-entity token (a word of the label phrases) is
+            masked than any other token (1 = uniform masking).
+    """
+
+    roco: float = 1.0
+    correction: Literal["none", "multi_positive", "soft"] = "multi_positive"
+    false_negatives: Literal["labels", "text"] = "labels"
+    fn_threshold: float = 0.95
+    soft_tau: float = 0.05
+    pkd: float = 1.0
+    pkd_kind: Literal["cosine", "mse"] = "cosine"
+    target: Literal["top1", "topk_mean"] = "top1"
+    srkd: float = 1.0
+    srkd_tau: float = 0.1
+    mlm: float = 0.0
+    mlm_prob: float = 0.15
+    mlm_entity_boost: float = 3.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and a cosine decay.
+
+    Args:
+        lr: peak learning rate.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        weight_decay: applied to weight matrices only (never norms, biases, the temperature, 1-D).
+        betas, eps: AdamW's.
+        epochs: passes over the training split.
+        warmup_steps: linear warm-up in optimiser steps (capped at a tenth of the run when longer).
+        grad_accum: micro-batches per optimiser step (each micro-batch has its own negatives).
+        clip_norm: global gradient-norm clip; 0 disables.
+        precision: ``auto`` is bf16 autocast on a GPU that supports it, fp32 on CPU.
+    """
+
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    epochs: int = 10
+    warmup_steps: int = 50
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from.
+
+    Args:
+        cache: a preprocess cache folder (``ctxray preprocess --out C``).
+        retrieval: a retrieval folder (``ctxray retrieve --out R``); needed by the KD terms and by
+            ``false_negatives="text"``.
+        train_split, val_split: manifest split names; an empty ``val_split`` skips validation.
+        batch_size: volumes per process per micro-batch (the contrastive batch is
+            ``batch_size * world_size``).
+        max_train: use only this many training pairs (a seeded subset), e.g. for few-pair studies.
+        max_val: validate on at most this many volumes.
+        augment: augmentation preset passed to the dataset (None: off).
+        num_workers: DataLoader worker processes per rank.
+        shuffle_targets: control experiment: permute the teacher targets across CTs (seeded).
+    """
+
+    cache: str = ""
+    retrieval: str | None = None
+    train_split: str = "train"
+    val_split: str = "valid"
+    batch_size: int = 8
+    max_train: int | None = None
+    max_val: int | None = None
+    augment: str | None = None
+    num_workers: int = 0
+    shuffle_targets: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, stored in ``RUN/config.json`` and every checkpoint.
+
+    Args:
+        text_init: ``scratch`` trains the text tower (and a WordPiece tokenizer on the training
+            reports) from nothing; ``teacher`` starts text tower and tokenizer from the X-ray expert's
+            (``teacher_dir``); ``hf`` uses ``model.text`` with ``kind="hf"`` and its folder's tokenizer.
+        teacher_dir: the teacher folder (``ctxray teacher train --out T``) for ``text_init="teacher"``.
+        tokenizer_vocab: vocabulary size of a tokenizer trained from scratch.
+        seed: seeds model initialisation, data order, masking and dropout.
+        device: ``auto`` picks CUDA (the local rank's GPU) when available.
+        log_every: optimiser steps between log lines (the JSONL log has every step).
+        save_every: optimiser steps between ``last`` checkpoints (0: at epoch ends only).
+        val_every: epochs between validations.
+        tensorboard: also write ``RUN/tb``.
+        code_version: filled in when a run starts (package version, git commit).
+    """
+
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text_init: Literal["scratch", "teacher", "hf"] = "scratch"
+    teacher_dir: str | None = None
+    tokenizer_vocab: int = 4000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 10
+    save_every: int = 0
+    val_every: int = 1
+    tensorboard: bool = True
+    code_version: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the setting when the combination cannot run."""
+        lo, op, da = self.loss, self.optim, self.data
+        for name in ("roco", "pkd", "srkd", "mlm"):
+            if getattr(lo, name) < 0:
+                raise ValueError(f"loss.{name}={getattr(lo, name)}: weights must be >= 0")
+        if lo.roco == lo.pkd == lo.srkd == lo.mlm == 0:
+            raise ValueError("loss: every weight is 0; nothing to train")
+        if (lo.pkd > 0 or lo.srkd > 0 or self.needs_teacher_text) and not da.retrieval:
+            raise ValueError("data.retrieval is required by loss.pkd/srkd > 0, loss.false_negatives='text' "
+                             "and loss.correction='soft' (they read the cached teacher targets)")
+        if not da.cache:
+            raise ValueError("data.cache: set the preprocess cache folder (--cache or data.cache=...)")
+        if da.batch_size < 2:
+            raise ValueError(f"data.batch_size={da.batch_size}: contrastive learning needs at least 2")
+        if op.grad_accum < 1 or op.epochs < 1:
+            raise ValueError("optim.grad_accum and optim.epochs must be >= 1")
+        if self.text_init == "teacher" and not self.teacher_dir:
+            raise ValueError("text_init='teacher' needs teacher_dir")
+        if self.text_init == "hf" and self.model.text.kind != "hf":
+            raise ValueError("text_init='hf' needs model.text.kind=hf and model.text.hf_path")
+
+    @property
+    def needs_teacher_text(self) -> bool:
+        """Whether the contrastive term reads the teacher's text embeddings of the CT reports."""
+        lo = self.loss
+        return lo.roco > 0 and lo.correction != "none" and (lo.false_negatives == "text" or lo.correction == "soft")
+
+    @property
+    def needs_targets(self) -> bool:
+        """Whether the run loads the retrieval folder's teacher targets."""
+        return self.loss.pkd > 0 or self.loss.srkd > 0 or self.needs_teacher_text

@@ -1,0 +1,135 @@
+"""Training data: the cache's pairs, a resumable distributed sampler, and batch collation.
+
+Tokenisation and the teacher-target lookup happen in the collate function (never in ``forward``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(cache_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``C/manifest.jsonl`` (optionally one split), in file order."""
+    path = Path(cache_dir) / "manifest.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; is {cache_dir} a preprocess cache (ctxray preprocess)?")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON: {err}") from err
+            if split is None or row.get("split") == split:
+                rows.append(row)
+    return rows
+
+
+def cache_input_shape(cache_dir: str | Path) -> tuple[int, int, int]:
+    """The (D, H, W) every cached volume has, from ``C/spec.json``."""
+    path = Path(cache_dir) / "spec.json"
+    try:
+        shape = json.loads(path.read_text())["shape_zyx"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: cannot read shape_zyx of the preprocessing spec: {err}") from err
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """All ``range(n)``, or a seeded sorted subset of ``limit`` of them."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (seeded shuffle per epoch, equal shards) that can skip a prefix.
+
+    Works without a process group (``num_replicas=1, rank=0``). After ``set_epoch(e, skip=k)`` the
+    next iteration starts at this rank's ``k``-th sample of epoch ``e``: how ``--resume`` continues
+    mid-epoch.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:  # type: ignore[override]
+        super().set_epoch(epoch)
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
+
+
+class PairCollator:
+    """Stack volumes and labels, tokenise reports, and look up the cached teacher targets.
+
+    Args:
+        tokenizer: ``tokenizer(texts, max_length) -> dict(input_ids, attention_mask)``.
+        max_length: token budget per report.
+        targets: a ``TeacherTargets`` (``lookup(ids, kind) -> (B, Dt)``) or None.
+        target_kind: ``top1`` or ``topk_mean``: the target the KD terms distil.
+        with_ct_text: also fetch the teacher's text embedding of each report (``ct_text``).
+        id_map: optional id -> id remapping of the target rows (the shuffled-targets control).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, targets: Any = None, target_kind: str = "top1",
+                 with_teacher: bool = False, with_ct_text: bool = False, id_map: dict[str, str] | None = None) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.targets, self.target_kind = targets, target_kind
+        self.with_teacher, self.with_ct_text = with_teacher, with_ct_text
+        self.id_map = id_map
+
+    def _lookup(self, ids: list[str], kind: str) -> torch.Tensor:
+        return torch.as_tensor(self.targets.lookup(ids, kind=kind), dtype=torch.float32)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Shape: returns volume (B,1,D,H,W), input_ids/attention_mask (B,L), labels (B,18),
+        index (B,), teacher/ct_text (B,Dt) when requested; ids: list[str]."""
+        ids = [str(it["id"]) for it in items]
+        batch: dict[str, Any] = {
+            "ids": ids,
+            "volume": torch.stack([torch.as_tensor(it["volume"], dtype=torch.float32) for it in items]),
+            "labels": torch.stack([torch.as_tensor(it["labels"], dtype=torch.float32) for it in items]),
+            "index": torch.as_tensor([int(it["index"]) for it in items], dtype=torch.long),
+        }
+        batch.update(self.tokenizer([str(it["report"]) for it in items], max_length=self.max_length))
+        if self.with_teacher:
+            keys = [self.id_map.get(i, i) for i in ids] if self.id_map else ids
+            batch["teacher"] = self._lookup(keys, self.target_kind)
+        if self.with_ct_text:
+            batch["ct_text"] = self._lookup(ids, "ct_text")
+        return batch
+
+
+def shuffled_id_map(ids: list[str], seed: int) -> dict[str, str]:
+    """A seeded permutation of ids without fixed points (each CT gets another CT's teacher target)."""
+    perm = np.random.default_rng(seed + 7919).permutation(len(ids))
+    for i in range(len(ids) if len(ids) > 1 else 0):
+        if perm[i] == i:  # swap with the neighbour: neither position is then fixed
+            j = (i + 1) % len(ids)
+            perm[i], perm[j] = perm[j], perm[i]
+    return {a: ids[int(j)] for a, j in zip(ids, perm)}
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a batch to ``device`` (non-blocking); other values stay."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -1,0 +1,302 @@
+"""``train(config, out_dir)``: the BIUD training loop, one CPU process or many ranks under torchrun.
+
+Data flow: ``setup.build_data`` (cache + targets) -> ``DualEncoder`` (DDP-wrapped when distributed)
+-> ``Objective`` (features gathered across ranks) -> AdamW + warm-up/cosine -> ``RUN/log.jsonl``,
+``RUN/tb``, ``RUN/checkpoints/{last,best}`` (``checkpoint.save_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ctxray.config import save_config
+from ctxray.train import checkpoint as ckpt
+from ctxray.train import distributed as D
+from ctxray.train.config import TrainConfig
+from ctxray.train.data import to_device
+from ctxray.train.objective import Objective, entity_token_ids
+from ctxray.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+)
+from ctxray.train.runtime import RunLogger, Runtime, setup_runtime
+from ctxray.train.setup import (
+    build_data,
+    build_model,
+    build_tokenizer,
+    check_resume_config,
+    resolve_config,
+    stored_config,
+)
+from ctxray.train.validate import validate
+from ctxray.utils.progress import progress
+from ctxray.utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train a dual encoder and write a run folder.
+
+    Args:
+        config: the run's settings (``configs/*.yaml``; see ``TrainConfig``).
+        out_dir: the run folder (``config.json``, ``log.jsonl``, ``tb/``, ``checkpoints/{last,best}``).
+        resume: continue from ``out_dir/checkpoints/last`` with the run's saved config.
+        stop_after: stop (and save ``last``) after this many optimiser steps of this invocation,
+            without changing the schedule: a pre-emption, for tests and job time limits.
+
+    Returns:
+        Final metrics: ``step``, ``epoch``, ``train_loss`` (mean over the last epoch's steps), the last
+        validation scores (``val_*``), ``best_metric``, ``best_step``, ``seconds``.
+    """
+    out = Path(out_dir)
+    if resume:
+        saved = stored_config(out)
+        check_resume_config(config, saved)
+        config = saved
+    config.check()
+    owns_group = not D.is_distributed()
+    rt = setup_runtime(config.device, config.optim.precision)
+    try:
+        trainer = Trainer(config, out, rt, resume)
+        return trainer.fit(stop_after)
+    finally:
+        if owns_group:
+            D.cleanup_distributed()
+
+
+class Trainer:
+    """One run's model, optimiser, schedule, data and loggers (built by ``train``)."""
+
+    def __init__(self, config: TrainConfig, out: Path, rt: Runtime, resume: bool) -> None:
+        from ctxray.models.text import Tokenizer
+
+        self.out, self.rt, self.t0 = out, rt, time.perf_counter()
+        seed_everything(config.seed)
+        last = out / "checkpoints" / "last"
+        if resume:
+            tokenizer = Tokenizer.from_pretrained(last / ckpt.TOKENIZER_DIR)
+        else:
+            from ctxray.train.data import read_manifest
+
+            rows = read_manifest(config.data.cache, config.data.train_split)
+            tokenizer = build_tokenizer(config, [str(r.get("report", "")) for r in rows])
+        self.tokenizer = tokenizer
+        self.data = build_data(config, tokenizer, rt)
+        if not resume:
+            config = resolve_config(config, tokenizer, self.data.targets)
+            config.code_version = ckpt.code_version()
+        self.config = config
+        self.model = build_model(config).to(rt.device)
+        self._build_optimisation()
+        self.state = ckpt.ResumeState(world_size=rt.world_size)
+        if resume:
+            self._restore(last)
+        elif rt.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out / "config.json")
+        self.logger = RunLogger(out, rt.main, config.tensorboard, self.state.step if resume else None)
+        self.ddp = self._wrap()
+
+    def _build_optimisation(self) -> None:
+        cfg, tok = self.config, self.tokenizer
+        from ctxray.labels import load_labels
+
+        labels = load_labels()
+        phrases = [p for lab in labels.labels for p in (lab.name, *lab.phrases)]
+        self.objective = Objective(cfg.loss, entity_token_ids(tok, phrases) if cfg.loss.mlm > 0 else None,
+                                   sorted(tok.special_ids), tok.mask_id, tok.vocab_size)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        micro = self.data.sampler.num_samples // cfg.data.batch_size
+        self.steps_per_epoch = micro // cfg.optim.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{cfg.data.cache}: {micro} micro-batches per epoch < optim.grad_accum="
+                             f"{cfg.optim.grad_accum}; lower data.batch_size or grad_accum")
+        self.total_steps = self.steps_per_epoch * cfg.optim.epochs
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
+
+    def _wrap(self) -> torch.nn.Module:
+        if not D.is_distributed():
+            return self.model
+        lo = self.config.loss
+        unused = lo.roco == 0  # the temperature (and the text tower without MLM) get no gradient
+        ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def fit(self, stop_after: int | None) -> dict[str, Any]:
+        cfg, st = self.config, self.state
+        done_now, val, epoch_losses = 0, {}, []
+        log.info("training %d steps (%d epochs x %d), global batch %d, terms %s", self.total_steps,
+                 cfg.optim.epochs, self.steps_per_epoch,
+                 cfg.data.batch_size * self.rt.world_size * cfg.optim.grad_accum, self.objective.active)
+        while st.epoch < cfg.optim.epochs:
+            epoch_losses = [] if st.step_in_epoch == 0 else epoch_losses
+            for row in self._epoch_steps():
+                epoch_losses.append(row["loss"])
+                done_now += 1
+                if stop_after is not None and done_now >= stop_after:
+                    self._save(val)
+                    return self._final(epoch_losses, val)
+                if cfg.save_every and st.step % cfg.save_every == 0:
+                    self._save(val)
+            st.epoch, st.step_in_epoch = st.epoch + 1, 0
+            if self.data.val_loader is not None and st.epoch % cfg.val_every == 0:
+                val = self._validate()
+            self._save(val)
+        return self._final(epoch_losses, val)
+
+    def _epoch_steps(self):
+        """Yield one logged row per optimiser step of the current epoch (from its saved position)."""
+        cfg, st, data = self.config, self.state, self.data
+        accum = cfg.optim.grad_accum
+        data.sampler.set_epoch(st.epoch, skip=st.step_in_epoch * accum * cfg.data.batch_size)
+        data.loader_gen.manual_seed(cfg.seed * 1_000_003 + st.epoch)
+        n_micro = (self.steps_per_epoch - st.step_in_epoch) * accum
+        batches = itertools.islice(iter(data.train_loader), n_micro)
+        bar = progress(batches, total=n_micro, desc=f"epoch {st.epoch + 1}/{cfg.optim.epochs}", unit="batch")
+        terms: list[dict[str, torch.Tensor]] = []
+        tick = time.perf_counter()
+        for i, batch in enumerate(bar):
+            terms.append(self._micro_step(batch, sync=(i + 1) % accum == 0))
+            if (i + 1) % accum:
+                continue
+            row = self._optimizer_step(terms, time.perf_counter() - tick)
+            terms, tick = [], time.perf_counter()
+            yield row
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+        batch = to_device(batch, self.rt.device)
+        masked = self.objective.mask_batch(batch)
+        no_sync = getattr(self.ddp, "no_sync", None)
+        ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with ctx:
+            with self.rt.autocast():
+                out = self.ddp(batch["volume"], batch["input_ids"], batch["attention_mask"],
+                               mlm_input_ids=None if masked is None else masked[0])
+            loss, logged = self.objective(out, batch, None if masked is None else masked[1])
+            self.scaler.scale(loss / self.config.optim.grad_accum).backward()
+        return logged
+
+    def _optimizer_step(self, terms: list[dict[str, torch.Tensor]], seconds: float) -> dict[str, Any]:
+        cfg, st = self.config, self.state
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        st.step += 1
+        st.step_in_epoch += 1
+        row: dict[str, Any] = {k: float(torch.stack([t[k] for t in terms]).mean()) for k in terms[0]}
+        samples = cfg.data.batch_size * self.rt.world_size * len(terms)
+        row.update(step=st.step, epoch=st.epoch, lr=lr, grad_norm=grad_norm,
+                   samples_per_s=samples / max(seconds, 1e-9),
+                   eta_s=seconds * (self.total_steps - st.step))
+        self.logger.write(row)
+        if st.step % max(1, cfg.log_every) == 0 or st.step == self.total_steps:
+            log.info("step %d/%d loss %.4f (%s) %.1f samples/s, eta %.0fs", st.step, self.total_steps, row["loss"],
+                     " ".join(f"{k} {row[k]:.4f}" for k in self.objective.active), row["samples_per_s"],
+                     row["eta_s"])
+        return row
+
+    # -- validation and checkpoints ----------------------------------------------------------------
+
+    def _validate(self) -> dict[str, float]:
+        val = validate(self.model, self.tokenizer, self.data.val_loader, self.rt.device,
+                       chunk=self.config.data.batch_size * self.rt.world_size, autocast=self.rt.autocast)
+        self.logger.write({"step": self.state.step, "epoch": self.state.epoch, **val}, prefix="val")
+        log.info("epoch %d validation: %s", self.state.epoch, " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        return val
+
+    def _save(self, val: dict[str, float]) -> None:
+        """Write ``last`` (with every rank's RNG state) and, when validation improved, ``best``."""
+        st = self.state
+        tensors, meta = ckpt.rng_state()
+        everyone = [(tensors, meta)]
+        if D.is_distributed():
+            everyone = [None] * self.rt.world_size
+            torch.distributed.all_gather_object(everyone, (tensors, meta))
+        if not self.rt.main:
+            self.rt.barrier()
+            return
+        opt_t, opt_meta = optimizer_state_to_tensors(self.optimizer.state_dict())
+        st.tensors = dict(opt_t)
+        rng_meta = []
+        for r, (t, m) in enumerate(everyone):
+            st.tensors.update({f"rng.{r}.{k}": v for k, v in t.items()})
+            rng_meta.append(m)
+        st.meta = {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                   "rng": rng_meta}
+        metric = _score(val)
+        improved = metric is not None and (st.best_metric is None or metric > st.best_metric)
+        if improved:
+            st.best_metric, st.best_step = metric, st.step
+        metrics = {"step": st.step, "epoch": st.epoch, **val}
+        ckpts = self.out / "checkpoints"
+        ckpt.save_checkpoint(ckpts / "last", self.model, self.tokenizer, self.config, metrics, st)
+        if improved or not (ckpts / "best").exists():
+            ckpt.save_checkpoint(ckpts / "best", self.model, self.tokenizer, self.config, metrics)
+        self.rt.barrier()
+
+    def _restore(self, last: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = ckpt.load_resume_state(last)
+        self.model.load_state_dict(load_file(str(last / ckpt.MODEL_FILE)))
+        opt = optimizer_state_from_tensors(saved.tensors, saved.meta["optimizer"])
+        self.optimizer.load_state_dict(opt)
+        self.scheduler.load_state_dict(saved.meta["scheduler"])
+        if saved.meta.get("scaler"):
+            self.scaler.load_state_dict(saved.meta["scaler"])
+        r = self.rt.rank
+        if saved.world_size == self.rt.world_size:
+            rng = {k.split(".", 2)[2]: v for k, v in saved.tensors.items() if k.startswith(f"rng.{r}.")}
+            ckpt.set_rng_state(rng, saved.meta["rng"][r])
+        else:
+            log.warning("resuming on %d ranks a run saved on %d: RNG streams are reseeded, not continued",
+                        self.rt.world_size, saved.world_size)
+            seed_everything(self.config.seed + 1000 * saved.step + r)
+        saved.world_size = self.rt.world_size
+        saved.tensors, saved.meta = {}, {}
+        self.state = saved
+        log.info("resumed %s at step %d (epoch %d, step %d of it)", last, saved.step, saved.epoch, saved.step_in_epoch)
+
+    def _final(self, epoch_losses: list[float], val: dict[str, float]) -> dict[str, Any]:
+        st = self.state
+        result = {"step": st.step, "epoch": st.epoch, "total_steps": self.total_steps,
+                  "train_loss": float(sum(epoch_losses) / len(epoch_losses)) if epoch_losses else math.nan,
+                  **val, "best_metric": st.best_metric, "best_step": st.best_step,
+                  "seconds": time.perf_counter() - self.t0, "run_dir": str(self.out)}
+        if self.rt.main:
+            ckpt.write_json(self.out / "metrics.json", result)
+        self.logger.close()
+        return result
+
+
+def _score(val: dict[str, float]) -> float | None:
+    """Model-selection score: zero-shot macro AUROC, or minus the validation loss when AUROC is undefined."""
+    if not val:
+        return None
+    auroc = val.get("val_auroc", math.nan)
+    if not math.isnan(auroc):
+        return float(auroc)
+    loss = val.get("val_loss", math.nan)
+    return None if math.isnan(loss) else -float(loss)

@@ -1,0 +1,159 @@
+"""The BIUD objective on one (micro-)batch: gather across ranks, build the false-negative mask, weigh terms.
+
+``L = roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM``. The contrastive, pair-wise and relation
+terms are computed on the global batch (features gathered from every rank, local gradients kept);
+the MLM term is a per-rank mean. See ``Objective.__call__`` for how the backward loss is scaled so
+that DDP's gradient averaging yields exactly the single-process gradient of the global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ctxray.losses import (
+    MaskedLMLoss,
+    PairwiseKDLoss,
+    RelationKDLoss,
+    RobustContrastiveLoss,
+    equivalence_from_labels,
+    equivalence_from_text,
+    mask_entity_tokens,
+)
+from ctxray.train.config import LossConfig
+from ctxray.train.distributed import gather_features, is_distributed
+
+log = logging.getLogger(__name__)
+
+TERMS = ("roco", "pkd", "srkd", "mlm")
+
+
+def entity_token_ids(tokenizer: Any, phrases: list[str], min_chars: int = 3) -> list[int]:
+    """Ids of the word pieces of clinical phrases (label names and prompt phrases), for MLM masking.
+
+    Pieces shorter than ``min_chars`` letters (articles, "of", "or") are left out.
+    """
+    ids: set[int] = set()
+    for phrase in phrases:
+        pieces = [p for p in tokenizer.tokenize(phrase) if len(p.lstrip("#")) >= min_chars]
+        ids.update(tokenizer.convert_tokens_to_ids(pieces))
+    return sorted(ids - set(tokenizer.special_ids))
+
+
+def _grad_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged in value, its gradient multiplied by ``factor``."""
+    return x if factor == 1.0 else x * factor + (x * (1.0 - factor)).detach()
+
+
+class Objective(nn.Module):
+    """The weighted BIUD loss.
+
+    Args:
+        cfg: weights and loss options; a weight of 0 switches its term off (it is not computed).
+        entity_ids: token ids masked preferentially by the MLM term.
+        special_ids, mask_id, vocab_size: the tokenizer's, for MLM masking.
+    """
+
+    def __init__(self, cfg: LossConfig, entity_ids: list[int] | None = None, special_ids: list[int] | None = None,
+                 mask_id: int | None = None, vocab_size: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.roco = RobustContrastiveLoss(cfg.correction)
+        self.pkd = PairwiseKDLoss(cfg.pkd_kind)
+        self.srkd = RelationKDLoss(cfg.srkd_tau)
+        self.mlm = MaskedLMLoss()
+        self.entity_ids = entity_ids or []
+        self.special_ids = special_ids or []
+        self.mask_id, self.vocab_size = mask_id, vocab_size
+        if cfg.mlm > 0 and (mask_id is None or vocab_size is None):
+            raise ValueError("loss.mlm > 0 needs the tokenizer's mask id and vocabulary size")
+
+    @property
+    def active(self) -> list[str]:
+        """Names of the terms with a non-zero weight."""
+        return [t for t in TERMS if getattr(self.cfg, t) > 0]
+
+    def mask_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """MLM inputs for a batch: (masked ids (B, L), labels (B, L)); None when MLM is off."""
+        if self.cfg.mlm <= 0:
+            return None
+        base = self.cfg.mlm_prob
+        entity = min(1.0, base * self.cfg.mlm_entity_boost)
+        return mask_entity_tokens(batch["input_ids"], self.entity_ids, self.mask_id, self.vocab_size,
+                                  entity_prob=entity, base_prob=base, special_ids=self.special_ids,
+                                  attention_mask=batch["attention_mask"])
+
+    def _equivalence(self, labels: torch.Tensor | None,
+                     ct_text: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(equivalent (N, N) bool or None, text similarity (N, N) or None) for the global batch."""
+        cfg = self.cfg
+        text_sim = None
+        if ct_text is not None:
+            t = torch.nn.functional.normalize(ct_text.float(), dim=-1)
+            text_sim = t @ t.T
+        if cfg.correction == "none":
+            return None, None
+        if cfg.false_negatives == "labels":
+            if labels is None:
+                raise ValueError("loss.false_negatives='labels' but the batch has no label vectors")
+            return equivalence_from_labels(labels), text_sim
+        if ct_text is None:
+            raise ValueError("loss.false_negatives='text' needs the teacher's ct_text targets (data.retrieval)")
+        return equivalence_from_text(ct_text, cfg.fn_threshold), text_sim
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict[str, Any],
+                mlm_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch.
+
+        Args:
+            out: the model's forward dict (``volume``, ``text``, ``logit_scale``, ``kd``, ``mlm_logits``).
+            batch: ``labels`` (B, 18), optionally ``teacher`` (B, Dt) and ``ct_text`` (B, Dt).
+            mlm_labels: (B, L) from ``mask_batch`` when MLM is on.
+
+        Returns:
+            (backward loss, logged terms). Every rank computes the same global-batch terms with the
+            local rows carrying gradients; DDP averages gradients over ``W`` ranks, so the global
+            terms enter the backward loss multiplied by ``W`` (exact single-process gradients), the
+            per-rank MLM mean by 1. The temperature is not sharded (every rank sees its whole
+            gradient), so its gradient is scaled by ``1/W`` inside the loss. Logged terms are detached
+            global values (MLM averaged over ranks) plus ``loss`` (their weighted sum) and ``logit_scale``.
+        """
+        cfg = self.cfg
+        world = dist.get_world_size() if is_distributed() else 1
+        terms: dict[str, torch.Tensor] = {}
+        need_teacher = cfg.pkd > 0 or cfg.srkd > 0
+        kd = gather_features(out["kd"].float()) if need_teacher else None
+        teacher = gather_features(batch["teacher"].float()) if need_teacher else None
+        if cfg.roco > 0:
+            labels = batch.get("labels")
+            labels = gather_features(labels.float()) if labels is not None else None
+            ct_text = batch.get("ct_text")
+            ct_text = gather_features(ct_text.float()) if ct_text is not None else None
+            equivalent, text_sim = self._equivalence(labels, ct_text)
+            v, t = gather_features(out["volume"].float()), gather_features(out["text"].float())
+            scale = _grad_scaled(out["logit_scale"].float(), 1.0 / world)
+            terms["roco"] = self.roco(v, t, scale, equivalent, text_sim)
+        if cfg.pkd > 0:
+            terms["pkd"] = self.pkd(kd, teacher)
+        if cfg.srkd > 0:
+            terms["srkd"] = self.srkd(kd, teacher)
+        zero = out["volume"].new_zeros((), dtype=torch.float32)
+        global_loss = sum((getattr(cfg, k) * v for k, v in terms.items()), zero)
+        backward = global_loss * world
+        if cfg.mlm > 0:
+            if mlm_labels is None or "mlm_logits" not in out:
+                raise ValueError("loss.mlm > 0 needs mlm_logits in the model output and mlm_labels")
+            terms["mlm"] = self.mlm(out["mlm_logits"].float(), mlm_labels)
+            backward = backward + cfg.mlm * terms["mlm"]
+        logged = {k: v.detach() for k, v in terms.items()}
+        if "mlm" in logged and world > 1:
+            mlm = logged["mlm"].clone()
+            dist.all_reduce(mlm)
+            logged["mlm"] = mlm / world
+        logged["loss"] = sum((getattr(cfg, k) * v for k, v in logged.items()), zero.detach())
+        logged["logit_scale"] = out["logit_scale"].detach().float()
+        return backward, logged

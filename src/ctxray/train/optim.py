@@ -1,0 +1,92 @@
+"""Optimiser, learning-rate schedule, and their state as tensors + JSON (never pickle)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctxray.train.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight matrices decay; norms, biases, the temperature and 1-D tensors do not.
+
+    Parameters are listed in ``named_parameters`` order, so the grouping (and the optimiser state's
+    indices) is the same for every process and every run of one config.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith("logit_scale") or "norm" in name.lower() or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based).
+
+    Linear warm-up from ``1/warmup`` to 1 over ``warmup`` steps, then a cosine from 1 to
+    ``min_ratio`` at ``total``.
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + cosine; warm-up is capped at a tenth of ``total_steps``."""
+    warmup = min(cfg.warmup_steps, max(0, total_steps // 10))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.min_lr_ratio))
+
+
+def optimizer_state_to_tensors(state: dict[str, Any], prefix: str = "optim") -> tuple[dict, dict]:
+    """Split an optimiser ``state_dict`` into tensors (for safetensors) and JSON.
+
+    Returns:
+        (tensors keyed ``{prefix}.{param index}.{name}``, JSON-ready dict of everything else).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars, "indices": [int(i) for i in state["state"]]}
+
+
+def optimizer_state_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                                 prefix: str = "optim") -> dict[str, Any]:
+    """Inverse of ``optimizer_state_to_tensors``: a ``state_dict`` for ``Optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {int(i): {} for i in meta["indices"]}
+    head = prefix + "."
+    for key, value in tensors.items():
+        if not key.startswith(head):
+            continue
+        idx, name = key[len(head):].split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,145 @@
+"""Everything a run builds before its first step: config, tokenizer, data, targets, model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ctxray.config import from_dict, to_dict
+from ctxray.models.dual import DualEncoder, init_text_from_teacher, teacher_text_tower
+from ctxray.models.text import Tokenizer
+from ctxray.train.config import TrainConfig
+from ctxray.train.data import (
+    PairCollator,
+    ResumableSampler,
+    cache_input_shape,
+    read_manifest,
+    shuffled_id_map,
+    subset_indices,
+)
+from ctxray.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def stored_config(run_dir: Path) -> TrainConfig:
+    """The resolved config a run saved in ``RUN/checkpoints/last/config.json``."""
+    path = Path(run_dir) / "checkpoints" / "last" / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume (no last checkpoint in {run_dir})")
+    return from_dict(TrainConfig, json.loads(path.read_text()), str(path))
+
+
+def check_resume_config(given: TrainConfig, stored: TrainConfig) -> None:
+    """Warn about settings that differ between the given config and the run's (the run's win)."""
+    a, b = to_dict(given), to_dict(stored)
+    for section in ("loss", "optim", "data", "seed"):
+        if a[section] != b[section]:
+            log.warning("--resume: %s differs from the run's saved config; continuing with the saved one", section)
+
+
+def build_tokenizer(config: TrainConfig, reports: list[str]) -> Tokenizer:
+    """The report tokenizer: the teacher's, a Hugging Face folder's, or WordPiece trained on ``reports``.
+
+    A trained vocabulary also sees the zero-shot prompts, so no prompt word is split into characters.
+    """
+    if config.text_init == "teacher":
+        return Tokenizer.from_pretrained(Path(config.teacher_dir) / "tokenizer")
+    if config.model.text.kind == "hf":
+        return Tokenizer.from_pretrained(config.model.text.hf_path)
+    from ctxray.labels import load_labels
+
+    labels = load_labels()
+    prompts = [p for name in labels.names for group in labels.prompts(name) for p in group]
+    return Tokenizer.train(list(reports) + prompts, vocab_size=config.tokenizer_vocab)
+
+
+@dataclass
+class RunData:
+    """The run's datasets, loaders, collator and teacher targets."""
+
+    train_set: Any
+    train_loader: DataLoader
+    sampler: ResumableSampler
+    loader_gen: torch.Generator
+    val_loader: DataLoader | None
+    collator: PairCollator
+    targets: Any
+
+
+def _load_targets(config: TrainConfig) -> Any:
+    if not config.needs_targets:
+        return None
+    from ctxray.retrieval import load_targets
+
+    return load_targets(config.data.retrieval)
+
+
+def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunData:
+    """Datasets (train subset, validation), the resumable sampler and the collator."""
+    from ctxray.data.dataset import CTCacheDataset
+
+    da = config.data
+    full = CTCacheDataset(da.cache, split=da.train_split, augment=da.augment, seed=config.seed)
+    train_set = Subset(full, subset_indices(len(full), da.max_train, config.seed))
+    targets = _load_targets(config)
+    id_map = None
+    if da.shuffle_targets and targets is not None:
+        ids = [str(r["id"]) for r in read_manifest(da.cache, da.train_split)]
+        id_map = shuffled_id_map(ids, config.seed)
+    collator = PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target,
+                            with_teacher=config.loss.pkd > 0 or config.loss.srkd > 0,
+                            with_ct_text=config.needs_teacher_text, id_map=id_map)
+    sampler = ResumableSampler(train_set, rt.world_size, rt.rank, seed=config.seed)
+    if sampler.num_samples < da.batch_size:
+        raise ValueError(f"{da.cache}: split {da.train_split!r} gives {sampler.num_samples} pairs per rank, fewer "
+                         f"than data.batch_size={da.batch_size}")
+    gen = torch.Generator()
+    loader = DataLoader(train_set, batch_size=da.batch_size, sampler=sampler, collate_fn=collator,
+                        num_workers=da.num_workers, drop_last=True, generator=gen,
+                        pin_memory=rt.device.type == "cuda")
+    val_loader = None
+    if da.val_split and rt.main:
+        val = CTCacheDataset(da.cache, split=da.val_split, augment=None, seed=config.seed)
+        if len(val) >= 2:
+            val = Subset(val, subset_indices(len(val), da.max_val, config.seed))
+            val_collator = PairCollator(tokenizer, config.model.text.max_length)
+            val_loader = DataLoader(val, batch_size=da.batch_size, shuffle=False, collate_fn=val_collator,
+                                    num_workers=da.num_workers)
+        else:
+            log.warning("%s: validation split %r has %d volumes; validation is skipped", da.cache, da.val_split,
+                        len(val))
+    return RunData(train_set, loader, sampler, gen, val_loader, collator, targets)
+
+
+def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> TrainConfig:
+    """Fill what the data decides: input shape, vocabulary size, teacher width, MLM head, text tower."""
+    m = config.model
+    text = m.text
+    if config.text_init == "teacher":
+        text, _ = teacher_text_tower(config.teacher_dir)
+    if text.kind == "bert":
+        text = dataclasses.replace(text, vocab_size=tokenizer.vocab_size)
+    teacher_dim = None
+    if targets is not None and (config.loss.pkd > 0 or config.loss.srkd > 0):
+        teacher_dim = int(targets.dim)
+    model = dataclasses.replace(m, text=text, teacher_dim=teacher_dim, mlm_head=config.loss.mlm > 0,
+                                input_shape=tuple(m.input_shape) if m.input_shape else
+                                cache_input_shape(config.data.cache))
+    return dataclasses.replace(config, model=model)
+
+
+def build_model(config: TrainConfig) -> DualEncoder:
+    """A fresh model of a resolved config, with the text tower from the teacher when asked."""
+    model = DualEncoder(config.model)
+    if config.text_init == "teacher":
+        _, state = teacher_text_tower(config.teacher_dir)
+        init_text_from_teacher(model, state)
+    return model
