@@ -16,12 +16,20 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_metrics(tmp_path_factory) -> Path:
+    """An evaluation metrics.json written through ctxray.evaluate's own protocol (so its schema is real)."""
+    import numpy as np
+
+    from ctxray.evaluate.protocol import zero_shot_protocols
     from ctxray.labels import load_labels
 
     names = load_labels().names
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, len(names))) < 0.4).astype(np.float32)
+    scores = np.clip(0.3 * y + 0.7 * rng.random(y.shape), 0, 1)
+    zs = zero_shot_protocols(y, scores, [f"s{i}" for i in range(40)], names, n_boot=5)
+    zs["thresholds"]["split"] = "valid"
     path = tmp_path_factory.mktemp("infer_eval") / "metrics.json"
-    thresholds = {n: round(0.3 + 0.02 * i, 3) for i, n in enumerate(names)}
-    path.write_text(json.dumps({"zero_shot": {"macro_auc": 0.6, "thresholds": thresholds}}))
+    path.write_text(json.dumps({"zero_shot": zs}))
     return path
 
 

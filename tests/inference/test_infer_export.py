@@ -40,7 +40,7 @@ def test_export_load_gives_identical_zero_shot(tiny_run, tiny_model_dir, tiny_me
     assert [f.label for f in findings] == model.labels
     np.testing.assert_array_equal(np.array([f.probability for f in findings], np.float32), ref_probs)
     np.testing.assert_array_equal(model.embed_volume(hu, spacing=spacing), ref_emb)
-    thresholds = json.loads(tiny_metrics.read_text())["zero_shot"]["thresholds"]
+    thresholds = json.loads(tiny_metrics.read_text())["zero_shot"]["thresholds"]["per_volume"]
     for f in findings:
         assert f.threshold == pytest.approx(thresholds[f.label])
         assert f.decision == (f.probability >= f.threshold)
@@ -70,7 +70,8 @@ def test_model_folder_contents(tiny_model_dir):
     assert not any("state" in f for f in files), "optimiser state must not be exported"
     card = (tiny_model_dir / "MODEL_CARD.md").read_text()
     assert "not a medical device" in card and "## Intended use" in card and "## Data" in card
-    assert "macro_auc" in card  # evaluation metrics reach the card
+    assert "zero_shot.macro" in card  # evaluation metrics reach the card
+    assert "Youden" in card and "split 'valid'" in card  # and where the thresholds come from
     prompts = json.loads((tiny_model_dir / "prompts.json").read_text())
     assert prompts["Emphysema"]["positive"] and prompts["Emphysema"]["negative"]
 

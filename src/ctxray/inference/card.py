@@ -76,17 +76,32 @@ def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float]
              f"{spec.get('shape_zyx')}, HU window [{spec.get('hu_min')}, {spec.get('hu_max')}], fit "
              f"`{spec.get('fit', 'crop_pad')}`; the same spec is applied at inference.",
              "", "## Data", "", *_training_data(config), "", "## Metrics", ""]
+    per_label: dict = {}
     if eval_metrics:
         lines.append("Evaluation (`metrics.json` given to `ctxray export`):")
-        lines += [f"- {k}: {v:.4g}" for k, v in _numbers(eval_metrics)[:40]]
+        zs = eval_metrics.get("zero_shot") if isinstance(eval_metrics.get("zero_shot"), dict) else None
+        if zs is not None and isinstance(zs.get("macro"), dict):
+            ci = zs.get("macro_ci95", {})
+            lines.append(f"- zero-shot, {zs.get('n', '?')} volumes, {zs.get('n_labels_evaluated', '?')} labels "
+                         "evaluated; macro (95% CI):")
+            for k, v in zs["macro"].items():
+                lo, hi = (ci.get(k) or [float("nan")] * 2)[:2]
+                lines.append(f"  - zero_shot.macro.{k}: {v:.4f} ({lo:.4f}-{hi:.4f})")
+            per_label = zs.get("per_label", {}) or {}
+        else:
+            lines += [f"- {k}: {v:.4g}" for k, v in _numbers(eval_metrics)[:40]]
     else:
         lines.append("No evaluation metrics were given to `ctxray export`.")
     if ckpt_metrics:
         lines += ["", "Validation during training (the checkpoint's `metrics.json`):"]
         lines += [f"- {k}: {v:.4g}" for k, v in _numbers(ckpt_metrics)[:20]]
     lines += ["", "## Decision thresholds", "", f"Source: {threshold_note}.", "",
-              "| label | threshold |", "|---|---:|"]
-    lines += [f"| {name} | {t:.4f} |" for name, t in thresholds.items()]
+              "| label | threshold | zero-shot AUROC | positives / n |", "|---|---:|---:|---:|"]
+    for name, t in thresholds.items():
+        row = per_label.get(name, {})
+        auc = f"{row['auroc']:.4f}" if isinstance(row.get("auroc"), float) else "-"
+        counts = f"{row['n_pos']} / {row['n']}" if "n" in row else "-"
+        lines.append(f"| {name} | {t:.4f} | {auc} | {counts} |")
     lines += ["", "## Intended use", "", INTENDED_USE, "", "## Limits", "", limits, ""]
     return "\n".join(lines)
 

@@ -73,16 +73,29 @@ def read_thresholds(metrics_path: str | Path | None, names: list[str]) -> tuple[
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read evaluation metrics: {err}") from err
-    found = _find_thresholds(data, set(names))
+    found, note = _evaluate_thresholds(data, path)
+    if not found:
+        found = _find_thresholds(data, set(names))
+        note = f"chosen on validation, read from {path.name}"
     if not found:
         raise ValueError(f"{path}: no per-label thresholds found (expected a 'thresholds' mapping or per-label "
                          f"rows with 'threshold')")
     missing = [n for n in names if n not in found]
     out = {n: float(found.get(n, DEFAULT_THRESHOLD)) for n in names}
-    note = f"chosen on validation, read from {path.name}"
     if missing:
         note += f"; default {DEFAULT_THRESHOLD} for {len(missing)} label(s) without one: {', '.join(missing)}"
     return out, note
+
+
+def _evaluate_thresholds(data: Any, path: Path) -> tuple[dict[str, float], str]:
+    """Per-volume thresholds of ``ctxray evaluate``'s ``metrics.json`` (``zero_shot.thresholds``)."""
+    zs = data.get("zero_shot") if isinstance(data, dict) else None
+    th = zs.get("thresholds") if isinstance(zs, dict) else None
+    if not (isinstance(th, dict) and isinstance(th.get("per_volume"), dict)):
+        return {}, ""
+    note = (f"{th.get('rule', 'per-label thresholds')} on split '{th.get('split', '?')}', per volume, read from "
+            f"{path.name}; {th.get('note', '')}".rstrip("; "))
+    return {k: float(v) for k, v in th["per_volume"].items()}, note
 
 
 def _find_thresholds(node: Any, names: set[str]) -> dict[str, float]:
