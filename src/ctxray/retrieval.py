@@ -5,10 +5,10 @@ reports; the matched X-rays' teacher *image* embeddings (top-1 and the mean of t
 L2-normalised) become the distillation targets, cached once so training never runs the teacher.
 
 Search is exact (blocked matrix products with a running top-k: memory bounded by ``block_elems``
-floats whatever the sizes) or approximate (FAISS IVF-Flat, inner product; its recall against exact is
-measured in tests and ``bench/bench_retrieval.py``). Pairing modes: ``text`` (the method), ``random``
-(seeded control) and ``label_oracle`` (gallery items ranked by Jaccard agreement of X-ray-visible
-labels, ties broken at random: the ceiling for label agreement).
+floats whatever the sizes) or approximate (FAISS IVF-Flat or HNSW, inner product; its recall against
+exact is measured in tests and ``bench/bench_retrieval.py``; random vectors are its worst case).
+Pairing modes: ``text`` (the method), ``random`` (seeded control) and ``label_oracle`` (gallery
+items ranked by Jaccard agreement of X-ray-visible labels, ties broken at random: the ceiling).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Pairing = Literal["text", "random", "label_oracle"]
 IndexKind = Literal["exact", "faiss"]
+FaissKind = Literal["ivf", "hnsw"]
 _ID_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy")
 
 
@@ -77,13 +78,16 @@ def exact_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int,
     return scores, index
 
 
-def faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, nlist: int | None = None,
-               nprobe: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Approximate top-k inner products with a FAISS IVF-Flat index.
+def faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, kind: FaissKind = "ivf",
+               nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = 128,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top-k inner products with FAISS.
 
     Args:
-        nlist: inverted lists (default ``4 * sqrt(N)``, at most N / 39 so k-means has data).
-        nprobe: lists searched per query (default ``max(1, nlist // 8)``).
+        kind: ``ivf`` (IVF-Flat: k-means lists, scans ``nprobe`` of them) or ``hnsw`` (graph, HNSW-Flat).
+        nlist: IVF lists (default ``4 * sqrt(N)``, at most ``N / 39`` so k-means has data).
+        nprobe: IVF lists searched per query (default ``nlist // 4``).
+        hnsw_m, ef_search: HNSW graph degree and search breadth.
         seed: k-means seed.
 
     Shape:
@@ -95,13 +99,18 @@ def faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, nlist: int 
     q = np.ascontiguousarray(queries.numpy(), dtype=np.float32)
     n, d = g.shape
     k = min(k, n)
-    nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.train(g)
+    if kind == "ivf":
+        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(g)
+        index.nprobe = nprobe or max(1, nlist // 4)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(ef_search, k)
+    else:
+        raise ValueError(f"unknown FAISS index kind {kind!r}; use ivf or hnsw")
     index.add(g)
-    index.nprobe = nprobe or max(1, nlist // 8)
     scores, ids = index.search(q, k)
     return torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64))
 
@@ -288,7 +297,8 @@ def read_ct_reports(source: str | Path) -> CTReports:
 
 def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, out: str | Path, k: int = 5,
              index: IndexKind = "exact", pairing: Pairing = "text", text_teacher: str | None = None,
-             gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0) -> dict:
+             gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
+             faiss_kind: FaissKind = "ivf") -> dict:
     """Run the retrieval stage and write ``pairs.csv``, ``targets.safetensors``, ``targets.json``, ``quality.json``.
 
     Args:
@@ -298,7 +308,7 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
         gallery_dir: X-ray gallery folder.
         out: output folder.
         k: neighbours kept (``topk_mean`` averages them).
-        index: exact or faiss search. pairing: text (the method), random or label_oracle.
+        index: exact or faiss search (``faiss_kind`` ivf or hnsw). pairing: text (the method), random or label_oracle.
         text_teacher: a separate (text-only) expert for ranking, e.g. a CXR-BERT folder.
         gallery_split: restrict the gallery to one split.
         cache_dir: gallery-embedding cache (default ``out/cache``).
@@ -323,7 +333,8 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     gallery_rank = gallery if ranker is teacher else embed_gallery(ranker, gallery_dir, gallery_split, cache, False)
     ct_text = embed_texts(teacher, ct.reports, desc="CT reports")
     ct_rank = ct_text if ranker is teacher else embed_texts(ranker, ct.reports, desc="CT reports (ranker)")
-    text_scores, text_index = search(ct_rank, gallery_rank.text, k, index=index)
+    text_scores, text_index = search(ct_rank, gallery_rank.text, k, index=index,
+                                     **({"kind": faiss_kind} if index == "faiss" else {}))
     if pairing == "text":
         scores, idx = text_scores, text_index
     elif pairing == "random":
@@ -338,7 +349,8 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     write_pairs_csv(out / "pairs.csv", ct.ids, gallery.ids, idx, scores)
     meta = {"teacher": teacher.fingerprint(), "ranker": ranker.fingerprint(), "pairing": pairing,
-            "index": index, "gallery": str(gallery_dir), "gallery_size": len(gallery.ids)}
+            "index": index if index == "exact" else f"faiss-{faiss_kind}", "gallery": str(gallery_dir),
+            "gallery_size": len(gallery.ids)}
     write_targets(out, ct.ids, idx, gallery.image, ct_text, meta)
     quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids)}
     if ct.labels is not None:

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", required=True, type=Path, help="X-ray gallery folder (reports.csv)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (pairs.csv, targets.*)")
     parser.add_argument("--k", type=int, default=5, help="neighbours kept per CT (topk_mean averages them)")
-    parser.add_argument("--index", choices=["exact", "faiss"], default="exact", help="exact or FAISS IVF search")
+    parser.add_argument("--index", choices=["exact", "faiss"], default="exact",
+                        help="exact (blocked matmul) or FAISS search")
+    parser.add_argument("--faiss-kind", choices=["ivf", "hnsw"], default="ivf", help="FAISS index type")
     parser.add_argument("--pairing", choices=["text", "random", "label_oracle"], default="text",
                         help="text: the method; random: control; label_oracle: pair by label vectors")
     parser.add_argument("--text-teacher", help="separate text-only expert for ranking (e.g. a CXR-BERT folder)")
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--k must be at least 1")
     quality = retrieve(args.teacher, args.ct, args.gallery, args.out, k=args.k, index=args.index,
                        pairing=args.pairing, text_teacher=args.text_teacher, gallery_split=args.gallery_split,
-                       cache_dir=args.cache_dir, seed=args.seed)
+                       cache_dir=args.cache_dir, seed=args.seed,
+                       faiss_kind=args.faiss_kind)
     print(json.dumps(quality, indent=2))
     return 0
