@@ -28,7 +28,7 @@ def phantom_hu(shape_zyx: tuple[int, int, int] = (12, 24, 28), seed: int = 0) ->
         vol[lung] = -850
     vol[(np.abs(y - (cy + 0.38 * h)) < 1.5) & (np.abs(x - cx) < 2)] = 700
     vol += np.random.default_rng(seed).normal(0, 10, shape_zyx) + z * 0.5  # z ramp makes orientation visible
-    return np.rint(vol).astype(np.int16)
+    return np.rint(np.clip(vol, -1024, 3071)).astype(np.int16)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:

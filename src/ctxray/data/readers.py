@@ -149,10 +149,10 @@ def read_nifti_raw(path: str | Path) -> RawVolume:
 
 
 def read_npz_raw(path: str | Path, key: str = "ct", spacing_zyx: tuple[float, float, float] | None = None) -> RawVolume:
-    """Read an ``.npz`` volume (RAD-ChestCT: key ``ct``, HU, 0.8 mm isotropic, stored (z, y, x)).
+    """Read an ``.npz`` volume whose array (key ``key``) is already HU on the RAS (D, H, W) grid.
 
-    The array is taken as already (D, H, W) RAS-ordered HU. Optional keys ``spacing_zyx`` (3,) and
-    ``affine`` (4, 4) override the RAD-ChestCT defaults; an explicit ``spacing_zyx`` argument wins.
+    Spacing: the ``spacing_zyx`` argument, else the file's ``spacing_zyx`` key, else RAD-ChestCT's
+    0.8 mm (RAD-ChestCT's own axis order is handled by :func:`ctxray.data.radchest.read_radchest_raw`).
 
     Raises:
         VolumeReadError: missing file, not a zip, missing key, not 3D.
@@ -180,6 +180,22 @@ def read_npz_raw(path: str | Path, key: str = "ct", spacing_zyx: tuple[float, fl
     return RawVolume(data, (float(sz), float(sy), float(sx)), affine, str(path))
 
 
+def _read_any_npz(path: Path) -> RawVolume:
+    """An ``.npz`` with a ``spacing_zyx`` key is ours (RAS); one without is read as RAD-ChestCT."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ours = "spacing_zyx" in npz.files
+    except Exception as err:
+        if not path.is_file():
+            raise VolumeReadError(path, "file not found") from None
+        raise VolumeReadError(path, f"unreadable .npz ({type(err).__name__}: {err})") from err
+    if ours:
+        return read_npz_raw(path)
+    from ctxray.data.radchest import read_radchest_raw
+
+    return read_radchest_raw(path)
+
+
 def read_volume_raw(path: str | Path, series_uid: str | None = None) -> RawVolume:
     """Read a NIfTI file, an ``.npz``, a DICOM file or a DICOM folder (one series) as stored values.
 
@@ -199,7 +215,7 @@ def read_volume_raw(path: str | Path, series_uid: str | None = None) -> RawVolum
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti_raw(path)
     if name.endswith(".npz"):
-        return read_npz_raw(path)
+        return _read_any_npz(path)
     if not path.exists():
         raise VolumeReadError(path, "file not found")
     raise VolumeReadError(path, "unknown volume format (expected .nii, .nii.gz, .npz, .dcm or a DICOM folder)")

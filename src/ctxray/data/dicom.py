@@ -1,0 +1,320 @@
+"""DICOM CT series -> RAS ``(D, H, W)`` volumes, without letting patient identifiers out.
+
+A folder may hold many series: files are grouped by ``SeriesInstanceUID``, slices sorted by their
+position along the slice normal (``ImagePositionPatient`` projected on the cross product of the
+``ImageOrientationPatient`` cosines, never by file name or ``InstanceNumber``), the spacing between
+slices is derived from those positions (not from ``SliceThickness``) and checked to be even, and
+``RescaleSlope``/``RescaleIntercept`` give HU. Localizers (scouts), non-CT modalities, single
+slices, multi-frame objects and series with a missing slice are rejected with a reason.
+
+Privacy: a series is named by a derived id (a hash of its UID); the patient's name, ID, birth date
+and accession number are collected only to be redacted from any path or message that leaves here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctxray.data.readers import RawVolume, VolumeReadError, canonical_zyx, spacing_from_affine
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")
+_HEADER_TAGS = ["SeriesInstanceUID", "Modality", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
+                "PixelSpacing", "NumberOfFrames", "Rows", "Columns", *IDENTIFIER_TAGS]
+
+
+def series_id(uid: str) -> str:
+    """Derived, non-reversible id for a series: ``dcm-`` + 16 hex digits of SHA-256 of its UID."""
+    return "dcm-" + hashlib.sha256(uid.encode()).hexdigest()[:16]
+
+
+def redact(text: str, identifiers: Iterable[str]) -> str:
+    """Replace every identifier (3+ characters) occurring in ``text`` by ``[redacted]``."""
+    for ident in sorted(set(identifiers), key=len, reverse=True):
+        if len(ident) >= 3:
+            text = text.replace(ident, "[redacted]")
+    return text
+
+
+def _identifiers(ds) -> set[str]:
+    out: set[str] = set()
+    for tag in IDENTIFIER_TAGS:
+        value = ds.get(tag)
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+        for v in values:
+            s = str(v).strip()
+            if s:
+                out.add(s)
+                out.update(p.strip() for p in s.replace("^", " ").split() if p.strip())
+    return out
+
+
+@dataclass
+class SliceHeader:
+    path: Path
+    position: np.ndarray  # (3,) LPS mm
+    orientation: np.ndarray  # (6,) row cosine, column cosine
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing)
+
+
+@dataclass
+class DicomSeries:
+    """Files of one series and what is needed to read or reject it (no identifiers kept, only their redaction set)."""
+
+    uid: str
+    modality: str
+    image_types: set[str] = field(default_factory=set)
+    slices: list[SliceHeader] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    identifiers: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return series_id(self.uid)
+
+
+def _read_header(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+        return None
+
+
+def _add_slice(series: DicomSeries, ds, path: Path) -> None:
+    series.image_types.update(str(t).upper() for t in (ds.get("ImageType") or []))
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        series.problems.append(f"multi-frame DICOM ({frames} frames in one file) is not supported")
+        return
+    ipp, iop, ps = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), ds.get("PixelSpacing")
+    if ipp is None or iop is None or ps is None:
+        series.problems.append("slice without ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
+        return
+    series.slices.append(SliceHeader(path, np.array([float(v) for v in ipp]), np.array([float(v) for v in iop]),
+                                     (float(ps[0]), float(ps[1]))))
+
+
+def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
+    """Group every DICOM file below ``folder`` by ``SeriesInstanceUID`` (non-DICOM files are ignored).
+
+    Returns:
+        Series sorted by derived id.
+    """
+    folder = Path(folder)
+    by_uid: dict[str, DicomSeries] = {}
+    paths = [folder] if folder.is_file() else sorted(
+        Path(root) / f for root, _, files in os.walk(folder) for f in files if not f.startswith(".")
+    )
+    for path in paths:
+        ds = _read_header(path)
+        if ds is None or "SeriesInstanceUID" not in ds:
+            continue
+        uid = str(ds.SeriesInstanceUID)
+        series = by_uid.setdefault(uid, DicomSeries(uid, str(ds.get("Modality", "")).upper()))
+        series.identifiers |= _identifiers(ds)
+        _add_slice(series, ds, path)
+    return sorted(by_uid.values(), key=lambda s: s.id)
+
+
+def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
+    """Validate a series and return its slices sorted inferior-to-superior along the slice normal.
+
+    Raises:
+        ValueError: the reason (non-CT, localizer, too few slices, mixed orientation, duplicate or missing
+            slices, uneven spacing).
+    """
+    if series.modality != "CT":
+        raise ValueError(f"modality {series.modality or 'missing'} is not CT")
+    if "LOCALIZER" in series.image_types or "SCOUT" in series.image_types:
+        raise ValueError("localizer (scout) series")
+    if series.problems:
+        raise ValueError(series.problems[0])
+    slices = series.slices
+    if len(slices) < min_slices:
+        raise ValueError(f"only {len(slices)} slice(s); a volume needs at least {min_slices}")
+    iop = slices[0].orientation
+    if len(slices) == 1:
+        return slices
+    if any(np.abs(s.orientation - iop).max() > 1e-3 for s in slices):
+        raise ValueError("slices have different ImageOrientationPatient")
+    if any(np.abs(np.subtract(s.pixel_spacing, slices[0].pixel_spacing)).max() > 1e-3 for s in slices):
+        raise ValueError("slices have different PixelSpacing")
+    normal = np.cross(iop[:3], iop[3:])
+    slices = sorted(slices, key=lambda s: float(s.position @ normal))
+    pos = np.array([s.position @ normal for s in slices])
+    in_plane = np.array([[s.position @ iop[:3], s.position @ iop[3:]] for s in slices])
+    if np.abs(in_plane - in_plane[0]).max() > 0.5:
+        raise ValueError("slices are not stacked along the slice normal (tilted gantry or mixed stacks)")
+    gaps = np.diff(pos)
+    step = float(np.median(gaps))
+    if gaps.min() < 0.01 * max(step, 1e-6):
+        raise ValueError(f"duplicate slice positions ({int((gaps < 0.01 * max(step, 1e-6)).sum())} pairs)")
+    if gaps.max() > 1.5 * step:
+        k = int(np.argmax(gaps))
+        raise ValueError(f"missing slice: gap of {gaps[k]:.2f} mm after slice {k} where the spacing is {step:.2f} mm")
+    if (gaps.max() - gaps.min()) > 0.1 * step:
+        raise ValueError(f"uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm)")
+    return slices
+
+
+def _read_pixels(slices: list[SliceHeader]) -> tuple[np.ndarray, float, float]:
+    """Stack pixel data (k, row, col); one slope/intercept if shared, else float32 HU with (1, 0)."""
+    import pydicom
+
+    first = pydicom.dcmread(str(slices[0].path))
+    shape = (len(slices), int(first.Rows), int(first.Columns))
+    params = []
+    vol = None
+    for k, s in enumerate(slices):
+        ds = first if k == 0 else pydicom.dcmread(str(s.path))
+        try:
+            px = ds.pixel_array
+        except Exception as err:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+            raise ValueError(f"cannot decode pixel data (transfer syntax {syntax}): {err}") from err
+        if px.shape != shape[1:]:
+            raise ValueError(f"slice {k} has shape {px.shape}, expected {shape[1:]}")
+        if vol is None:
+            vol = np.empty(shape, dtype=px.dtype)
+        vol[k] = px
+        params.append((float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)))
+    if len(set(params)) == 1:
+        return vol, params[0][0], params[0][1]
+    hu = vol.astype(np.float32)
+    for k, (slope, inter) in enumerate(params):
+        hu[k] = hu[k] * slope + inter
+    return hu, 1.0, 0.0
+
+
+def series_affine_ras(slices: list[SliceHeader]) -> np.ndarray:
+    """Voxel (col, row, slice) -> RAS mm affine of sorted slices (LPS from DICOM, x and y negated)."""
+    iop = slices[0].orientation
+    dr, dc = slices[0].pixel_spacing
+    normal = np.cross(iop[:3], iop[3:])
+    if len(slices) > 1:
+        dz = float((slices[-1].position - slices[0].position) @ normal) / (len(slices) - 1)
+    else:
+        dz = 1.0
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3] * dc, iop[3:] * dr, normal * dz
+    lps[:3, 3] = slices[0].position
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def read_series(series: DicomSeries, where: str | Path, min_slices: int = 3) -> RawVolume:
+    """Read one validated series as stored values on the RAS grid; ``source`` is the derived id.
+
+    Raises:
+        VolumeReadError: ``where`` (redacted) and the reason.
+    """
+    label = redact(str(where), series.identifiers)
+    try:
+        slices = check_series(series, min_slices=min_slices)
+        values, slope, intercept = _read_pixels(slices)
+    except ValueError as err:
+        raise VolumeReadError(f"{label} [series {series.id}]", redact(str(err), series.identifiers)) from None
+    affine = series_affine_ras(slices)
+    zyx, canon = canonical_zyx(values.transpose(2, 1, 0), affine)  # stored (k, row, col) -> (col, row, k)
+    return RawVolume(zyx, spacing_from_affine(canon), canon, series.id, slope, intercept)
+
+
+def read_dicom_raw(path: str | Path, series_uid: str | None = None) -> RawVolume:
+    """Read a DICOM folder holding one CT series (or ``series_uid``), or one DICOM file as a 1-slice volume.
+
+    Raises:
+        VolumeReadError: no DICOM found, several series and no ``series_uid``, or a rejected series.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeReadError(path, "file not found")
+    series = scan_dicom_folder(path)
+    if not series:
+        raise VolumeReadError(path, "no DICOM files found")
+    if series_uid is not None:
+        series = [s for s in series if s.uid == series_uid]
+        if not series:
+            raise VolumeReadError(path, f"no series with the requested SeriesInstanceUID (id {series_id(series_uid)})")
+    elif len(series) > 1:
+        ids = ", ".join(s.id for s in series)
+        raise VolumeReadError(path, f"{len(series)} series found ({ids}); preprocess the folder or pass series_uid")
+    return read_series(series[0], path, min_slices=1 if path.is_file() else 3)
+
+
+def write_ct_series(
+    folder: str | Path,
+    hu: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    *,
+    intercept: float = -1024.0,
+    slope: float = 1.0,
+    seed: int = 0,
+    patient: dict[str, str] | None = None,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """Write a RAS HU volume as an axial CT series (LPS, uint16 + rescale), one file per slice.
+
+    For tests, benchmarks and exporting the synthetic world to hospital-style input. File names and
+    ``InstanceNumber`` are shuffled (seeded) so readers must sort by position.
+
+    Args:
+        hu: HU volume. Shape: (D, H, W) RAS.
+        patient: optional identifier tags to store (e.g. ``{"PatientName": "DOE^JANE"}``).
+
+    Returns:
+        The written files.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    d, h, w = hu.shape
+    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    if stored.min() < 0 or stored.max() > 65535:
+        raise ValueError("HU range does not fit uint16 with this slope/intercept")
+    stored = stored.astype(np.uint16)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    order = np.random.default_rng(seed).permutation(d)
+    paths = []
+    for k in range(d):
+        meta = FileMetaDataset()
+        sop = generate_uid()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series_uid, study_uid
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        for tag, value in (patient or {}).items():
+            setattr(ds, tag, value)
+        # LPS: columns run to the patient's left (RAS W reversed), rows to posterior (RAS H reversed).
+        ds.ImagePositionPatient = [-(w - 1) * sx, -(h - 1) * sy, k * sz]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz * 2  # deliberately not the spacing: readers must use positions
+        ds.InstanceNumber = int(order[k]) + 1
+        ds.Rows, ds.Columns = h, w
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.ascontiguousarray(stored[k, ::-1, ::-1]).tobytes()
+        path = folder / f"IM{order[k]:05d}.dcm"
+        ds.save_as(str(path), enforce_file_format=True)
+        paths.append(path)
+    return paths
