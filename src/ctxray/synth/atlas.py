@@ -1,0 +1,104 @@
+"""A coarse tissue atlas of one patient, used to place lesions where they belong.
+
+Lesions are drawn in millimetres before any CT grid exists; the atlas paints the patient's organs on
+a coarse grid once, so a nodule can be put inside the right lower lobe, an effusion against the
+posterior chest wall, and a node in the mediastinal fat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ctxray.synth.anatomy import Anatomy, body_shapes, mediastinum_shapes
+from ctxray.synth.canvas import Canvas, Grid, Tissue
+
+ATLAS_SPACING = 6.0
+
+
+class Atlas:
+    """Coarse organ map of a patient with lung-point sampling.
+
+    Args:
+        anatomy: the patient.
+    """
+
+    def __init__(self, anatomy: Anatomy) -> None:
+        self.anatomy = anatomy
+        grid = Grid.centred((64, 70, 70), (ATLAS_SPACING,) * 3, anatomy.shift)
+        canvas = Canvas(grid)
+        for shape in body_shapes(anatomy) + mediastinum_shapes(anatomy):
+            canvas.paint(shape)
+        self.grid = grid
+        self.tissue = canvas.tissue
+        self._depth: dict[str, np.ndarray] = {}
+        self._z, self._y, self._x = grid.axes()
+
+    def lung_mask(self, side: str) -> np.ndarray:
+        code = Tissue.LUNG_R if side == "right" else Tissue.LUNG_L
+        return self.tissue == code
+
+    def depth(self, side: str) -> np.ndarray:
+        """Approximate distance (mm, chamfer) of each atlas voxel of one lung to the nearest non-lung voxel."""
+        if side not in self._depth:
+            taxicab = ndimage.distance_transform_cdt(self.lung_mask(side), metric="taxicab")
+            self._depth[side] = taxicab * (ATLAS_SPACING * 0.75)
+        return self._depth[side]
+
+    def relative_height(self, side: str, z: float) -> float:
+        """Height of ``z`` within the lung from base (0) to apex (1)."""
+        zs = self._z[np.nonzero(self.lung_mask(side).any(axis=(1, 2)))[0]]
+        return float((z - zs.min()) / max(zs.max() - zs.min(), 1.0))
+
+    def sample_lung_point(self, side: str, rng: np.random.Generator, zone: str = "any", min_depth: float = 0.0,
+                          max_depth: float = 1e9, posterior: bool = False) -> np.ndarray:
+        """One random point (mm) inside one lung; see :meth:`sample_lung_points`."""
+        return self.sample_lung_points(side, rng, 1, zone, min_depth, max_depth, posterior)[0]
+
+    def sample_lung_points(self, side: str, rng: np.random.Generator, n: int, zone: str = "any",
+                           min_depth: float = 0.0, max_depth: float = 1e9, posterior: bool = False) -> np.ndarray:
+        """Random points (mm) inside one lung.
+
+        Args:
+            side: "right" or "left".
+            zone: "upper" (top 45 %), "lower" (bottom 45 %), "middle" or "any".
+            min_depth, max_depth: distance range (mm) from the lung surface (peripheral vs central).
+            posterior: keep only the back half of the lung (dependent regions).
+
+        Returns:
+            ``(n, 3)`` mm positions ``(z, y, x)``.
+        """
+        mask = self.lung_mask(side)
+        depth = self.depth(side)
+        ok = mask & (depth >= min_depth) & (depth <= max_depth)
+        zs = self._z[np.nonzero(mask.any(axis=(1, 2)))[0]]
+        if zs.size == 0:
+            raise RuntimeError("the atlas has no lung voxels; the anatomy is broken")
+        t = (self._z - zs.min()) / max(zs.max() - zs.min(), 1.0)
+        zone_ok = {"upper": t > 0.55, "lower": t < 0.45, "middle": (t > 0.3) & (t < 0.65)}.get(zone,
+                                                                                           np.ones_like(t, bool))
+        ok &= zone_ok[:, None, None]
+        if posterior:
+            ys = self._y[np.nonzero(mask.any(axis=(0, 2)))[0]]
+            ok &= (self._y < (ys.min() + ys.max()) / 2)[None, :, None]
+        idx = np.argwhere(ok)
+        if len(idx) == 0:  # constraints too tight for a small lung: relax to any lung voxel
+            idx = np.argwhere(mask)
+        i = idx[rng.integers(len(idx), size=n)]
+        jitter = rng.uniform(-0.5, 0.5, (n, 3)) * ATLAS_SPACING
+        return np.stack([self._z[i[:, 0]], self._y[i[:, 1]], self._x[i[:, 2]]], axis=1) + jitter
+
+    def lobe(self, point: np.ndarray) -> tuple[str, str]:
+        """Side and lobe name of a lung point, by height and depth (a simplified fissure geometry).
+
+        Returns:
+            ``(side, lobe)``, e.g. ``("right", "right lower lobe")``.
+        """
+        side = "right" if point[2] > self.anatomy.shift[2] else "left"
+        t = self.relative_height(side, float(point[0]))
+        front = (point[1] - self.anatomy.shift[1]) / max(self.anatomy.cavity_ay, 1.0)
+        if t < 0.42 - 0.33 * front:  # below the oblique fissure: high at the back, low in front
+            return side, f"{side} lower lobe"
+        if side == "right" and t < 0.58 and front > 0.0:  # below the horizontal fissure, in front
+            return side, "right middle lobe"
+        return side, f"{side} upper lobe"

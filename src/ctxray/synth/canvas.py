@@ -1,0 +1,309 @@
+"""A voxel canvas in patient millimetres and the shapes painted on it.
+
+Coordinates are RAS+ millimetres written ``(z, y, x)``: +z toward the head, +y toward the front,
++x toward the patient's right (nibabel's RAS+: each letter names the end an axis increases toward).
+The canvas array is ``(D, H, W)`` = (z, y, x) with index 0 of D inferior, the convention of
+docs/architecture.md. Every shape paints only inside its bounding box, so small shapes are cheap.
+
+Besides Hounsfield units the canvas keeps a tissue map (:class:`Tissue`), so shapes can be
+restricted to tissues ("inside the right lung only") and tests can measure tissues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import lru_cache
+
+import numpy as np
+
+
+class Tissue(IntEnum):
+    """Tissue codes of the canvas's tissue map."""
+
+    AIR = 0
+    FAT = 1
+    SOFT = 2
+    LUNG_R = 3
+    LUNG_L = 4
+    HEART = 5
+    BONE = 6
+    VESSEL = 7
+    AIRWAY = 8
+    LIVER = 9
+    LESION = 10
+    METAL = 11
+    FLUID = 12
+    GAS = 13
+
+
+LUNGS = (Tissue.LUNG_R, Tissue.LUNG_L)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular voxel grid.
+
+    Args:
+        shape: ``(D, H, W)``.
+        spacing: ``(sz, sy, sx)`` in mm.
+        origin: mm position ``(z, y, x)`` of the centre of voxel ``(0, 0, 0)``.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+
+    @classmethod
+    def centred(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Grid:
+        """A grid whose middle lies at ``centre`` (mm)."""
+        origin = tuple(c - (n - 1) / 2 * s for c, n, s in zip(centre, shape, spacing))
+        return cls(tuple(shape), tuple(float(s) for s in spacing), origin)
+
+    def axes(self) -> list[np.ndarray]:
+        """Millimetre coordinates of the voxel centres along z, y and x."""
+        return [(o + s * np.arange(n)).astype(np.float32) for o, s, n in zip(self.origin, self.spacing, self.shape)]
+
+    def to_voxel(self, point_mm: np.ndarray) -> np.ndarray:
+        """Millimetres ``(..., 3)`` (z, y, x) to fractional voxel indices ``(..., 3)``."""
+        return (np.asarray(point_mm, dtype=np.float64) - self.origin) / self.spacing
+
+    def affine_xyz(self) -> np.ndarray:
+        """The 4x4 NIfTI affine of the array transposed to ``[x, y, z]`` (RAS+, positive diagonal)."""
+        aff = np.eye(4)
+        aff[0, 0], aff[1, 1], aff[2, 2] = self.spacing[2], self.spacing[1], self.spacing[0]
+        aff[:3, 3] = self.origin[2], self.origin[1], self.origin[0]
+        return aff
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """A (super-)ellipsoid, optionally rotated about z and cut by a plane.
+
+    Args:
+        centre: ``(z, y, x)`` mm.
+        radii: ``(rz, ry, rx)`` mm.
+        value: HU painted inside.
+        tissue: tissue code set where painted (None keeps the map).
+        within: tissues the shape may paint over (None: any).
+        rot: rotation about the z axis in radians (x-y plane).
+        power: 2 for an ellipsoid; larger is boxier.
+        edge: soft edge width in mm (blends HU linearly; 0 is a hard edge).
+        plane: ``(normal_zyx, offset)``: only points with ``normal . p <= offset`` are painted.
+        add: add ``value`` to the HU instead of replacing it.
+    """
+
+    centre: tuple[float, float, float]
+    radii: tuple[float, float, float]
+    value: float
+    tissue: int | None = None
+    within: tuple[int, ...] | None = None
+    rot: float = 0.0
+    power: float = 2.0
+    edge: float = 0.0
+    plane: tuple[tuple[float, float, float], float] | None = None
+    add: bool = False
+
+
+@dataclass(frozen=True)
+class Spheres:
+    """Small balls stamped at points; polylines become tubes (see :func:`tube`).
+
+    Args:
+        centres: ``(N, 3)`` mm.
+        radii: ``(N,)`` mm. Balls thinner than a voxel paint one voxel with a partial-volume blend.
+        value: HU.
+        tissue: tissue code set where painted (None keeps the map).
+        within: tissues the balls may paint over (None: any).
+    """
+
+    centres: np.ndarray
+    radii: np.ndarray
+    value: float
+    tissue: int | None = None
+    within: tuple[int, ...] | None = None
+
+
+Shape = Ellipsoid | Spheres
+
+
+def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: float = 1.0,
+         tissue: int | None = None, within: tuple[int, ...] | None = None) -> Spheres:
+    """Sample a polyline every ``step`` mm into balls.
+
+    Args:
+        points: ``(K, 3)`` polyline vertices (z, y, x) mm.
+        radii: one radius or ``(K,)`` radii at the vertices (interpolated along the line).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
+    centres = np.stack([np.interp(s, arc, points[:, i]) for i in range(3)], axis=1)
+    return Spheres(centres, np.interp(s, arc, radii), value, tissue, within)
+
+
+def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: float, step: float = 1.5,
+             tissue: int | None = None, within: tuple[int, ...] | None = None) -> Spheres:
+    """Many straight tubes at once: segment ``i`` runs from ``p0[i]`` to ``p1[i]`` with radius ``radii[i]``.
+
+    Shape:
+        p0, p1: ``(N, 3)`` mm; radii: ``(N,)`` or a scalar.
+    """
+    p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
+    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(p0),))
+    n = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / step).astype(int), 1) + 1
+    seg = np.repeat(np.arange(len(p0)), n)
+    t = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    t = t / np.repeat(n - 1, n)
+    centres = p0[seg] + (p1[seg] - p0[seg]) * t[:, None]
+    return Spheres(centres, radii[seg].copy(), value, tissue, within)
+
+
+class Canvas:
+    """HU volume plus tissue map on a :class:`Grid`, initialised to air.
+
+    Shape:
+        hu: ``(D, H, W)`` float32; tissue: ``(D, H, W)`` uint8.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.hu = np.full(grid.shape, -1000.0, dtype=np.float32)
+        self.tissue = np.zeros(grid.shape, dtype=np.uint8)
+        self._axes = grid.axes()
+
+    def paint(self, shape: Shape) -> None:
+        """Paint one shape."""
+        if isinstance(shape, Ellipsoid):
+            self._ellipsoid(shape)
+        else:
+            self._spheres(shape)
+
+    def _box(self, centre: tuple[float, ...], half: tuple[float, ...]) -> tuple[slice, ...] | None:
+        sl = []
+        for c, h, o, s, n in zip(centre, half, self.grid.origin, self.grid.spacing, self.grid.shape):
+            lo = max(0, int(np.floor((c - h - o) / s)))
+            hi = min(n, int(np.ceil((c + h - o) / s)) + 1)
+            if hi <= lo:
+                return None
+            sl.append(slice(lo, hi))
+        return tuple(sl)
+
+    def _ellipsoid(self, e: Ellipsoid) -> None:
+        rxy = max(e.radii[1], e.radii[2]) * (1.42 if e.power > 2 else 1.0) + e.edge
+        box = self._box(e.centre, (e.radii[0] + e.edge, rxy, rxy))
+        if box is None:
+            return
+        z = self._axes[0][box[0]] - np.float32(e.centre[0])  # (d,)
+        y = self._axes[1][box[1]][:, None] - np.float32(e.centre[1])  # (h, 1)
+        x = self._axes[2][box[2]][None, :] - np.float32(e.centre[2])  # (1, w)
+        p = e.power
+        c, sn = np.float32(np.cos(e.rot)), np.float32(np.sin(e.rot))
+        xr, yr = (x, y) if not e.rot else (c * x + sn * y, -sn * x + c * y)
+        # sum of |coordinate / radius|^p: per-axis powers on 1-D / 2-D arrays, one 3-D addition
+        s_xy = np.abs(yr / e.radii[1]) ** p + np.abs(xr / e.radii[2]) ** p  # (h, w)
+        s = (np.abs(z / e.radii[0]) ** p)[:, None, None] + s_xy[None]  # (d, h, w)
+        if e.edge > 0:
+            r = np.sqrt(s) if p == 2.0 else s ** (1.0 / p)
+            w = np.clip((1.0 - r) * (min(e.radii) / e.edge) + 0.5, 0.0, 1.0)
+        else:
+            w = s <= 1.0
+        if e.plane is not None:
+            (nz, ny, nx), off = e.plane
+            lhs = (nz * z)[:, None, None] + (ny * y + nx * x)[None]
+            w = w & (lhs <= off - (nz * e.centre[0] + ny * e.centre[1] + nx * e.centre[2])) if w.dtype == bool \
+                else w * (lhs <= off - (nz * e.centre[0] + ny * e.centre[1] + nx * e.centre[2]))
+        self._apply(box, w, e.value, e.tissue, e.within, e.add)
+
+    def _apply(self, box: tuple[slice, ...], w: np.ndarray, value: float, tissue: int | None,
+               within: tuple[int, ...] | None, add: bool) -> None:
+        """Blend ``value`` into the box with weights ``w`` (bool: hard mask)."""
+        hu, ts = self.hu[box], self.tissue[box]
+        if within is not None:
+            allowed = np.zeros(256, dtype=bool)
+            allowed[list(within)] = True
+            w = w & allowed[ts] if w.dtype == bool else w * allowed[ts]
+        if w.dtype == bool:
+            if add:
+                np.add(hu, np.float32(value), out=hu, where=w)
+            else:
+                np.copyto(hu, np.float32(value), where=w)
+            if tissue is not None:
+                np.copyto(ts, np.uint8(tissue), where=w)
+            return
+        w = w.astype(np.float32, copy=False)
+        if add:
+            hu += w * np.float32(value)
+        else:
+            hu += w * (np.float32(value) - hu)
+        if tissue is not None:
+            np.copyto(ts, np.uint8(tissue), where=w > 0.5)
+
+    def _spheres(self, sp: Spheres) -> None:
+        if len(sp.centres) == 0:
+            return
+        spacing = np.asarray(self.grid.spacing)
+        vox = self.grid.to_voxel(sp.centres)
+        shape = np.asarray(self.grid.shape)
+        flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
+        allowed = None
+        if sp.within is not None:
+            allowed = np.zeros(256, dtype=bool)
+            allowed[list(sp.within)] = True
+        voxel_r = sp.radii[:, None] / spacing[None, :]  # (N, 3) radius in voxels per axis
+        thin = voxel_r[:, 1:].max(axis=1) < 0.5
+        # Sub-voxel balls: one voxel, blended by the fraction of the voxel they fill.
+        groups = [(thin, None)] + [(~thin & (np.round(sp.radii * 2) == q), q / 2)
+                                   for q in np.unique(np.round(sp.radii[~thin] * 2))]
+        for mask, r in groups:
+            if not mask.any():
+                continue
+            centres = np.round(vox[mask]).astype(np.int64)
+            if r is None:
+                offsets = np.zeros((1, 3), dtype=np.int64)
+                frac = np.clip((2 * sp.radii[mask] / spacing[1:].mean()) ** 2, 0.1, 1.0)
+            else:
+                offsets = _ball_offsets(r, spacing)
+                frac = np.ones(mask.sum())
+            idx = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
+            weight = np.repeat(frac, len(offsets))
+            ok = np.all((idx >= 0) & (idx < shape), axis=1)
+            lin = np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape)
+            lin, first = np.unique(lin, return_index=True)
+            weight = weight[ok][first].astype(np.float32)
+            if allowed is not None:
+                keep = allowed[flat_ts[lin]]
+                lin, weight = lin[keep], weight[keep]
+            flat_hu[lin] += weight * (sp.value - flat_hu[lin])
+            if sp.tissue is not None:
+                flat_ts[lin[weight > 0.5]] = sp.tissue
+
+
+def merge(spheres: list[Spheres]) -> Spheres:
+    """Concatenate balls of the same value, tissue and mask into one shape (one painting pass).
+
+    Raises:
+        ValueError: if the inputs differ in value, tissue or ``within``.
+    """
+    first = spheres[0]
+    if any((s.value, s.tissue, s.within) != (first.value, first.tissue, first.within) for s in spheres):
+        raise ValueError("merge() needs balls of one value, tissue and within")
+    return Spheres(np.concatenate([s.centres for s in spheres]), np.concatenate([s.radii for s in spheres]),
+                   first.value, first.tissue, first.within)
+
+
+def _ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
+    """Integer voxel offsets ``(K, 3)`` inside a ball of ``radius`` mm (at least the centre)."""
+    return _ball_offsets_cached(float(radius), tuple(float(s) for s in spacing))
+
+
+@lru_cache(maxsize=512)
+def _ball_offsets_cached(radius: float, spacing_t: tuple[float, float, float]) -> np.ndarray:
+    spacing = np.asarray(spacing_t)
+    ext = np.maximum(np.floor(radius / spacing), 0).astype(int)
+    g = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), axis=-1).reshape(-1, 3)
+    d = np.sqrt((((g * spacing) / max(radius, 1e-6)) ** 2).sum(axis=1))
+    return g[d <= 1.0]

@@ -1,0 +1,199 @@
+"""Lung, airway and pleural lesions (builders with the signature of :data:`ctxray.synth.lesions.Builder`).
+
+Every shape here paints only over lung tissue (``within=LUNGS``), so a consolidation spares the
+airways inside it (air bronchograms) and an effusion stays in its pleural space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctxray.synth.anatomy import Anatomy, bronchial_segments
+from ctxray.synth.atlas import Atlas
+from ctxray.synth.canvas import LUNGS, Ellipsoid, Shape, Spheres, Tissue, merge, segments, tube
+from ctxray.synth.lesions import Lesion, _tup
+
+T = Tissue
+SIDES = ("right", "left")
+
+
+def _sides(rng: np.random.Generator, p_bilateral: float) -> list[str]:
+    if rng.random() < p_bilateral:
+        return list(SIDES)
+    return [str(rng.choice(SIDES, p=[0.55, 0.45]))]
+
+
+def _lat(sides: list[str]) -> str:
+    return "bilateral" if len(sides) == 2 else sides[0]
+
+
+def emphysema(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sev = str(rng.choice(["mild", "moderate", "severe"], p=[0.5, 0.35, 0.15]))
+    n = {"mild": 40, "moderate": 90, "severe": 180}[sev]
+    kind = str(rng.choice(["centrilobular", "paraseptal"], p=[0.75, 0.25]))
+    depth = (0.0, 10.0) if kind == "paraseptal" else (8.0, 1e9)
+    centres = np.concatenate([atlas.sample_lung_points(side, rng, n // 2, "upper", *depth) for side in SIDES])
+    radii = rng.uniform(2.5, 7.0 if sev != "mild" else 4.5, len(centres))
+    shapes: list[Shape] = [Spheres(centres, radii, -990, None, within=LUNGS)]
+    return [Lesion("Emphysema", f"{kind} emphysema", "both upper lobes", "bilateral", _tup(centres.mean(0)),
+                   float(2 * radii.max()), shapes, {"severity": sev})]
+
+
+def atelectasis(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    eff_sides = a.extra.get("effusion_sides", [])
+    sides = eff_sides or _sides(rng, 0.3)
+    out = []
+    for side in sides:
+        p = atlas.sample_lung_point(side, rng, "lower", 0.0, 14.0, posterior=True)
+        if eff_sides:
+            kind, lo, hi = "passive", (14, 12, 25), (24, 20, 40)
+        else:
+            kind, lo, hi = "subsegmental", (4, 14, 22), (7, 24, 36)
+        rad = tuple(float(v) for v in rng.uniform(lo, hi))
+        shapes: list[Shape] = [Ellipsoid(_tup(p), rad, float(rng.uniform(-60, 25)), T.LESION, within=LUNGS,
+                                         rot=float(rng.uniform(-0.4, 0.4)), edge=2.0)]
+        out.append(Lesion("Atelectasis", f"{kind} atelectasis", atlas.lobe(p)[1], side, _tup(p), 2 * max(rad), shapes))
+    return out
+
+
+def lung_nodule(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    n = int(rng.choice([1, 1, 1, 2, 3]))
+    min_d = a.extra.get("min_nodule_mm", 4.0)
+    out = []
+    for _ in range(n):
+        d = float(np.clip(rng.lognormal(np.log(8), 0.5), min_d, 30))
+        side = str(rng.choice(SIDES))
+        p = atlas.sample_lung_point(side, rng, "any", d / 2 + 2)
+        kind = str(rng.choice(["solid", "part-solid", "calcified"], p=[0.75, 0.12, 0.13]))
+        value = {"solid": 35.0, "part-solid": -250.0, "calcified": 400.0}[kind]
+        shapes: list[Shape] = [Ellipsoid(_tup(p), (d / 2, d / 2 * 0.9, d / 2), value, T.LESION, within=LUNGS,
+                                         edge=min(1.0, d / 6))]
+        if d > 12:  # lobulated contour
+            for _k in range(3):
+                off = rng.normal(0, d / 5, 3)
+                shapes.append(Ellipsoid(_tup(p + off), (d / 3,) * 3, value, T.LESION, within=LUNGS, edge=1.0))
+        out.append(Lesion("Lung nodule", f"{kind} nodule", atlas.lobe(p)[1], side, _tup(p), round(d, 1), shapes))
+    return out
+
+
+def lung_opacity(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.4)
+    out = []
+    for side in sides:
+        p = atlas.sample_lung_point(side, rng, "any", 5.0)
+        spread = float(rng.uniform(15, 35))
+        centres = p + rng.normal(0, spread / 2, (int(rng.integers(4, 10)), 3))
+        shapes: list[Shape] = [Ellipsoid(_tup(c), tuple(float(v) for v in rng.uniform(8, 18, 3)), 260.0, None,
+                                         within=LUNGS, add=True, edge=5.0) for c in centres]
+        out.append(Lesion("Lung opacity", "ground-glass opacity", atlas.lobe(p)[1], side, _tup(p), 2 * spread,
+                          shapes))
+    return out
+
+
+def pulmonary_fibrotic_sequela(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    side = str(rng.choice(SIDES))
+    zone = str(rng.choice(["upper", "lower"]))
+    p = atlas.sample_lung_point(side, rng, zone, 3.0, 20.0)
+    shapes: list[Shape] = []
+    for _ in range(int(rng.integers(3, 7))):
+        d = rng.normal(0, 1, 3)
+        d /= np.linalg.norm(d)
+        start = p + rng.normal(0, 8, 3)
+        shapes.append(tube(np.stack([start, start + d * rng.uniform(18, 35)]), float(rng.uniform(1.2, 2.2)), -80,
+                           step=1.0, tissue=T.LESION, within=LUNGS))
+    return [Lesion("Pulmonary fibrotic sequela", "fibrotic bands", atlas.lobe(p)[1], side, _tup(p), 35.0, shapes)]
+
+
+def pleural_effusion(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.4)
+    a.extra["effusion_sides"] = sides
+    out = []
+    for side in sides:
+        c, r = a.lung_box(side)
+        depth = float(rng.uniform(12, 60))
+        back = c[1] - r[1]
+        centre = (c[0] - r[0] * 0.45, c[1], c[2])
+        shapes: list[Shape] = [Ellipsoid(centre, (r[0] * 0.75, r[1] * 1.1, r[2] * 1.1), float(rng.uniform(2, 18)),
+                                         T.FLUID, within=LUNGS, plane=((0.0, 1.0, 0.0), back + depth))]
+        sev = "small" if depth < 25 else "moderate" if depth < 45 else "large"
+        where = (centre[0] - r[0] * 0.3, back + depth / 2, c[2])
+        out.append(Lesion("Pleural effusion", "pleural fluid", f"{side} pleural space", side, where, round(depth),
+                          shapes, {"severity": sev}))
+    return out
+
+
+def mosaic_attenuation_pattern(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    centres = np.concatenate([atlas.sample_lung_points(s, rng, 14, "any", 6.0) for s in SIDES])
+    shapes: list[Shape] = [Ellipsoid(_tup(c), tuple(float(v) for v in rng.uniform(12, 24, 3)), -85.0, None,
+                                     within=LUNGS, add=True, power=3.0, edge=2.0) for c in centres]
+    return [Lesion("Mosaic attenuation pattern", "mosaic attenuation", "both lungs", "bilateral",
+                   _tup(centres.mean(0)), 40.0, shapes)]
+
+
+def _bronchi(a: Anatomy, sides: list[str], lower_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bronchial segments ``(p0, p1, lumen radius)`` of the patient's tree on the given sides."""
+    p0, p1, r = bronchial_segments(a)
+    side_ok = np.where(p0[:, 2] > a.shift[2], "right", "left")
+    keep = np.isin(side_ok, sides)
+    if lower_only and (keep & (p1[:, 0] < a.shift[0] + 40)).any():
+        keep &= p1[:, 0] < a.shift[0] + 40
+    return p0[keep], p1[keep], r[keep]
+
+
+def peribronchial_thickening(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.6)
+    wall = float(rng.uniform(2.0, 3.5))
+    p0, p1, r = _bronchi(a, sides)
+    shapes: list[Shape] = [segments(p0, p1, r + 0.8 + wall, 45, step=1.0, within=LUNGS)]
+    c = (p0.mean(0) + p1.mean(0)) / 2
+    return [Lesion("Peribronchial thickening", "bronchial wall thickening", "central and lower zone bronchi",
+                   _lat(sides), _tup(c), wall, shapes)]
+
+
+def consolidation(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.25)
+    out = []
+    for side in sides:
+        p = atlas.sample_lung_point(side, rng, str(rng.choice(["lower", "any"])), 12.0, posterior=True)
+        rad = tuple(float(v) for v in rng.uniform(20, 42, 3))
+        shapes: list[Shape] = [Ellipsoid(_tup(p), rad, float(rng.uniform(20, 45)), T.LESION, within=LUNGS,
+                                         power=2.5, edge=3.0)]
+        for _ in range(3):
+            shapes.append(Ellipsoid(_tup(p + rng.normal(0, 12, 3)), tuple(r * 0.6 for r in rad),
+                                    float(rng.uniform(20, 45)), T.LESION, within=LUNGS, edge=3.0))
+        out.append(Lesion("Consolidation", "airspace consolidation", atlas.lobe(p)[1], side, _tup(p), 2 * max(rad),
+                          shapes))
+    return out
+
+
+def bronchiectasis(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.5)
+    p0, p1, r = _bronchi(a, sides, lower_only=True)
+    factor = float(rng.uniform(1.8, 2.6))
+    shapes: list[Shape] = [
+        segments(p0, p1, r * factor + 1.5, 45, step=1.0, within=LUNGS),
+        segments(p0, p1, r * factor, -990, step=1.0, tissue=T.AIRWAY, within=(*LUNGS, T.AIRWAY)),
+    ]
+    c = (p0.mean(0) + p1.mean(0)) / 2
+    kind = str(rng.choice(["cylindrical", "varicose"], p=[0.8, 0.2]))
+    return [Lesion("Bronchiectasis", f"{kind} bronchiectasis", "lower lobes" if len(sides) == 2 else
+                   f"{sides[0]} lower lobe", _lat(sides), _tup(c), round(float(2 * factor * r.mean()), 1),
+                   shapes)]
+
+
+def interlobular_septal_thickening(a: Anatomy, atlas: Atlas, rng: np.random.Generator,
+                                   labels: dict) -> list[Lesion]:
+    sides = _sides(rng, 0.7)
+    shapes: list[Shape] = []
+    pts = []
+    for side in sides:
+        c, _ = a.lung_box(side)
+        for p in atlas.sample_lung_points(side, rng, 28, "lower", 0.0, 8.0):
+            inward = np.array([0.0, c[1] - p[1], c[2] - p[2]])
+            inward /= max(np.linalg.norm(inward), 1e-6)
+            pts.append(p)
+            line = np.stack([p - inward * 4, p + inward * rng.uniform(12, 22)])
+            shapes.append(tube(line, float(rng.uniform(0.9, 1.4)), -150, step=1.0, within=LUNGS))
+    shapes = [merge(shapes)]
+    return [Lesion("Interlobular septal thickening", "smooth septal thickening", "lung bases, subpleural",
+                   _lat(sides), _tup(np.mean(pts, axis=0)), 2.0, shapes)]

@@ -1,0 +1,49 @@
+"""Size presets of the synthetic world: how many CT volumes and radiographs, and their grids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one synthetic world.
+
+    Args:
+        name: preset name.
+        n_train: CT volumes in the train split (reconstructions counted separately).
+        n_valid: CT volumes in the valid split.
+        ct_shape: CT grid ``(D, H, W)``.
+        ct_spacing: CT voxel spacing ``(sz, sy, sx)`` in mm.
+        n_xray: radiographs in the gallery (one per X-ray subject).
+        xray_size: side of the square PNG in pixels.
+        xray_render: side of the square grid the radiograph is projected on before resizing.
+    """
+
+    name: str
+    n_train: int
+    n_valid: int
+    ct_shape: tuple[int, int, int]
+    ct_spacing: tuple[float, float, float]
+    n_xray: int
+    xray_size: int
+    xray_render: int
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", 24, 12, (32, 64, 64), (10.0, 5.4, 5.4), 80, 64, 64),
+    "demo": Preset("demo", 400, 100, (64, 128, 128), (5.0, 2.7, 2.7), 3000, 128, 64),
+    "bench": Preset("bench", 2000, 500, (96, 192, 192), (3.3, 1.8, 1.8), 20000, 256, 128),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown synth preset {name!r}; choose one of {sorted(PRESETS)}") from None

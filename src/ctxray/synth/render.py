@@ -1,0 +1,127 @@
+"""Render a synthetic patient: CT volumes in HU and frontal radiographs (digitally reconstructed).
+
+Both renderers take the lesions explicitly and an ``exclude`` set of labels, so the same patient
+can be rendered with and without a finding, with identical noise (the visibility tests do that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ctxray.synth.anatomy import Anatomy, paint_anatomy
+from ctxray.synth.canvas import Canvas, Grid
+from ctxray.synth.lesions import Lesion
+
+XRAY_FOV_MM = 420.0
+XRAY_DEPTH_SAMPLES = 0.5  # AP samples per lateral pixel
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How one CT reconstruction differs from another of the same scan.
+
+    Args:
+        kernel: "soft" (smoother, less noise) or "sharp" (more noise, less blur).
+    """
+
+    kernel: str = "soft"
+
+    def noise_factor(self) -> float:
+        return 1.0 if self.kernel == "soft" else 2.2
+
+    def blur_factor(self) -> float:
+        return 1.0 if self.kernel == "soft" else 0.45
+
+
+def paint_patient(anatomy: Anatomy, lesions: Iterable[Lesion], grid: Grid, exclude: Iterable[str] = ()) -> Canvas:
+    """Anatomy then lesions (minus the ``exclude`` labels) on a fresh canvas, without noise or blur."""
+    skip = set(exclude)
+    canvas = Canvas(grid)
+    paint_anatomy(canvas, anatomy)
+    for lesion in lesions:
+        if lesion.label in skip:
+            continue
+        for shape in lesion.shapes:
+            canvas.paint(shape)
+    return canvas
+
+
+def render_ct(anatomy: Anatomy, lesions: Iterable[Lesion], grid: Grid, noise_seed: int,
+              recon: Reconstruction = Reconstruction(), exclude: Iterable[str] = ()) -> np.ndarray:
+    """A CT volume in Hounsfield units.
+
+    Partial-volume blur (Gaussian, the patient's width scaled by the kernel) then Gaussian noise,
+    rounded and clipped to the int16 range CT scanners store (-1024..3071).
+
+    Args:
+        grid: the reconstruction grid.
+        noise_seed: seed of the noise field (same seed, same noise).
+
+    Returns:
+        ``(D, H, W)`` int16 HU, RAS array convention.
+    """
+    return acquire(paint_patient(anatomy, lesions, grid, exclude).hu, anatomy, grid, noise_seed, recon)
+
+
+def acquire(hu: np.ndarray, anatomy: Anatomy, grid: Grid, noise_seed: int,
+            recon: Reconstruction = Reconstruction()) -> np.ndarray:
+    """Blur, noise and quantise a painted HU volume (see :func:`render_ct`); ``hu`` is not modified.
+
+    Shape:
+        hu: ``(D, H, W)`` float32; returns ``(D, H, W)`` int16.
+    """
+    sigma_xy = anatomy.blur_vox * recon.blur_factor()
+    sigma_z = sigma_xy * min(1.0, grid.spacing[1] / grid.spacing[0] * 1.5)
+    hu = ndimage.gaussian_filter(hu, (sigma_z, sigma_xy, sigma_xy), truncate=2.5)
+    rng = np.random.default_rng(noise_seed)
+    noise = rng.standard_normal(grid.shape, dtype=np.float32)
+    hu += noise * np.float32(anatomy.noise_hu * recon.noise_factor())
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+def xray_grid(anatomy: Anatomy, render: int) -> Grid:
+    """The grid a radiograph of ``render`` x ``render`` pixels is projected from (centred on the chest)."""
+    sp = XRAY_FOV_MM / render
+    depth = max(8, int(render * XRAY_DEPTH_SAMPLES))
+    return Grid.centred((render, depth, render), (sp, 320.0 / depth, sp), (anatomy.shift[0] + 10.0, anatomy.shift[1],
+                                                                          anatomy.shift[2]))
+
+
+def project(hu: np.ndarray, spacing_y: float) -> np.ndarray:
+    """Line integrals of linear attenuation along the antero-posterior axis.
+
+    Attenuation is relative to water (1 + HU/1000), with bone and metal boosted for their
+    photoelectric absorption at radiographic energies.
+
+    Shape:
+        hu: ``(D, H, W)``; returns ``(D, W)`` in water-equivalent mm.
+    """
+    mu = np.maximum(1.0 + hu / 1000.0, 0.0)
+    mu += np.maximum(hu - 150.0, 0.0) * (0.7 / 1000.0)
+    return mu.sum(axis=1) * spacing_y
+
+
+def render_xray(anatomy: Anatomy, lesions: Iterable[Lesion], size: int, render: int, noise_seed: int,
+                exclude: Iterable[str] = ()) -> np.ndarray:
+    """A frontal (PA-like) radiograph as an 8-bit image, patient's right on the image's left.
+
+    The projection is windowed like a processed radiograph (log domain, fixed gain), blurred
+    by the detector and given quantum noise.
+
+    Returns:
+        ``(size, size)`` uint8, row 0 at the top (cranial).
+    """
+    grid = xray_grid(anatomy, render)
+    line = project(paint_patient(anatomy, lesions, grid, exclude).hu, grid.spacing[1])
+    img = line[::-1, ::-1]  # superior at the top; larger x (patient's right) on the left
+    if size != render:
+        img = ndimage.zoom(img, size / render, order=1)
+    img = ndimage.gaussian_filter(img, 0.6 * size / 128)
+    rng = np.random.default_rng(noise_seed)
+    img = img + rng.normal(0, 2.5, img.shape)
+    v = np.clip(img / 330.0, 0.0, 1.0) ** 0.85
+    return np.rint(v * 255).astype(np.uint8)
