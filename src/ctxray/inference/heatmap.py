@@ -17,6 +17,7 @@ input is used instead and the returned method says so.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,19 @@ def _as_volume(act: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(act.shape[0], act.shape[2], *grid)
 
 
+_FM_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _feature_map_shape(model: nn.Module, volume: torch.Tensor) -> tuple[int, ...]:
+    """Shape of ``model.volume_feature_map`` for this input shape (one forward pass, then cached)."""
+    shapes = _FM_SHAPES.setdefault(model, {})
+    key = tuple(volume.shape)
+    if key not in shapes:
+        with torch.no_grad():
+            shapes[key] = tuple(model.volume_feature_map(volume).shape)
+    return shapes[key]
+
+
 def gradcam(model: nn.Module, volume: torch.Tensor, direction: torch.Tensor) -> Relevance:
     """Grad-CAM of the score ``encode_volume(volume) . direction`` for one volume.
 
@@ -95,8 +109,7 @@ def gradcam(model: nn.Module, volume: torch.Tensor, direction: torch.Tensor) -> 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            fm_shape = tuple(model.volume_feature_map(volume).shape)  # (1, C, d, h, w)
+        fm_shape = _feature_map_shape(model, volume)  # (1, C, d, h, w)
         grid, channels = fm_shape[2:], fm_shape[1]
         with torch.enable_grad():
             x = volume.detach().clone().requires_grad_(True)
