@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,40 @@ def test_array_input_needs_spacing(tiny_model_dir):
         model.embed_volume(synthetic_ct())
     with pytest.raises(ValueError, match=r"\(D, H, W\)"):
         model.embed_volume(np.zeros((4, 4)), spacing=(1, 1, 1))
+
+
+def _generator_folder(run, dest):
+    """A (random-weight) report generator folder as ``ctxray generate train`` writes it."""
+    from ctxray.generate.decoder import DecoderConfig, ReportDecoder
+    from ctxray.generate.search import DecodeConfig
+    from ctxray.generate.train import GenerateConfig, load_encoder, save_generator
+    from ctxray.train.checkpoint import load_model
+
+    encoder, tok, desc = load_encoder(run)
+    dcfg = DecoderConfig(layers=1, heads=2, width=32, max_length=24, visual_grid=(1, 2, 2),
+                         visual_dim=encoder.feature_dim, vocab_size=tok.vocab_size, bos_id=tok.cls_id,
+                         eos_id=tok.sep_id, pad_id=tok.pad_id)
+    torch.manual_seed(0)
+    cfg = GenerateConfig(decoder=dcfg, decode=DecodeConfig(num_beams=1, max_new_tokens=8, min_new_tokens=2))
+    _, _, train_cfg = load_model(run)
+    save_generator(dest, ReportDecoder(dcfg).eval(), encoder, desc, tok, cfg,
+                   Path(train_cfg.data.cache) / "spec.json")
+    return dest
+
+
+def test_export_with_decoder_generates_reports(tiny_run, tmp_path):
+    gen = _generator_folder(tiny_run, tmp_path / "G")
+    out = export_model(tiny_run, tmp_path / "m", decoder=gen)
+    assert "decoder/model.safetensors" in json.loads((out / "manifest.json").read_text())["files"]
+    model = ctxray.load(out)
+    hu = synthetic_ct()
+    text = model.generate_report(hu, spacing=(9.0, 8.0, 8.0))
+    assert isinstance(text, str) and text.strip()
+    assert model.generate_report(hu, spacing=(9.0, 8.0, 8.0)) == text  # deterministic
+    # a generator trained on another preprocessing spec is refused, and nothing is written
+    from ctxray.data.spec import get_preset
+
+    get_preset("demo").save(gen / "spec.json")
+    with pytest.raises(ValueError, match="spec"):
+        export_model(tiny_run, tmp_path / "m2", decoder=gen)
+    assert not (tmp_path / "m2").exists()

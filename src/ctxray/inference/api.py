@@ -214,7 +214,7 @@ class CTModel:
         if self._generator is None:
             from ctxray.inference.report import load_generator
 
-            self._generator = load_generator(self.decoder_dir, self.model)
+            self._generator = load_generator(self.decoder_dir)
         return self._generator(x)
 
     def explain(self, volume: Any, label: str, spacing: tuple[float, float, float] | None = None) -> np.ndarray:

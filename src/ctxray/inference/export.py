@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -179,34 +180,24 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
     Returns:
         The model folder.
     """
+    from ctxray.inference.card import model_card
     from ctxray.train.checkpoint import load_model, resolve_checkpoint
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out}: exists and is not empty (use --overwrite)")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty (use --overwrite)")
     ckpt = resolve_checkpoint(run, prefer)
     model, _tokenizer, config = load_model(ckpt)  # proves the checkpoint loads before we write anything
     label_set, labels_text = _label_set(config)
     spec_file = _spec_path(config, spec)
     thresholds, threshold_note = read_thresholds(metrics, label_set.names)
-    out.mkdir(parents=True, exist_ok=True)
-    _copy_checkpoint(ckpt, out / ENCODER_DIR)
-    shutil.copy2(spec_file, out / "spec.json")
-    atomic_write_text(out / "labels.json", labels_text)
-    prompts = {n: dict(zip(("positive", "negative"), label_set.prompts(n))) for n in label_set.names}
-    _write_json(out / "prompts.json", prompts)
-    _write_json(out / "thresholds.json", {"rule": "positive when probability >= threshold",
-                                          "source": threshold_note, "thresholds": thresholds})
     if decoder is not None:
+        from ctxray.inference.report import check_decoder_spec
+
         if not Path(decoder).is_dir():
             raise FileNotFoundError(f"{decoder}: report decoder folder not found")
-        shutil.copytree(decoder, out / DECODER_DIR)
-    from ctxray.inference.card import model_card
-
-    ckpt_metrics = _read_json_or_none(ckpt / "metrics.json")
-    eval_metrics = _read_json_or_none(Path(metrics)) if metrics else None
+        check_decoder_spec(decoder, spec_file)
+    spec_dict = json.loads(spec_file.read_text())
     info = {
         "format": FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -214,17 +205,47 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         "source_checkpoint": str(ckpt.resolve()),
         "embed_dim": int(model.cfg.embed_dim),
         "encoder": model.cfg.encoder,
-        "input_shape": list(json.loads(spec_file.read_text())["shape_zyx"]),
+        "input_shape": list(spec_dict["shape_zyx"]),
         "has_decoder": decoder is not None,
         "code_version": dict(getattr(config, "code_version", {}) or {}),
     }
-    _write_json(out / "model.json", info)
-    card = model_card(info, config, json.loads(spec_file.read_text()), thresholds, threshold_note,
-                      ckpt_metrics, eval_metrics, LIMITS)
-    atomic_write_text(out / "MODEL_CARD.md", card)
-    files = write_manifest(out)
-    log.info("exported %s -> %s (%d files)", ckpt, out, len(files))
+    card = model_card(info, config, spec_dict, thresholds, threshold_note, _read_json_or_none(ckpt / "metrics.json"),
+                      _read_json_or_none(Path(metrics)) if metrics else None, LIMITS)
+    prompts = {n: dict(zip(("positive", "negative"), label_set.prompts(n))) for n in label_set.names}
+
+    def write(tmp: Path) -> None:
+        _copy_checkpoint(ckpt, tmp / ENCODER_DIR)
+        shutil.copy2(spec_file, tmp / "spec.json")
+        atomic_write_text(tmp / "labels.json", labels_text)
+        _write_json(tmp / "prompts.json", prompts)
+        _write_json(tmp / "thresholds.json", {"rule": "positive when probability >= threshold",
+                                              "source": threshold_note, "thresholds": thresholds})
+        if decoder is not None:
+            shutil.copytree(decoder, tmp / DECODER_DIR)
+        _write_json(tmp / "model.json", info)
+        atomic_write_text(tmp / "MODEL_CARD.md", card)
+        write_manifest(tmp)
+
+    _write_folder(out, write)
+    log.info("exported %s -> %s", ckpt, out)
     return out
+
+
+def _write_folder(dest: Path, write: Any) -> None:
+    """Write a folder as ``write(tmp)`` next to ``dest``, then swap it in (no half-written model folder)."""
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_json_or_none(path: Path) -> dict | None:

@@ -10,9 +10,11 @@ draws per case; it is the chance level the map must beat.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -128,3 +130,65 @@ def format_table(results: dict[str, PointingResult], margin_mm: float) -> str:
     if n:
         lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {base / n:.3f} |")
     return "\n".join(lines)
+
+
+def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list[dict], dict[str, Path]]:
+    """The synthetic world's ground truth rows and the path of each volume.
+
+    Args:
+        world: the world folder (``ctxray synth --out W``).
+        split: keep only rows of this split (``train`` / ``valid``); None keeps all.
+
+    Returns:
+        (rows of ``W/ct-rate/ground_truth.jsonl``, VolumeName -> NIfTI path).
+    """
+    root = Path(world) / "ct-rate"
+    gt = root / "ground_truth.jsonl"
+    if not gt.is_file():
+        raise FileNotFoundError(f"{gt}: not found; is {world} a world written by ctxray synth?")
+    rows = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if split is None or r.get("split") == split]
+    paths = {p.name[: -len(".nii.gz")]: p for p in (root / "dataset").rglob("*.nii.gz")}
+    return rows, paths
+
+
+def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
+                  require_decision: bool = True) -> tuple[list[PointingCase], dict[str, dict[str, int]]]:
+    """Relevance-map peaks for each localised true positive of the ground truth.
+
+    Args:
+        model: a loaded ``CTModel``.
+        rows: ground-truth rows (``read_ground_truth``).
+        paths: VolumeName -> volume file.
+        require_decision: count only labels the model decides positive (true positives); False takes
+            every ground-truth positive (the map is then judged even where the model said no).
+
+    Returns:
+        (cases, per-label counts ``{"gt_pos", "tp", "tp_localised"}``).
+    """
+    from ctxray.utils.progress import progress
+
+    rows = list(rows)
+    counts: dict[str, dict[str, int]] = {n: {"gt_pos": 0, "tp": 0, "tp_localised": 0} for n in model.labels}
+    cases: list[PointingCase] = []
+    for row in progress(rows, total=len(rows), desc="pointing game", unit="vol"):
+        name = row["VolumeName"]
+        vol = model.read(paths[name])
+        x = model.preprocess(vol)
+        findings = {f.label: f for f in model.findings_from_embedding(model._embed_input(x)[0])}
+        for label, present in row["labels"].items():
+            if not present or label not in counts:
+                continue
+            counts[label]["gt_pos"] += 1
+            if require_decision and not findings[label].decision:
+                continue
+            counts[label]["tp"] += 1
+            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")))
+                       for les in row.get("lesions", []) if les.get("label") == label]
+            if not lesions:
+                continue
+            counts[label]["tp_localised"] += 1
+            heat, _ = model.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)
+            cases.append(PointingCase(name, label, map_peak(heat), lesions, tuple(vol.hu.shape),
+                                      tuple(vol.spacing_zyx)))
+    return cases, counts
