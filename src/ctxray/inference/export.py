@@ -96,7 +96,7 @@ def _evaluate_thresholds(data: Any, path: Path) -> tuple[dict[str, float], str]:
         return {}, ""
     note = (f"{th.get('rule', 'per-label thresholds')} on split '{th.get('split', '?')}', per volume, read from "
             f"{path.name}; {th.get('note', '')}".rstrip("; "))
-    return {k: float(v) for k, v in th["per_volume"].items()}, note
+    return {k: float(v) for k, v in th["per_volume"].items() if isinstance(v, int | float)}, note
 
 
 def _find_thresholds(node: Any, names: set[str]) -> dict[str, float]:
