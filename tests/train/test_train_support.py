@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from ctxray.labels import load_labels
@@ -61,17 +60,19 @@ def write_cache(root: Path, n_train: int, n_valid: int, seed: int = 0, distinct:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "volumes").mkdir(exist_ok=True)
-    spec = {"name": "tiny", "spacing_zyx": [4.0, 4.0, 4.0], "shape_zyx": list(SHAPE), "hu_min": -1000,
-            "hu_max": 1000, "dtype": "float16", "version": 1}
-    (root / "spec.json").write_text(json.dumps(spec))
+    from ctxray.data.spec import PreprocessSpec
+
+    spec = PreprocessSpec("tiny", (4.0, 4.0, 4.0), SHAPE, dtype="float16")
+    spec.save(root / "spec.json")
     rows = []
     for split, n in (("train", n_train), ("valid", n_valid)):
         labels = label_patterns(n, rng, distinct and split == "train")
         for i in range(n):
             vid = f"{split}_{i}_a_1"
             vol = _volume(labels[i], rng)
-            np.save(root / "volumes" / f"{vid}.npy", vol.astype(np.float16))
-            rows.append({"id": vid, "source": "test", "split": split, "shape": list(SHAPE),
+            np.save(root / "volumes" / f"{vid}.npy", spec.encode(vol))
+            rows.append({"id": vid, "file": f"volumes/{vid}.npy", "source": "test", "split": split,
+                         "shape": list(SHAPE),
                          "spacing": [4.0, 4.0, 4.0], "preset": "tiny", "sha256": "", "report": _report(labels[i]),
                          "labels": labels[i].tolist(), "scan_id": f"{split}_{i}_a"})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -123,7 +124,8 @@ def tiny_config(cache: Path, retrieval: Path | None, **overrides) -> TrainConfig
 
 
 def test_cache_fits_the_dataset_contract(tmp_path):
-    CTCacheDataset = pytest.importorskip("ctxray.data.dataset").CTCacheDataset  # until the cache Dataset lands
+    from ctxray.data.dataset import CTCacheDataset
+
 
     cache = write_cache(tmp_path / "c", n_train=5, n_valid=3)
     ds = CTCacheDataset(cache, split="train")

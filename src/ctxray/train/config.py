@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ctxray.models.dual import DualEncoderConfig
 
@@ -92,7 +92,8 @@ class DataConfig:
             ``batch_size * world_size``).
         max_train: use only this many training pairs (a seeded subset), e.g. for few-pair studies.
         max_val: validate on at most this many volumes.
-        augment: augmentation preset passed to the dataset (None: off).
+        augment: ``ctxray.data.dataset.Augment`` fields (crop_zyx, flip_prob_zyx, scale, shift, noise_std);
+            None: off. Draws depend on (seed, epoch, index) only.
         num_workers: DataLoader worker processes per rank.
         shuffle_targets: control experiment: permute the teacher targets across CTs (seeded).
     """
@@ -104,7 +105,7 @@ class DataConfig:
     batch_size: int = 8
     max_train: int | None = None
     max_val: int | None = None
-    augment: str | None = None
+    augment: dict[str, Any] | None = None
     num_workers: int = 0
     shuffle_targets: bool = False
 

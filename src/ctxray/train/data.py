@@ -39,12 +39,9 @@ def read_manifest(cache_dir: str | Path, split: str | None = None) -> list[dict[
 
 def cache_input_shape(cache_dir: str | Path) -> tuple[int, int, int]:
     """The (D, H, W) every cached volume has, from ``C/spec.json``."""
-    path = Path(cache_dir) / "spec.json"
-    try:
-        shape = json.loads(path.read_text())["shape_zyx"]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path}: cannot read shape_zyx of the preprocessing spec: {err}") from err
-    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+    from ctxray.data.spec import PreprocessSpec
+
+    return tuple(PreprocessSpec.load(Path(cache_dir) / "spec.json").shape_zyx)  # type: ignore[return-value]
 
 
 def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:

@@ -165,6 +165,7 @@ class Trainer:
         cfg, st, data = self.config, self.state, self.data
         accum = cfg.optim.grad_accum
         data.sampler.set_epoch(st.epoch, skip=st.step_in_epoch * accum * cfg.data.batch_size)
+        data.train_set.dataset.set_epoch(st.epoch)  # fresh augmentation draws per epoch
         data.loader_gen.manual_seed(cfg.seed * 1_000_003 + st.epoch)
         n_micro = (self.steps_per_epoch - st.step_in_epoch) * accum
         batches = itertools.islice(iter(data.train_loader), n_micro)
