@@ -62,7 +62,7 @@ def read_xray_gallery(xray_dir: str | Path, split: str | None = None,
     """Read ``reports.csv`` of an X-ray gallery.
 
     Args:
-        xray_dir: the gallery folder (holding ``reports.csv``).
+        xray_dir: the gallery folder (holding ``reports.csv``), or a world folder with ``xray/``.
         split: keep only this split; None keeps all.
         label_set: the label columns to read; None reads the packaged 18 labels.
 
@@ -74,6 +74,8 @@ def read_xray_gallery(xray_dir: str | Path, split: str | None = None,
         label value (the message names the file and row).
     """
     root = Path(xray_dir)
+    if not (root / "reports.csv").is_file() and (root / "xray" / "reports.csv").is_file():
+        root = root / "xray"  # a world folder W was given
     path = root / "reports.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: X-ray gallery table not found (expected {root}/reports.csv)")
