@@ -6,6 +6,9 @@ then computes the same global loss, and the gradient reaching the local features
 single-process loss on the concatenated batch with respect to those rows. Because DistributedDataParallel
 *averages* parameter gradients over ranks, multiply such a global loss by ``world_size()`` before
 ``backward()`` to obtain exactly the single-process gradients (or accept a 1/world scale, as open_clip does).
+A parameter used on every rank outside the sharded features (e.g. the contrastive ``logit_scale``) already
+receives its whole gradient on each rank, so its gradient must not get that factor (scale it by
+``1/world_size()``).
 """
 
 from __future__ import annotations
