@@ -32,6 +32,16 @@ def test_registry_lists_required_encoders_and_every_family_has_a_tiny_variant():
     assert list_encoders("vit3d_*") == sorted(n for n in names if n.startswith("vit3d_"))
 
 
+@pytest.mark.parametrize("name", list_encoders())
+def test_every_registered_encoder_builds_and_encodes(name):
+    torch.manual_seed(0)
+    enc = create_volume_encoder(name, input_shape=SHAPE).eval()
+    assert isinstance(enc, VolumeEncoder) and enc.input_shape == SHAPE
+    with torch.no_grad():
+        emb = enc(torch.rand(2, 1, *SHAPE))
+    assert emb.shape == (2, enc.out_dim) and torch.isfinite(emb).all()
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_encoder_shapes_and_every_parameter_gets_a_gradient(name):
     enc = _tiny(name)
