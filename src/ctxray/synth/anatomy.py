@@ -15,6 +15,7 @@ import numpy as np
 from ctxray.synth.canvas import LUNGS, Canvas, Ellipsoid, Shape, Spheres, Tissue, merge, segments, tube
 
 T = Tissue
+TREE_LEVELS = 6
 
 
 @dataclass
@@ -72,9 +73,9 @@ class Anatomy:
         sx, sy, sz = self.shift[2], self.shift[1], self.shift[0]
         base = (self.dome_r if side == "right" else self.dome_l) - 35.0
         half_z = (self.apex - base) / 2
-        cx = self.cavity_ax * 0.5 * (1 if side == "right" else -1)
+        cx = self.cavity_ax * 0.53 * (1 if side == "right" else -1)
         return (sz + base + half_z, sy - 0.08 * self.cavity_ay, sx + cx), (half_z, self.cavity_ay * 0.9,
-                                                                           self.cavity_ax * 0.47)
+                                                                           self.cavity_ax * 0.45)
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -114,18 +115,25 @@ def body_shapes(a: Anatomy) -> list[Shape]:
     """Body outline, chest wall, thoracic cavity, lungs, upper abdomen."""
     sz, sy, sx = a.shift
     far = 2000.0
+    shoulders = sz + a.apex + 30.0
+    below = ((1.0, 0.0, 0.0), shoulders)
     shapes: list[Shape] = [
-        Ellipsoid((sz, sy, sx), (far, a.body_ay, a.body_ax), -95, T.FAT, power=2.4),
-        Ellipsoid((sz, sy, sx), (far, a.body_ay - a.fat, a.body_ax - a.fat), 48, T.SOFT, power=2.4),
-        Ellipsoid((sz, sy, sx), (far, a.cavity_ay, a.cavity_ax), -85, T.FAT, power=2.4),
+        Ellipsoid((sz, sy, sx), (far, a.body_ay, a.body_ax), -95, T.FAT, power=2.4, plane=below),
+        Ellipsoid((sz, sy, sx), (far, a.body_ay - a.fat, a.body_ax - a.fat), 48, T.SOFT, power=2.4, plane=below),
+        Ellipsoid((sz, sy, sx), (far, a.cavity_ay, a.cavity_ax), -85, T.FAT, power=2.4, plane=below),
+        Ellipsoid((sz, sy - 12, sx), (far, 45, 55), 45, T.SOFT, within=(T.AIR,),
+                  plane=((-1.0, 0.0, 0.0), -(shoulders - 20))),  # the neck
     ]
     if a.female:
         for side in (1, -1):
-            shapes.append(Ellipsoid((sz + 10, sy + a.body_ay - 10, sx + side * a.body_ax * 0.45), (55, 40, 55),
-                                    -40, T.FAT, within=(T.AIR,)))
+            shapes.append(Ellipsoid((sz + 10, sy + a.body_ay - 18, sx + side * a.body_ax * 0.42), (45, 30, 50),
+                                    -45, T.FAT, within=(T.AIR,)))
     for side, code in (("right", T.LUNG_R), ("left", T.LUNG_L)):
         c, r = a.lung_box(side)
-        shapes.append(Ellipsoid(c, r, -860, code, within=(T.FAT,), power=2.6))
+        base, height = c[0] - r[0], 2 * r[0]
+        # widest near the base, tapering to a rounded apex; the domes below sculpt the base
+        shapes.append(Ellipsoid((base + 0.3 * height, c[1], c[2]), (0.7 * height, r[1], r[2] * 1.12), -860, code,
+                                within=(T.FAT,), power=2.2, plane=((-1.0, 0.0, 0.0), -base)))
     # Upper abdomen under the domes: liver on the right, stomach and spleen on the left.
     ar, al = 95.0, 85.0
     shapes.append(Ellipsoid((sz + a.dome_r - ar, sy, sx + a.cavity_ax * 0.35), (ar, a.cavity_ay, a.cavity_ax * 0.9),
@@ -142,7 +150,7 @@ def mediastinum_shapes(a: Anatomy) -> list[Shape]:
     sz, sy, sx = a.shift
     hc, hr = a.heart_centre, a.heart_radii
     shapes: list[Shape] = [
-        Ellipsoid((sz + 60, sy + 5, sx - 4), (115, a.cavity_ay * 0.95, 26), -80, T.FAT, within=(*LUNGS, T.FAT),
+        Ellipsoid((sz + 60, sy + 5, sx - 4), (115, a.cavity_ay * 0.95, 32), -80, T.FAT, within=(*LUNGS, T.FAT),
                   power=3.0),
         Ellipsoid(hc, (hr[0] + 5, hr[1] + 5, hr[2] + 5), -90, T.FAT, rot=a.heart_rot, within=(*LUNGS, T.FAT)),
         Ellipsoid(hc, hr, 42, T.HEART, rot=a.heart_rot, edge=2.0),
@@ -233,27 +241,37 @@ def lung_tree(a: Anatomy) -> list[Spheres]:
             segments(b0, b1, br, -990, tissue=T.AIRWAY, within=(*LUNGS, T.AIRWAY))]
 
 
+def _lung_points(a: Anatomy, side: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random points inside the painted ellipsoid of one lung (rejection sampling), ``(n, 3)`` mm."""
+    c, r = a.lung_box(side)
+    base, height = c[0] - r[0], 2 * r[0]
+    centre = np.array([base + 0.3 * height, c[1], c[2]])
+    radii = np.array([0.7 * height, r[1], r[2] * 1.12])
+    pts = centre + rng.uniform(-1, 1, (4 * n, 3)) * radii
+    inside = (np.abs((pts - centre) / radii) ** 2.2).sum(axis=1) < 0.8
+    inside &= (pts[:, 0] > base + 10) & (np.abs(pts[:, 2] - a.shift[2]) > 40)
+    pts = pts[inside]
+    return pts[:n] if len(pts) >= n else np.concatenate([pts, np.repeat(centre[None], n - len(pts), axis=0)])
+
+
 def _side_segments(a: Anatomy, side: str, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Grow one lung's tree level by level: every branch forks in two thinner, shorter children, each
+    heading for a random point of the lung, so the tree fills the lung as real vessels do."""
     c, r = a.lung_box(side)
     hilum = np.array([c[0] - 0.1 * r[0], a.shift[1] - 6, a.bronchi[side][-1][2]])
-    segments: list[tuple[np.ndarray, np.ndarray, float]] = []
-    for direction in ([1, 0.1, 0.3], [-1, -0.2, 0.4], [-0.6, 0.5, 0.6], [0.2, -0.6, 0.7], [-0.4, -0.8, 0.3]):
-        d = np.array(direction, dtype=float)
-        d[2] *= 1 if side == "right" else -1
-        _grow(hilum, d / np.linalg.norm(d), 5.5, 0, rng, segments)
-    return segments
-
-
-def _grow(start: np.ndarray, direction: np.ndarray, radius: float, depth: int, rng: np.random.Generator,
-          out: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
-    length = rng.uniform(22, 38) * (0.85 ** depth)
-    end = start + direction * length
-    out.append((start, end, radius))
-    if depth >= 4:
-        return
-    for _ in range(2):
-        d = direction + rng.normal(0, 0.45, 3)
-        _grow(end, d / np.linalg.norm(d), max(radius * 0.72, 0.8), depth + 1, rng, out)
+    starts, radii = np.repeat(hilum[None], 5, axis=0), np.full(5, 5.5)
+    out: list[tuple[np.ndarray, np.ndarray, float]] = []
+    for _level in range(TREE_LEVELS):
+        targets = _lung_points(a, side, rng, len(starts))
+        to = targets - starts
+        dist = np.linalg.norm(to, axis=1, keepdims=True)
+        dirs = to / np.maximum(dist, 1e-6) + rng.normal(0, 0.15, to.shape)
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        length = np.clip(dist[:, 0] * rng.uniform(0.4, 0.7, len(starts)), 6.0, 70.0)
+        ends = starts + dirs * length[:, None]
+        out += list(zip(starts, ends, radii.tolist()))
+        starts, radii = np.repeat(ends, 2, axis=0), np.maximum(np.repeat(radii, 2) * 0.72, 0.8)
+    return out
 
 
 def anatomy_shapes(a: Anatomy) -> tuple[list[Shape], list[Shape]]:

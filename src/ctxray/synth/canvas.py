@@ -243,43 +243,46 @@ class Canvas:
             np.copyto(ts, np.uint8(tissue), where=w > 0.5)
 
     def _spheres(self, sp: Spheres) -> None:
+        """Stamp balls with partial-volume weights (a voxel half inside a ball gets half its value)."""
         if len(sp.centres) == 0:
             return
         spacing = np.asarray(self.grid.spacing)
         vox = self.grid.to_voxel(sp.centres)
-        shape = np.asarray(self.grid.shape)
         flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
-        allowed = None
+        size = float(spacing[1:].mean())
+        lins, weights = [], []
+        thin = sp.radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
+        if thin.any():
+            idx = np.round(vox[thin]).astype(np.int64)
+            ok = np.all((idx >= 0) & (idx < self.grid.shape), axis=1)
+            lins.append(np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape))
+            weights.append((2 * sp.radii[thin][ok] / size) ** 1.5)
+        for q in np.unique(np.ceil(sp.radii[~thin] * 2)):  # other balls grouped by radius (0.5 mm bins)
+            mask = ~thin & (np.ceil(sp.radii * 2) == q)
+            centres = np.round(vox[mask]).astype(np.int64)
+            offsets = _ball_offsets(q / 2 + 0.5 * size, spacing)
+            idx = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
+            d = np.linalg.norm((idx - np.repeat(vox[mask], len(offsets), axis=0)) * spacing, axis=1)
+            r = np.repeat(sp.radii[mask], len(offsets))
+            w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)
+            ok = np.all((idx >= 0) & (idx < self.grid.shape), axis=1) & (w > 0.02)
+            lins.append(np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape))
+            weights.append(w[ok])
+        lin, w = np.concatenate(lins), np.concatenate(weights).astype(np.float32)
+        lo = int(lin.min()) if len(lin) else 0
+        buf = np.zeros(int(lin.max()) - lo + 1 if len(lin) else 0, dtype=np.float32)
+        np.maximum.at(buf, lin - lo, w)  # per voxel keep the largest weight
+        lin = np.flatnonzero(buf)
+        w = buf[lin]
+        lin += lo
         if sp.within is not None:
             allowed = np.zeros(256, dtype=bool)
             allowed[list(sp.within)] = True
-        voxel_r = sp.radii[:, None] / spacing[None, :]  # (N, 3) radius in voxels per axis
-        thin = voxel_r[:, 1:].max(axis=1) < 0.5
-        # Sub-voxel balls: one voxel, blended by the fraction of the voxel they fill.
-        groups = [(thin, None)] + [(~thin & (np.round(sp.radii * 2) == q), q / 2)
-                                   for q in np.unique(np.round(sp.radii[~thin] * 2))]
-        for mask, r in groups:
-            if not mask.any():
-                continue
-            centres = np.round(vox[mask]).astype(np.int64)
-            if r is None:
-                offsets = np.zeros((1, 3), dtype=np.int64)
-                frac = np.clip((2 * sp.radii[mask] / spacing[1:].mean()) ** 2, 0.1, 1.0)
-            else:
-                offsets = _ball_offsets(r, spacing)
-                frac = np.ones(mask.sum())
-            idx = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
-            weight = np.repeat(frac, len(offsets))
-            ok = np.all((idx >= 0) & (idx < shape), axis=1)
-            lin = np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape)
-            lin, first = np.unique(lin, return_index=True)
-            weight = weight[ok][first].astype(np.float32)
-            if allowed is not None:
-                keep = allowed[flat_ts[lin]]
-                lin, weight = lin[keep], weight[keep]
-            flat_hu[lin] += weight * (sp.value - flat_hu[lin])
-            if sp.tissue is not None:
-                flat_ts[lin[weight > 0.5]] = sp.tissue
+            keep = allowed[flat_ts[lin]]
+            lin, w = lin[keep], w[keep]
+        flat_hu[lin] += w * (np.float32(sp.value) - flat_hu[lin])
+        if sp.tissue is not None:
+            flat_ts[lin[w > 0.5]] = sp.tissue
 
 
 def merge(spheres: list[Spheres]) -> Spheres:

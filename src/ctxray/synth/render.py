@@ -13,11 +13,11 @@ import numpy as np
 from scipy import ndimage
 
 from ctxray.synth.anatomy import Anatomy, paint_anatomy
-from ctxray.synth.canvas import Canvas, Grid
+from ctxray.synth.canvas import Canvas, Ellipsoid, Grid, Shape, Tissue
 from ctxray.synth.lesions import Lesion
 
 XRAY_FOV_MM = 420.0
-XRAY_DEPTH_SAMPLES = 0.5  # AP samples per lateral pixel
+XRAY_DEPTH_SAMPLES = 0.35  # AP samples per lateral pixel
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,30 @@ def render_xray(anatomy: Anatomy, lesions: Iterable[Lesion], size: int, render: 
         ``(size, size)`` uint8, row 0 at the top (cranial).
     """
     grid = xray_grid(anatomy, render)
-    line = project(paint_patient(anatomy, lesions, grid, exclude).hu, grid.spacing[1])
+    canvas = paint_patient(anatomy, lesions, grid, exclude)
+    for shape in arm_shapes(anatomy):  # arms hang beside the chest on a radiograph (raised for CT)
+        canvas.paint(shape)
+    line = project(canvas.hu, grid.spacing[1])
     img = line[::-1, ::-1]  # superior at the top; larger x (patient's right) on the left
     if size != render:
         img = ndimage.zoom(img, size / render, order=1)
-    img = ndimage.gaussian_filter(img, 0.6 * size / 128)
+    px = XRAY_FOV_MM / size
+    img = ndimage.gaussian_filter(img, 0.8 / px)  # detector and focal-spot blur (~0.8 mm)
     rng = np.random.default_rng(noise_seed)
-    img = img + rng.normal(0, 2.5, img.shape)
-    v = np.clip(img / 330.0, 0.0, 1.0) ** 0.85
+    img = img + rng.normal(0, 2.0, img.shape)
+    # processed-radiograph look: log-domain window plus unsharp masking (local contrast enhancement)
+    img = img + 0.8 * (img - ndimage.gaussian_filter(img, 25.0 / px))
+    v = np.clip(img / 320.0, 0.0, 1.0) ** 0.9
     return np.rint(v * 255).astype(np.uint8)
+
+
+def arm_shapes(a: Anatomy) -> list[Shape]:
+    """Upper arms beside the chest (soft tissue around a humerus), for radiographs only."""
+    sz, sy, sx = a.shift
+    out: list[Shape] = []
+    for side in (1, -1):
+        c = (sz + a.apex - 60, sy - 10, sx + side * (a.body_ax + 28))
+        out.append(Ellipsoid(c, (140, 40, 34), 40, Tissue.SOFT, within=(Tissue.AIR,)))
+        out.append(Ellipsoid((c[0] + 10, c[1], c[2] - side * 5), (130, 11, 11), 700, Tissue.BONE))
+        out.append(Ellipsoid((sz + a.apex + 15, c[1], c[2] - side * 18), (24, 24, 24), 450, Tissue.BONE))
+    return out
