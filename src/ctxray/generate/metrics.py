@@ -138,8 +138,10 @@ def nlg_metrics(generated: Sequence[str], references: Sequence[str] | Sequence[S
     if java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        tok = PTBTokenizer()
-        gts_t, res_t = tok.tokenize(gts), tok.tokenize(res)
+        both = PTBTokenizer().tokenize({**{f"g{k}": v for k, v in gts.items()},  # one Java start, not two
+                                         **{f"r{k}": v for k, v in res.items()}})
+        gts_t = {k: both[f"g{k}"] for k in gts}
+        res_t = {k: both[f"r{k}"] for k in res}
     else:
         gts_t = {k: [_simple_tokenize(c["caption"]) for c in v] for k, v in gts.items()}
         res_t = {k: [_simple_tokenize(c["caption"]) for c in v] for k, v in res.items()}
