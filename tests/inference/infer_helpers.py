@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 REPORTS = [
     "There is a lung nodule in the right upper lobe. No pleural effusion.",
@@ -106,3 +109,32 @@ def write_nifti(path: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, flo
     affine[:3, 3] = [-100.0, 20.0, 5.0]
     img = nib.Nifti1Image(np.rint(hu).astype(np.int16).transpose(2, 1, 0), affine)
     nib.save(img, str(path))
+
+
+class ConvToy(nn.Module):
+    """Feature map = 1x1x1 conv of the input with channel weights (1, -1, .5) and a constant channel;
+    embedding = normalised spatial mean. Score along e0 - e1 grows with the mean intensity, so the
+    class activation map is the input's bright region."""
+
+    def __init__(self, tokens: bool = False):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0, 0.5, 0.0]).view(4, 1, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
+        self.pool = nn.AvgPool3d(2)
+        self.tokens = tokens
+        self.norm = nn.Identity()
+
+    def scale(self):
+        return torch.tensor(10.0)
+
+    def volume_feature_map(self, x):
+        return self.pool(self.conv(x))
+
+    def encode_volume(self, x):
+        fm = self.volume_feature_map(x)  # (B, 4, d, h, w)
+        if self.tokens:  # ViT-like: tokens (B, N, C) out of a module, then mean
+            t = self.norm(fm.flatten(2).transpose(1, 2))
+            return F.normalize(t.mean(1), dim=-1)
+        return F.normalize(fm.mean(dim=(2, 3, 4)), dim=-1)

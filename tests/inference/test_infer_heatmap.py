@@ -6,38 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from infer_helpers import ConvToy
 
 from ctxray.data.spec import PreprocessSpec
 from ctxray.inference.api import CTModel
 from ctxray.inference.heatmap import GRAD_X_INPUT, GRADCAM, gradcam
 from ctxray.labels import load_labels
-
-
-class ConvToy(nn.Module):
-    """Feature map = 1x1x1 conv of the input with channel weights (1, -1, .5) and a constant channel;
-    embedding = normalised spatial mean. Score along e0 - e1 grows with the mean intensity, so the
-    class activation map is the input's bright region."""
-
-    def __init__(self, tokens: bool = False):
-        super().__init__()
-        self.conv = nn.Conv3d(1, 4, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([1.0, -1.0, 0.5, 0.0]).view(4, 1, 1, 1, 1))
-            self.conv.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
-        self.pool = nn.AvgPool3d(2)
-        self.tokens = tokens
-        self.norm = nn.Identity()
-
-    def volume_feature_map(self, x):
-        return self.pool(self.conv(x))
-
-    def encode_volume(self, x):
-        fm = self.volume_feature_map(x)  # (B, 4, d, h, w)
-        if self.tokens:  # ViT-like: tokens (B, N, C) out of a module, then mean
-            t = self.norm(fm.flatten(2).transpose(1, 2))
-            return F.normalize(t.mean(1), dim=-1)
-        return F.normalize(fm.mean(dim=(2, 3, 4)), dim=-1)
 
 
 class NoSpatial(ConvToy):

@@ -53,3 +53,51 @@ def test_random_baseline_matches_the_sphere_fraction():
 def test_case_without_lesion_is_an_error():
     with pytest.raises(ValueError, match="no lesion"):
         pointing_game([PointingCase("v", "A", (0, 0, 0), [], (2, 2, 2), (1, 1, 1))], margin_mm=1)
+
+
+def test_pointing_pipeline_on_a_small_world(tmp_path):
+    """Ground-truth rows -> model decisions -> maps on the scan grid -> hits, with the world's conventions."""
+    import json
+
+    import torch
+    from infer_helpers import ConvToy, write_nifti
+
+    from ctxray.data.spec import PreprocessSpec
+    from ctxray.inference.api import CTModel
+    from ctxray.inference.pointing import collect_cases, read_ground_truth
+    from ctxray.labels import load_labels
+
+    shape, spacing = (24, 40, 36), (6.0, 3.0, 3.5)
+    folder = tmp_path / "W" / "ct-rate" / "dataset" / "valid_fixed" / "valid_1" / "valid_1_a"
+    folder.mkdir(parents=True)
+    rows = []
+    labels = load_labels()
+    for i, centre in enumerate([(6, 30, 8), (17, 9, 27)]):
+        z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+        blob = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= 4
+        write_nifti(folder / f"valid_1_a_{i + 1}.nii.gz", np.where(blob, 900.0, -900.0), spacing)
+        present = {n: int(n in ("Lung nodule", "Emphysema")) for n in labels.names}
+        lesions = [{"label": "Lung nodule", "center_zyx_vox": list(centre), "size_mm": 8.0}]  # emphysema: none
+        rows.append({"VolumeName": f"valid_1_a_{i + 1}.nii.gz", "split": "valid", "labels": present,
+                     "lesions": lesions})
+    (tmp_path / "W" / "ct-rate" / "ground_truth.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    spec = PreprocessSpec("toy", spacing_zyx=(6.0, 6.0, 6.0), shape_zyx=(24, 24, 24), hu_min=-1000, hu_max=1000)
+    model = CTModel(ConvToy(), tokenizer=None, spec=spec, label_set=labels, thresholds={})
+    e = torch.zeros(len(labels), 4)
+    model._prompts = (e.clone(), e.clone())
+    model._prompts[0][:, 0], model._prompts[1][:, 1] = 1.0, 1.0
+    gt, paths = read_ground_truth(tmp_path / "W", "valid")
+    assert len(gt) == 2 and len(paths) == 2
+    model.thresholds = {n: 0.0 for n in labels.names}  # every label decided positive
+    cases, counts = collect_cases(model, gt, paths)
+    assert counts["Lung nodule"] == {"gt_pos": 2, "tp": 2, "tp_localised": 2}
+    assert counts["Emphysema"] == {"gt_pos": 2, "tp": 2, "tp_localised": 0}
+    res = pointing_game(cases, margin_mm=6.0)
+    assert set(res) == {"Lung nodule"} and res["Lung nodule"].hits == 2
+    assert res["Lung nodule"].baseline < 0.1
+    model.thresholds = {n: 1.01 for n in labels.names}  # nothing positive: no true positives
+    cases, counts = collect_cases(model, gt, paths)
+    assert cases == [] and counts["Lung nodule"]["tp"] == 0
+    cases, _ = collect_cases(model, gt, paths, require_decision=False)
+    assert len(cases) == 2

@@ -140,7 +140,7 @@ def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list
         split: keep only rows of this split (``train`` / ``valid``); None keeps all.
 
     Returns:
-        (rows of ``W/ct-rate/ground_truth.jsonl``, VolumeName -> NIfTI path).
+        (rows of ``W/ct-rate/ground_truth.jsonl``, volume name without ``.nii.gz`` -> NIfTI path).
     """
     root = Path(world) / "ct-rate"
     gt = root / "ground_truth.jsonl"
@@ -148,8 +148,16 @@ def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list
         raise FileNotFoundError(f"{gt}: not found; is {world} a world written by ctxray synth?")
     rows = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if split is None or r.get("split") == split]
-    paths = {p.name[: -len(".nii.gz")]: p for p in (root / "dataset").rglob("*.nii.gz")}
+    paths = {_stem(p.name): p for p in (root / "dataset").rglob("*.nii.gz")}
+    missing = [r["VolumeName"] for r in rows if _stem(r["VolumeName"]) not in paths]
+    if missing:
+        raise FileNotFoundError(f"{root / 'dataset'}: {len(missing)} volume(s) of {gt.name} not found, "
+                                f"e.g. {missing[0]}")
     return rows, paths
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
 
 
 def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
@@ -159,7 +167,7 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
     Args:
         model: a loaded ``CTModel``.
         rows: ground-truth rows (``read_ground_truth``).
-        paths: VolumeName -> volume file.
+        paths: volume name (without ``.nii.gz``) -> volume file.
         require_decision: count only labels the model decides positive (true positives); False takes
             every ground-truth positive (the map is then judged even where the model said no).
 
@@ -173,7 +181,7 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
     cases: list[PointingCase] = []
     for row in progress(rows, total=len(rows), desc="pointing game", unit="vol"):
         name = row["VolumeName"]
-        vol = model.read(paths[name])
+        vol = model.read(paths[_stem(name)])
         x = model.preprocess(vol)
         findings = {f.label: f for f in model.findings_from_embedding(model._embed_input(x)[0])}
         for label, present in row["labels"].items():
