@@ -126,6 +126,13 @@ def test_sincos_embedding_is_distinct_per_position():
     assert torch.cdist(emb, emb).add(torch.eye(24)).min() > 0.1
 
 
+def test_no_weight_decay_names_real_parameters():
+    names = dict(_tiny("vit3d_tiny", pool="cls").named_parameters())
+    assert _tiny("vit3d_tiny", pool="cls").no_weight_decay() == {"pos_embed", "cls_token"} <= names.keys()
+    assert _tiny("vit3d_tiny", pos_embed="sincos").no_weight_decay() == set()
+    assert _tiny("resnet3d_tiny").no_weight_decay() == set()
+
+
 def test_cls_pooling_variant():
     enc = _tiny("vit3d_tiny", pool="cls")
     x = torch.rand(2, 1, *SHAPE)

@@ -57,8 +57,14 @@ class VolumeEncoder(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in subclasses
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled embedding. Shape: x (B, 1, D, H, W) float in [0, 1] -> (B, out_dim)."""
         raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters (relative to this module) that should get no weight decay beyond the usual
+        1-D ones (norms, biases), e.g. position embeddings."""
+        return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass to save memory (training only)."""

@@ -164,6 +164,10 @@ class ViT3D(VolumeEncoder):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned position embedding and the CLS token take no weight decay."""
+        return {n for n in ("pos_embed", "cls_token") if isinstance(getattr(self, n), nn.Parameter)}
+
     def token_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid ``(gd, gh, gw)`` for a volume shape ``(D, H, W)``.
 
