@@ -1,0 +1,262 @@
+"""The BIUD ablation on the synthetic world: does distilling from the X-ray expert help with few CT pairs?
+
+Rows (every row trains the same CT dual encoder with the same budget in epochs on the same seeded
+subset of N CT-report pairs per seed, and is scored by zero-shot classification of the valid split):
+
+  a  plain CLIP: InfoNCE only                       (loss.correction=none, pkd=0, srkd=0)
+  b  + robust contrastive (RoCo)                    (false negatives = equal label vectors)
+  c  RoCo + pair-wise KD                            (srkd=0)
+  d  RoCo + relation KD                             (pkd=0)
+  e  full: RoCo + pair-wise KD + relation KD        (the library defaults)
+  f  full, X-rays paired at random                  (retrieve pairing=random)
+  g  teacher-free (RoCo only) with 4x the CT pairs  (a reference: what more CT data buys)
+
+c and d add ONE distillation term each to b, so each term's effect is visible alone; e has both.
+Every row starts its report tower (and tokenizer) from the X-ray expert's text tower (``text_init=teacher``,
+``--text-init scratch`` to change): with 32 reports a text tower trained from nothing cannot read the
+zero-shot prompts, and holding the text start fixed isolates the distillation terms.
+The world, cache, teacher and both retrievals are built once under --work and reused by later runs.
+Thresholds for F1 are Youden-optimal on the evaluated (valid) split itself (optimistic, equally so for
+every row); the last checkpoint of each run is evaluated (no model selection on the valid split).
+
+Usage (run from the repository root; 2 CPU cores):
+
+    .venv/bin/python bench/ablation/run_ablation.py --work /tmp/ablation --out bench/ablation/results.json
+
+Prints one table row per setting: mean and standard deviation over seeds of macro AUROC and F1, and
+macro AUROC over the labels a radiograph can show vs the CT-only labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ablation")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ablation setting."""
+
+    key: str
+    name: str
+    overrides: tuple[str, ...]
+    pairing: str | None  # retrieval pairing the run reads ("text", "random"), None: no teacher
+    pair_mult: int = 1
+
+
+ROWS: tuple[Row, ...] = (
+    Row("a", "plain CLIP (InfoNCE)", ("loss.correction=none", "loss.pkd=0", "loss.srkd=0"), None),
+    Row("b", "+ robust contrastive", ("loss.pkd=0", "loss.srkd=0"), None),
+    Row("c", "RoCo + pair-wise KD", ("loss.srkd=0",), "text"),
+    Row("d", "RoCo + relation KD", ("loss.pkd=0",), "text"),
+    Row("e", "full (RoCo + PKD + SRKD)", (), "text"),
+    Row("f", "full, random X-ray pairing", (), "random"),
+    Row("g", "teacher-free RoCo, 4x CT pairs", ("loss.pkd=0", "loss.srkd=0"), None, 4),
+)
+
+
+@dataclass
+class Settings:
+    """Sizes of the ablation (defaults sized for ~25 min on 2 CPU cores; see the module docstring)."""
+
+    world: str = "demo"
+    spec: str = "ablation"
+    teacher: str = "demo"
+    encoder: str = "vit3d_tiny"
+    text_init: str = "teacher"
+    text_hidden: int = 64
+    text_layers: int = 1
+    pairs: int = 32
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    world_seed: int = 0
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+def preprocess_spec(name: str):
+    """A ``ctxray.data.spec`` preset, or ``ablation``: 32x64x64 voxels of 10x5.4x5.4 mm (the demo world's
+    whole 320x346x346 mm field at half its resolution, cheap enough for 21 CPU runs)."""
+    from ctxray.data.spec import PreprocessSpec, get_preset
+
+    if name == "ablation":
+        return PreprocessSpec(name="ablation", spacing_zyx=(10.0, 5.4, 5.4), shape_zyx=(32, 64, 64))
+    return get_preset(name)
+
+
+def prepare(work: Path, s: Settings) -> dict[str, Any]:
+    """World, cache, teacher and the two retrievals (each skipped when its output already exists)."""
+    from ctxray.data.cache import build_cache
+    from ctxray.data.ingest import discover
+    from ctxray.retrieval import retrieve
+    from ctxray.synth.world import generate_world
+    from ctxray.teacher.train import preset as teacher_preset
+    from ctxray.teacher.train import train_teacher
+
+    world, cache, teacher = work / "world", work / "cache", work / "teacher"
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, done: Path, fn) -> None:
+        if done.exists():
+            log.info("reusing %s (%s exists)", name, done)
+            return
+        t0 = time.perf_counter()
+        fn()
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        log.info("%s done in %.0f s", name, seconds[name])
+
+    stage("synth", world / "world.json", lambda: generate_world(world, preset=s.world, seed=s.world_seed, workers=2))
+
+    def _cache() -> None:
+        found = discover(world / "ct-rate")
+        build_cache(found.items, cache, preprocess_spec(s.spec), workers=2, prior_errors=found.errors)
+
+    stage("preprocess", cache / "manifest.jsonl", _cache)
+    tcfg = teacher_preset(s.teacher)
+    tcfg.seed = s.world_seed
+    stage("teacher", teacher / "metrics.json", lambda: train_teacher(world / "xray", teacher, tcfg))
+    for pairing in ("text", "random"):
+        out = work / f"retrieval_{pairing}"
+        stage(f"retrieve {pairing}", out / "targets.json",
+              lambda out=out, pairing=pairing: retrieve(str(teacher), cache, world / "xray", out, pairing=pairing,
+                                                        seed=s.world_seed))
+    info: dict[str, Any] = {"seconds": seconds}
+    for name, path in (("teacher", teacher / "metrics.json"), ("retrieval_text", work / "retrieval_text/quality.json"),
+                       ("retrieval_random", work / "retrieval_random/quality.json")):
+        info[name] = json.loads(path.read_text()) if path.is_file() else None
+    return info
+
+
+def train_row(work: Path, s: Settings, row: Row, seed: int) -> Path:
+    """Train one (row, seed) run; returns its last checkpoint folder (reused when already trained)."""
+    from ctxray.config import load_config
+    from ctxray.train.config import TrainConfig
+    from ctxray.train.loop import train
+
+    run = work / "runs" / f"{row.key}_seed{seed}"
+    last = run / "checkpoints" / "last"
+    if (run / "metrics.json").is_file() and (last / "model.safetensors").is_file():
+        return last
+    overrides = [
+        f"data.cache={work / 'cache'}", f"data.batch_size={s.batch_size}", f"data.max_train={s.pairs * row.pair_mult}",
+        "data.val_split=", f"model.encoder={s.encoder}", f"text_init={s.text_init}",
+        f"optim.epochs={s.epochs}", f"optim.lr={s.lr}", f"seed={seed}", "tensorboard=false", "log_every=50",
+        *s.overrides, *row.overrides,
+    ]
+    if s.text_init == "teacher":
+        overrides.append(f"teacher_dir={work / 'teacher'}")
+    else:
+        overrides += [f"model.text.hidden={s.text_hidden}", f"model.text.layers={s.text_layers}",
+                      f"model.text.heads={max(2, s.text_hidden // 32)}"]
+    if row.pairing is not None:
+        overrides.append(f"data.retrieval={work / f'retrieval_{row.pairing}'}")
+    train(load_config(TrainConfig, None, overrides), run)
+    return last
+
+
+def evaluate_run(ckpt: Path, cache: Path) -> dict[str, Any]:
+    """Zero-shot macro metrics (per volume, no bootstrap) and retrieval of one checkpoint on the valid split."""
+    import numpy as np
+
+    from ctxray.data.dataset import CTCacheDataset
+    from ctxray.evaluate.run import embed_dataset, evaluate_embeddings, read_scan_ids
+    from ctxray.labels import load_labels
+    from ctxray.train.checkpoint import load_model
+
+    model, tok, cfg = load_model(ckpt)
+    labels = load_labels()
+    emb = embed_dataset(model, tok, CTCacheDataset(cache, split="valid"), read_scan_ids(cache), batch_size=8,
+                        max_length=cfg.model.text.max_length, desc=f"embed valid ({ckpt.parent.parent.name})")
+    metrics, _, _ = evaluate_embeddings(model, tok, emb, labels, n_boot=0, max_length=cfg.model.text.max_length)
+    zs = metrics["zero_shot"]
+    per_label = {n: zs["per_label"][n]["auroc"] for n in labels.names}
+    visible = set(labels.xray_visible_names)
+
+    def group(names: list[str]) -> float:
+        vals = [per_label[n] for n in names if np.isfinite(per_label[n])]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    return {"auroc": zs["macro"]["auroc"], "f1": zs["macro"]["f1"],
+            "auroc_xray_visible": group([n for n in labels.names if n in visible]),
+            "auroc_ct_only": group([n for n in labels.names if n not in visible]),
+            "per_scan_auroc": zs["per_scan"]["macro"]["auroc"],
+            "r5_volume_to_report": metrics["retrieval"]["volume_to_report"]["R@5"],
+            "per_label_auroc": per_label}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v == v]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def table(results: dict[str, dict]) -> str:
+    """The printed table: mean ± sd over seeds per row."""
+    cols = [("auroc", "macro AUROC"), ("f1", "macro F1"), ("auroc_xray_visible", "AUROC X-ray-visible"),
+            ("auroc_ct_only", "AUROC CT-only"), ("r5_volume_to_report", "R@5 v->r")]
+    lines = ["| row | setting | pairs | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    for key, r in results.items():
+        cells = []
+        for c, _ in cols:
+            m, sd = _mean_sd([run[c] for run in r["runs"].values()])
+            cells.append(f"{m:.3f} ± {sd:.3f}")
+        lines.append(f"| {key} | {r['name']} | {r['pairs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, help="work folder (world, cache, teacher, retrievals, runs)")
+    parser.add_argument("--out", required=True, help="JSON results file")
+    parser.add_argument("--rows", default="abcdefg", help="which rows (letters)")
+    parser.add_argument("--seeds", default="0,1,2")
+    for name, default in asdict(Settings()).items():
+        if name not in ("seeds", "overrides"):
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--override", action="append", default=[], help="extra TrainConfig a.b=c for every run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    torch.set_num_threads(2)
+    fields = {k: getattr(args, k) for k in asdict(Settings()) if k not in ("seeds", "overrides")}
+    s = Settings(**fields, seeds=tuple(int(x) for x in args.seeds.split(",")), overrides=tuple(args.override))
+    work, t0 = Path(args.work), time.perf_counter()
+    info = prepare(work, s)
+    results: dict[str, dict] = {}
+    for row in (r for r in ROWS if r.key in args.rows):
+        results[row.key] = {"name": row.name, "pairs": s.pairs * row.pair_mult, "overrides": list(row.overrides),
+                            "pairing": row.pairing, "runs": {}}
+        for seed in s.seeds:
+            t_run = time.perf_counter()
+            ckpt = train_row(work, s, row, seed)
+            res = evaluate_run(ckpt, work / "cache")
+            res["seconds"] = round(time.perf_counter() - t_run, 1)
+            results[row.key]["runs"][str(seed)] = res
+            log.info("row %s seed %d: macro AUROC %.3f F1 %.3f (%.0f s)", row.key, seed, res["auroc"], res["f1"],
+                     res["seconds"])
+    text = table(results)
+    print(text)
+    total = round(time.perf_counter() - t0, 1)
+    out = {"settings": asdict(s), "rows": results, "prepare": info, "table": text, "seconds": total,
+           "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
+    log.info("wrote %s (%.0f s in all)", args.out, total)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
