@@ -202,7 +202,10 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
         ValueError: when the tower's tensors do not match the model's text encoder exactly.
     """
     tower = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
-    missing, unexpected = model.text_encoder.load_state_dict(tower, strict=False)
+    try:
+        missing, unexpected = model.text_encoder.load_state_dict(tower, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"teacher text tower does not fit the model's: {err}") from err
     if missing or unexpected:
         raise ValueError(f"teacher text tower does not fit the model's: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

@@ -37,6 +37,7 @@ from ctxray.train.setup import (
     build_tokenizer,
     check_resume_config,
     resolve_config,
+    resolve_text,
     stored_config,
 )
 from ctxray.train.validate import validate
@@ -94,6 +95,7 @@ class Trainer:
             rows = read_manifest(config.data.cache, config.data.train_split)
             tokenizer = build_tokenizer(config, [str(r.get("report", "")) for r in rows])
         self.tokenizer = tokenizer
+        config = config if resume else resolve_text(config)
         self.data = build_data(config, tokenizer, rt)
         if not resume:
             config = resolve_config(config, tokenizer, self.data.targets)

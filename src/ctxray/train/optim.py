@@ -11,17 +11,29 @@ from torch import nn
 from ctxray.train.config import OptimConfig
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Full names of parameters that modules list in their ``no_weight_decay()`` (position embeddings...)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn) and module is not model:
+            names.update(f"{prefix}.{n}" if prefix else n for n in fn())
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: weight matrices decay; norms, biases, the temperature and 1-D tensors do not.
+    """Two AdamW groups: weight matrices decay; norms, biases, the temperature, 1-D tensors and what a
+    module lists in ``no_weight_decay()`` (a ViT's position embedding, CLS token) do not.
 
     Parameters are listed in ``named_parameters`` order, so the grouping (and the optimiser state's
     indices) is the same for every process and every run of one config.
     """
     decay, no_decay = [], []
+    skip = no_decay_names(model)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or name.endswith("logit_scale") or "norm" in name.lower() or name.endswith(".bias"):
+        if p.ndim < 2 or name in skip or name.endswith("logit_scale") or "norm" in name.lower():
             no_decay.append(p)
         else:
             decay.append(p)

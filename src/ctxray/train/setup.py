@@ -119,12 +119,18 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunDat
     return RunData(train_set, loader, sampler, gen, val_loader, collator, targets)
 
 
+def resolve_text(config: TrainConfig) -> TrainConfig:
+    """With ``text_init="teacher"``, the report tower's settings become the teacher's."""
+    if config.text_init != "teacher":
+        return config
+    text, _ = teacher_text_tower(config.teacher_dir)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+
+
 def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> TrainConfig:
-    """Fill what the data decides: input shape, vocabulary size, teacher width, MLM head, text tower."""
+    """Fill what the data decides: input shape, vocabulary size, teacher width, MLM head."""
     m = config.model
     text = m.text
-    if config.text_init == "teacher":
-        text, _ = teacher_text_tower(config.teacher_dir)
     if text.kind == "bert":
         text = dataclasses.replace(text, vocab_size=tokenizer.vocab_size)
     teacher_dim = None

@@ -1,0 +1,147 @@
+"""Unit checks of the trainer's parts: optimiser groups and state, schedule, dual encoder, masking, data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ctxray.models.dual import DualEncoder, DualEncoderConfig, init_text_from_teacher, teacher_text_tower
+from ctxray.models.text import TextEncoderConfig
+from ctxray.train.data import ResumableSampler, shuffled_id_map
+from ctxray.train.optim import (
+    build_optimizer,
+    lr_factor,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    param_groups,
+)
+
+
+def _model(**kw) -> DualEncoder:
+    torch.manual_seed(0)
+    text = TextEncoderConfig(hidden=16, layers=1, heads=2, max_length=12, dropout=0.0, vocab_size=40)
+    cfg = DualEncoderConfig(encoder="vit3d_tiny", input_shape=(16, 32, 32), embed_dim=8, teacher_dim=6, text=text)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return DualEncoder(cfg)
+
+
+def _inputs(b: int = 3):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(b, 1, 16, 32, 32, generator=g), torch.randint(5, 40, (b, 9), generator=g), torch.ones(b, 9,
+                                                                                                          dtype=torch.long)
+
+
+def test_forward_shapes_norms_and_every_parameter_gets_a_gradient():
+    model = _model(mlm_head=True)
+    vol, ids, mask = _inputs()
+    out = model(vol, ids, mask, mlm_input_ids=ids)
+    assert out["volume"].shape == (3, 8) and out["text"].shape == (3, 8) and out["kd"].shape == (3, 6)
+    assert out["mlm_logits"].shape == (3, 9, 40)
+    for key in ("volume", "text", "kd"):
+        assert torch.allclose(out[key].norm(dim=1), torch.ones(3), atol=1e-5)
+    assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert torch.allclose(model.encode_volume(vol), out["volume"], atol=1e-6)
+    assert model.volume_feature_map(vol).shape[:2] == (3, model.volume_encoder.feature_dim)
+    loss = (out["volume"] * out["text"]).sum() * out["logit_scale"] + out["kd"].sum() + out["mlm_logits"].mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_temperature_is_clamped_and_heads_are_optional():
+    model = _model(teacher_dim=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.scale().item() == pytest.approx(100.0, rel=1e-5)
+    assert model.kd_head is None and model.mlm_head is None
+    vol, ids, mask = _inputs()
+    assert "kd" not in model(vol, ids, mask)
+    with pytest.raises(ValueError, match="MLM head"):
+        model(vol, ids, mask, mlm_input_ids=ids)
+
+
+def test_no_weight_decay_on_norms_biases_temperature_and_position_embedding():
+    model = _model()
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "logit_scale" in no_decay_names and "volume_encoder.pos_embed" in no_decay_names
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(n.endswith("norm.weight") for n in no_decay_names)
+    assert "volume_proj.weight" in {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, 100, 10, 0.05) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[100] == pytest.approx(0.05) and f[55] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json():
+    import json
+
+    from ctxray.train.config import OptimConfig
+
+    model = _model()
+    opt = build_optimizer(model, OptimConfig())
+    vol, ids, mask = _inputs()
+    out = model(vol, ids, mask)
+    (out["volume"] @ out["text"].T).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_state_to_tensors(opt.state_dict())
+    meta = json.loads(json.dumps(meta))
+    again = build_optimizer(_model(), OptimConfig())
+    again.load_state_dict(optimizer_state_from_tensors(tensors, meta))
+    a, b = opt.state_dict(), again.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for idx, entry in a["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(value, b["state"][idx][name]), (idx, name)
+
+
+def test_teacher_text_tower_initialises_the_report_tower(tmp_path):
+    """A teacher folder as ``ctxray.teacher.builtin.save_builtin`` writes it."""
+    from ctxray.models.text import Tokenizer
+    from ctxray.teacher.builtin import XrayCLIP, XrayCLIPConfig, save_builtin
+
+    tok = Tokenizer.train(["there is a small effusion", "no effusion is seen", "heart is enlarged"], 60)
+    tcfg = XrayCLIPConfig(text=TextEncoderConfig(hidden=16, layers=1, heads=2, max_length=12, dropout=0.0,
+                                                 vocab_size=tok.vocab_size), embed_dim=8)
+    teacher = XrayCLIP(tcfg)
+    save_builtin(teacher, tok, tmp_path / "T")
+    text_cfg, state = teacher_text_tower(tmp_path / "T")
+    assert text_cfg == tcfg.text
+    model = _model(text=text_cfg)
+    init_text_from_teacher(model, state)
+    enc = tok(["there is a small effusion"], max_length=12)
+    with torch.no_grad():
+        ours = model.encode_text(enc["input_ids"], enc["attention_mask"])
+        theirs = torch.nn.functional.normalize(teacher.encode_text(enc["input_ids"], enc["attention_mask"]), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-6)  # same tower and projection (embed_dim equal): same space
+    with pytest.raises(ValueError, match="does not fit"):
+        init_text_from_teacher(_model(), state)  # a report tower of another vocabulary
+
+
+def test_resumable_sampler_skips_exactly_the_consumed_prefix():
+    data = list(range(23))
+    full = ResumableSampler(data, num_replicas=2, rank=1, seed=4)
+    full.set_epoch(3)
+    order = list(full)
+    part = ResumableSampler(data, num_replicas=2, rank=1, seed=4)
+    part.set_epoch(3, skip=5)
+    assert list(part) == order[5:] and len(part) == len(order) - 5
+    other = ResumableSampler(data, num_replicas=2, rank=0, seed=4)
+    other.set_epoch(3)
+    assert not set(other) & set(order)  # ranks see disjoint shards
+
+
+def test_shuffled_targets_have_no_fixed_point_and_are_a_permutation():
+    ids = [f"ct{i}" for i in range(50)]
+    mapping = shuffled_id_map(ids, seed=0)
+    assert sorted(mapping.values()) == sorted(ids)
+    assert all(mapping[i] != i for i in ids)
