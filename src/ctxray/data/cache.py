@@ -34,7 +34,7 @@ import numpy as np
 from ctxray.data.ingest import WorkItem, read_item
 from ctxray.data.readers import RawVolume, VolumeReadError
 from ctxray.data.spec import PreprocessSpec
-from ctxray.utils.io import atomic_write_bytes, atomic_write_text, sha256_file
+from ctxray.utils.io import atomic_write, atomic_write_text, sha256_file
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,27 @@ def check_raw(raw: RawVolume, where: str) -> None:
             raise VolumeReadError(where, f"{bad} NaN/inf voxel(s)")
 
 
-def encode_npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+def write_npy(path: Path, arr: np.ndarray) -> tuple[str, int]:
+    """Write ``arr`` as a .npy file atomically, hashing while writing (no in-memory copy of the file).
+
+    Returns:
+        (hex SHA-256 of the file, its size in bytes).
+    """
+    arr = np.ascontiguousarray(arr)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
+    header = head.getvalue()
+    body = memoryview(arr.reshape(-1).view(np.uint8))
+    digest = hashlib.sha256(header)
+    digest.update(body)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(body)
+
+    atomic_write(path, write)
+    return digest.hexdigest(), len(header) + body.nbytes
 
 
 def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
@@ -116,14 +133,13 @@ def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
     if hi - lo < 1e-6:
         hu = spec.hu_min + lo * (spec.hu_max - spec.hu_min)
         raise VolumeReadError(item.source, f"volume is constant after windowing (all {hu:.0f} HU): wrong rescale?")
-    data = encode_npy(spec.encode(out))
     rel = f"volumes/{item.id}.npy"
-    atomic_write_bytes(cache_dir / rel, data)
+    sha, nbytes = write_npy(cache_dir / rel, spec.encode(out))
     entry = {
         "id": item.id, "file": rel, "shape": list(spec.shape_zyx),
         "spacing": [round(float(s), 6) for s in spec.output_grid(raw.values.shape, raw.spacing_zyx)[1]],
         "preset": spec.name, "spec_hash": spec_hash(spec), "dtype": spec.dtype,
-        "sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(data),
+        "sha256": sha, "nbytes": nbytes,
         "orig_shape": list(raw.values.shape), "orig_spacing": [round(float(s), 6) for s in raw.spacing_zyx],
         "rescale": [raw.slope, raw.intercept],
     }
@@ -159,9 +175,6 @@ def _work(task: tuple[WorkItem, dict | None, PreprocessSpec, Path, Verify]) -> t
 
 
 def _init_worker(threads: int) -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
 
 
