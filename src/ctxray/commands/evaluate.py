@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:i]")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
     evaluate_checkpoint(args.checkpoint, args.cache, args.out, split=split, labels=args.labels,
                         threshold_split=args.threshold_split, batch_size=args.batch_size,
-                        n_boot=args.bootstrap, seed=args.seed)
+                        n_boot=args.bootstrap, seed=args.seed, device=args.device, workers=args.workers)
     return 0

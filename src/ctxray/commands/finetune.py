@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:i]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, n_boot=args.bootstrap)
     finetune_checkpoint(args.checkpoint, args.cache, args.out, mode=args.mode, fractions=args.fractions,
                         train_split=args.train_split, eval_split=args.eval_split, seed=args.seed,
-                        scratch=not args.no_scratch, settings=settings)
+                        scratch=not args.no_scratch, settings=settings, device=args.device)
     return 0

@@ -263,7 +263,7 @@ def summary_rows(result: dict) -> list[dict[str, Any]]:
 def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "probe",
                         fractions: Sequence[float] = (0.01, 0.1, 1.0), train_split: str = "train",
                         eval_split: str = "valid", seed: int = 0, scratch: bool = True,
-                        settings: FinetuneSettings | None = None) -> dict:
+                        settings: FinetuneSettings | None = None, device: str = "auto") -> dict:
     """Probe / fine-tune a trained model's volume encoder against the same encoder from scratch.
 
     Writes ``out/metrics.json`` (``finetune_compare``'s result) and ``out/summary.csv``
@@ -274,23 +274,25 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
         cache: a volume cache with labels for ``train_split`` and ``eval_split``.
         out: output folder.
         scratch: also train the randomly initialised encoder (the comparison).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
     """
     from pathlib import Path
 
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.evaluate.report import write_csv, write_json
-    from ctxray.evaluate.run import read_scan_ids
+    from ctxray.evaluate.run import read_scan_ids, resolve_device
     from ctxray.labels import CT_RATE_LABELS
     from ctxray.models.registry import create_volume_encoder
     from ctxray.train.checkpoint import load_model
 
-    model, _, config = load_model(checkpoint)
+    dev = resolve_device(device)
+    model, _, config = load_model(checkpoint, map_location=dev)
     encoders: dict[str, nn.Module] = {"pretrained": model.volume_encoder}
     if scratch:
         torch.manual_seed(seed)
         kwargs = dict(config.model.encoder_kwargs)
         kwargs["input_shape"] = tuple(model.volume_encoder.input_shape)
-        encoders["scratch"] = create_volume_encoder(config.model.encoder, **kwargs)
+        encoders["scratch"] = create_volume_encoder(config.model.encoder, **kwargs).to(dev)
     train_ds, eval_ds = CTCacheDataset(cache, split=train_split), CTCacheDataset(cache, split=eval_split)
     result = finetune_compare(encoders, train_ds, eval_ds, CT_RATE_LABELS, read_scan_ids(cache), mode, fractions,
                               seed, settings)

@@ -45,6 +45,13 @@ class SplitEmbeddings:
     reports: list[str]
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other values pass through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def read_scan_ids(cache_dir: str | Path) -> dict[str, str]:
     """Volume id -> scan id from ``C/manifest.jsonl`` (a volume without ``scan_id`` is its own scan)."""
     path = Path(cache_dir) / "manifest.jsonl"
@@ -71,7 +78,7 @@ def read_scan_ids(cache_dir: str | Path) -> dict[str, str]:
 
 
 def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: dict[str, str] | None = None,
-                  batch_size: int = 4, max_length: int = 128, desc: str = "embed") -> SplitEmbeddings:
+                  batch_size: int = 4, max_length: int = 128, desc: str = "embed", workers: int = 0) -> SplitEmbeddings:
     """Volume and report embeddings of every item of a dataset (``CTCacheDataset`` items).
 
     Args:
@@ -81,10 +88,11 @@ def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: 
         scan_of: volume id -> scan id (``read_scan_ids``); None: each volume its own scan.
         batch_size: volumes per forward pass.
         max_length: token budget for reports.
+        workers: DataLoader worker processes (volume loading).
     """
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     device = model_device(model)
     ids: list[str] = []
     reports: list[str] = []
@@ -173,7 +181,8 @@ def write_outputs(out: Path, metrics: dict, emb: SplitEmbeddings, y: np.ndarray,
 
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Path, split: str | None = "valid",
                         labels: str | Path | None = None, threshold_split: str | None = None,
-                        batch_size: int = 4, n_boot: int = 1000, seed: int = 0) -> dict:
+                        batch_size: int = 4, n_boot: int = 1000, seed: int = 0, device: str = "auto",
+                        workers: int = 0) -> dict:
     """Evaluate a trained model on one cache split and write the outputs to ``out``.
 
     Args:
@@ -185,6 +194,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
         threshold_split: the split on which Youden thresholds are chosen; None or equal to ``split``:
             the evaluated split itself (stated in ``metrics.json``).
         batch_size, n_boot, seed: embedding batch size, bootstrap replicates and seed.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
+        workers: DataLoader worker processes.
 
     Returns:
         The metrics dict written to ``out/metrics.json``.
@@ -194,16 +205,16 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
 
     t0 = time.time()
     torch.manual_seed(seed)
-    model, tokenizer, config = load_model(checkpoint)
+    model, tokenizer, config = load_model(checkpoint, map_location=resolve_device(device))
     label_set = load_labels(str(labels) if labels else None)
     max_length = int(getattr(getattr(getattr(config, "model", None), "text", None), "max_length", 128))
     scan_of = read_scan_ids(cache)
     emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=split), scan_of, batch_size, max_length,
-                        desc=f"embed {split or 'all'}")
+                        desc=f"embed {split or 'all'}", workers=workers)
     thr_emb = None
     if threshold_split and threshold_split != split:
         thr_emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=threshold_split), scan_of,
-                                batch_size, max_length, desc=f"embed {threshold_split} (thresholds)")
+                                batch_size, max_length, desc=f"embed {threshold_split} (thresholds)", workers=workers)
     metrics, y, probs = evaluate_embeddings(model, tokenizer, emb, label_set, thr_emb, n_boot, seed, max_length)
     metrics["zero_shot"]["thresholds"]["split"] = threshold_split or split
     metrics["meta"] = {"checkpoint": str(checkpoint), "cache": str(cache), "split": split,
