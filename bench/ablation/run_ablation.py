@@ -216,6 +216,34 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def diagnostics(results: dict[str, dict], info: dict[str, Any]) -> str:
+    """Why distillation did or did not help: teacher quality, retrieval agreement, per-label KD effect."""
+    lines = []
+    teacher = info.get("teacher") or {}
+    auc = (teacher.get("zero_shot_auc") or {}).get("macro")
+    if auc is not None:
+        lines.append(f"teacher zero-shot macro AUROC on its own X-ray test split: {auc:.3f}")
+    for pairing in ("text", "random"):
+        q = info.get(f"retrieval_{pairing}") or {}
+        agree = q.get("agreement_top1", {})
+        parts = [f"{k} {v['jaccard']:.3f}" for k, v in agree.items() if isinstance(v, dict) and "jaccard" in v]
+        if parts:
+            lines.append(f"retrieval ({pairing}): label Jaccard of CT report vs top-1 X-ray: " + ", ".join(parts))
+    if "b" in results and "e" in results:
+        names = list(next(iter(results["b"]["runs"].values()))["per_label_auroc"])
+        deltas = []
+        for n in names:
+            b = [r["per_label_auroc"][n] for r in results["b"]["runs"].values()]
+            e = [r["per_label_auroc"][n] for r in results["e"]["runs"].values()]
+            mb, me = _mean_sd(b)[0], _mean_sd(e)[0]
+            if mb == mb and me == me:
+                deltas.append((me - mb, n))
+        deltas.sort()
+        lines.append("per-label AUROC change full (e) - RoCo only (b), worst to best: "
+                     + ", ".join(f"{n} {d:+.3f}" for d, n in deltas))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="work folder (world, cache, teacher, retrievals, runs)")
@@ -248,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info("row %s seed %d: macro AUROC %.3f F1 %.3f (%.0f s)", row.key, seed, res["auroc"], res["f1"],
                      res["seconds"])
     text = table(results)
+    diag = diagnostics(results, info)
     print(text)
+    print(diag)
     total = round(time.perf_counter() - t0, 1)
-    out = {"settings": asdict(s), "rows": results, "prepare": info, "table": text, "seconds": total,
+    out = {"settings": asdict(s), "rows": results, "prepare": info, "table": text, "diagnostics": diag,
+           "seconds": total,
            "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
