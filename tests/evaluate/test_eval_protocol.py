@@ -19,11 +19,16 @@ def test_aggregate_by_scan_takes_max_in_first_appearance_order():
     np.testing.assert_array_equal(ss, [[0.9, 0.1], [0.5, 0.6], [0.1, 0.8]])
 
 
-def test_aggregate_by_scan_any_positive_and_unknown():
+def test_aggregate_by_scan_any_positive_and_unknown(caplog):
     y = np.array([[np.nan, 0], [1, np.nan], [np.nan, np.nan]], float)
-    _, ys, _ = aggregate_by_scan(["a", "a", "b"], y, np.zeros((3, 2)))
+    with caplog.at_level("WARNING"):
+        _, ys, _ = aggregate_by_scan(["a", "a", "b"], y, np.zeros((3, 2)))
     np.testing.assert_array_equal(ys[0], [1, 0])
     assert np.isnan(ys[1]).all()
+    assert "different labels" not in caplog.text  # unknown entries are not disagreements
+    with caplog.at_level("WARNING"):
+        aggregate_by_scan(["a", "a"], np.array([[1.0], [0.0]]), np.zeros((2, 1)))
+    assert "1 scan-label pairs have reconstructions with different labels" in caplog.text
     with pytest.raises(ValueError, match="scan ids"):
         aggregate_by_scan(["a"], y, np.zeros((3, 2)))
 

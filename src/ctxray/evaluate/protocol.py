@@ -56,7 +56,7 @@ def aggregate_by_scan(scan_ids: Sequence[str], y: np.ndarray, scores: np.ndarray
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
         y_scan = np.stack([np.nanmax(y[g], axis=0) for g in groups])
         y_min = np.stack([np.nanmin(y[g], axis=0) for g in groups])
-    disagree = int(np.nansum(y_scan != y_min))
+    disagree = int(((y_scan != y_min) & ~np.isnan(y_scan)).sum())  # NaN != NaN must not count
     if disagree:
         log.warning("per-scan: %d scan-label pairs have reconstructions with different labels; "
                     "taking any-positive", disagree)
