@@ -244,6 +244,16 @@ def diagnostics(results: dict[str, dict], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(path: Path, s: Settings, results: dict, info: dict, seconds: float, final: bool) -> tuple[str, str]:
+    """Write the JSON (after every run, so an interrupted ablation keeps what it measured)."""
+    text, diag = table(results), diagnostics(results, info)
+    out = {"settings": asdict(s), "rows": results, "prepare": info, "table": text, "diagnostics": diag,
+           "seconds": round(seconds, 1), "complete": final, "command": " ".join(sys.argv)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return text, diag
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="work folder (world, cache, teacher, retrievals, runs)")
@@ -264,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     work, t0 = Path(args.work), time.perf_counter()
     info = prepare(work, s)
     results: dict[str, dict] = {}
-    for row in (r for r in ROWS if r.key in args.rows):
+    rows = [r for r in ROWS if r.key in args.rows]
+    for row in rows:
         results[row.key] = {"name": row.name, "pairs": s.pairs * row.pair_mult, "overrides": list(row.overrides),
                             "pairing": row.pairing, "runs": {}}
-        for seed in s.seeds:
+    for seed in s.seeds:  # seeds outermost: an interrupted ablation still has every row for the first seeds
+        for row in rows:
             t_run = time.perf_counter()
             ckpt = train_row(work, s, row, seed)
             res = evaluate_run(ckpt, work / "cache")
@@ -275,17 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             results[row.key]["runs"][str(seed)] = res
             log.info("row %s seed %d: macro AUROC %.3f F1 %.3f (%.0f s)", row.key, seed, res["auroc"], res["f1"],
                      res["seconds"])
-    text = table(results)
-    diag = diagnostics(results, info)
+            write_results(Path(args.out), s, results, info, time.perf_counter() - t0, final=False)
+    text, diag = write_results(Path(args.out), s, results, info, time.perf_counter() - t0, final=True)
     print(text)
     print(diag)
-    total = round(time.perf_counter() - t0, 1)
-    out = {"settings": asdict(s), "rows": results, "prepare": info, "table": text, "diagnostics": diag,
-           "seconds": total,
-           "command": " ".join(sys.argv)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
-    log.info("wrote %s (%.0f s in all)", args.out, total)
+    log.info("wrote %s (%.0f s in all)", args.out, time.perf_counter() - t0)
     return 0
 
 
