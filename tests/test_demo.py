@@ -1,0 +1,44 @@
+"""The demo's pipeline end to end at the tiny preset (the README's main job, small)."""
+
+import json
+
+import pytest
+
+from ctxray.cli import main
+from ctxray.demo import PRESETS, RUNS, run_demo, train_config
+
+
+def test_train_configs_differ_only_in_the_method(tmp_path):
+    plain = train_config(PRESETS["tiny"], tmp_path / "c", tmp_path / "r", RUNS["plain"], seed=0)
+    full = train_config(PRESETS["tiny"], tmp_path / "c", tmp_path / "r", RUNS["full"], seed=0)
+    assert plain.loss.pkd == plain.loss.srkd == 0 and plain.loss.correction == "none"
+    assert full.loss.pkd > 0 and full.loss.srkd > 0 and full.loss.correction != "none"
+    assert plain.model == full.model and plain.optim == full.optim and plain.data == full.data
+
+
+def test_demo_refuses_to_overwrite_and_unknown_presets(tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_demo(tmp_path, preset="tiny")
+    assert (tmp_path / "keep.txt").exists()
+    with pytest.raises(ValueError, match="unknown demo preset"):
+        run_demo(tmp_path / "new", preset="huge")
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--workers", "1"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["runs"]) == {"plain", "full"}
+    for run in summary["runs"].values():
+        macro = run["zero_shot_macro"]
+        assert 0.0 <= macro["auroc"] <= 1.0 and 0.0 <= macro["f1"] <= 1.0
+        assert 0.0 <= run["retrieval"]["volume_to_report.R@10"] <= 1.0
+    assert summary["seconds"]["train full"] > 0 and summary["total_seconds"] > 0
+    text = (out / "summary.md").read_text()
+    assert "| full |" in text and "| plain |" in text
+    assert list(out.glob("*.png")), "ROC plots are copied next to summary.md"
+    for part in ["world/ct-rate/dataset", "cache/manifest.jsonl", "teacher/metrics.json", "retrieval/targets.json",
+                 "runs/full/checkpoints", "eval/plain/metrics.json", "finetune/metrics.json"]:
+        assert (out / part).exists(), part
