@@ -58,6 +58,7 @@ def test_ctrate_v1_and_v2_give_the_same_cache(tmp_path):
     e = m1[0]
     assert e["id"] == "valid_1_a_1" and e["scan_id"] == "valid_1_a" and e["split"] == "valid"
     assert e["report"] == "Finding 0. Heart normal." and len(e["labels"]) == 18
+    assert (e["findings"], e["impression"]) == ("Finding 0. Heart normal.", "")
     assert e["shape"] == [8, 16, 16] and e["orig_spacing"] == [1.5, 0.75, 0.75] and e["preset"] == "t"
     arr = np.load(tmp_path / "cv1" / e["file"], mmap_mode="r")
     np.testing.assert_allclose(arr, SPEC.apply(truth["valid_1_a_1.nii.gz"], (1.5, 0.75, 0.75)), atol=1e-6)

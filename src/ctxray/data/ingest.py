@@ -119,7 +119,8 @@ def discover_ctrate(root: Path, splits: list[str] | None, require_report: bool) 
                 errors.append(f"{rec.path}: volume file not found (listed in the {split} reports CSV)")
                 continue
             item = WorkItem(id=safe_id(rec.volume_name.removesuffix(".nii.gz")), kind="ctrate", source=str(rec.path),
-                            payload=rec, split=rec.split, report=rec.report, labels=rec.labels, scan_id=rec.scan_id)
+                            payload=rec, split=rec.split, report=rec.report, labels=rec.labels, scan_id=rec.scan_id,
+                            extra={"findings": rec.findings, "impression": rec.impression})
             if _check_report(item, require_report, errors):
                 items.append(item)
     return Discovery(items, errors)
@@ -194,14 +195,16 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
         if path is None:
             errors.append(f"{folder / ref}: volume file not found (listed in {reports_csv})")
             continue
+        extra = {}
         if "report" in columns:
             report = report_text(row["report"], "")
         else:
-            report = report_text(row.get("Findings_EN", row.get("findings", "")),
-                                 row.get("Impressions_EN", row.get("impression", "")))
+            findings = report_text(row.get("Findings_EN", row.get("findings", "")), "")
+            impression = report_text(row.get("Impressions_EN", row.get("impression", "")), "")
+            report, extra = report_text(findings, impression), {"findings": findings, "impression": impression}
         item = WorkItem(id=make_id(path) if path in files else safe_id(path.name), kind="nifti", source=str(path),
                         payload=path, split=(row.get("split") or None), report=report,
-                        labels=_label_vector(row, columns))
+                        labels=_label_vector(row, columns), extra=extra)
         if _check_report(item, require_report, errors):
             items.append(item)
     return Discovery(items, errors)
