@@ -76,7 +76,7 @@ class Settings:
     text_hidden: int = 64
     text_layers: int = 1
     pairs: int = 32
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)

@@ -97,3 +97,13 @@ def test_read_scan_ids(tmp_path):
         read_scan_ids(tmp_path)
     with pytest.raises(FileNotFoundError, match="manifest"):
         read_scan_ids(tmp_path / "nope")
+
+
+def test_roc_plot_skips_single_class_labels(tmp_path):
+    from ctxray.evaluate.report import plot_roc
+
+    y = np.zeros((6, 2))
+    assert plot_roc(tmp_path / "none.png", y, np.random.default_rng(0).random((6, 2)), ["A", "B"], "t") is None
+    assert not (tmp_path / "none.png").exists()
+    y[:3, 1] = 1
+    assert plot_roc(tmp_path / "one.png", y, np.random.default_rng(0).random((6, 2)), ["A", "B"], "t").is_file()
