@@ -10,6 +10,7 @@ subset of N CT-report pairs per seed, and is scored by zero-shot classification 
   e  full: RoCo + pair-wise KD + relation KD        (the library defaults)
   f  full, X-rays paired at random                  (retrieve pairing=random)
   g  teacher-free (RoCo only) with 4x the CT pairs  (a reference: what more CT data buys)
+  h  (optional, --rows abcdefgh) full with the retrieved targets shuffled across CTs (a control)
 
 c and d add ONE distillation term each to b, so each term's effect is visible alone; e has both.
 Every row starts its report tower (and tokenizer) from the X-ray expert's text tower (``text_init=teacher``,
@@ -61,6 +62,7 @@ ROWS: tuple[Row, ...] = (
     Row("e", "full (RoCo + PKD + SRKD)", (), "text"),
     Row("f", "full, random X-ray pairing", (), "random"),
     Row("g", "teacher-free RoCo, 4x CT pairs", ("loss.pkd=0", "loss.srkd=0"), None, 4),
+    Row("h", "full, teacher targets shuffled across CTs", ("data.shuffle_targets=true",), "text"),  # optional
 )
 
 
