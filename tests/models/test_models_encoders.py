@@ -91,9 +91,26 @@ def test_vit_feature_map_grid_and_mean_pool_consistency():
     torch.testing.assert_close(emb, fmap.mean(dim=(2, 3, 4)), atol=1e-5, rtol=1e-5)
 
 
-def test_resnet_feature_map_is_downsampled_by_32():
-    enc = create_volume_encoder("resnet3d_tiny", input_shape=(32, 64, 64))
-    assert enc.feature_map(torch.rand(1, 1, 32, 64, 64)).shape == (1, 64, 1, 2, 2)
+@pytest.mark.parametrize("norm", ["group", "batch", "instance"])
+def test_resnet_norms_and_odd_widths(norm):
+    kw = dict(widths=(6, 12, 20, 36), norm=norm, stem_stride=(1, 2, 2))
+    enc = create_volume_encoder("resnet3d_tiny", input_shape=(32, 32, 32), **kw)
+    x = torch.rand(2, 1, 32, 32, 32)
+    assert enc(x).shape == (2, 36)
+    assert enc.feature_map(x).shape[2:] == enc.feature_grid((32, 32, 32)) == (2, 1, 1)
+
+
+def test_resnet_instance_norm_refuses_a_single_voxel_feature_map():
+    with pytest.raises(ValueError, match=r"instance.*\(16, 32, 32\)"):
+        create_volume_encoder("resnet3d_tiny", input_shape=SHAPE, norm="instance")
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 64), (33, 70, 100)])
+def test_resnet_feature_map_is_downsampled_by_32(shape):
+    enc = create_volume_encoder("resnet3d_tiny", input_shape=shape)
+    fmap = enc.feature_map(torch.rand(1, 1, *shape))
+    assert fmap.shape[:2] == (1, 64) and fmap.shape[2:] == enc.feature_grid(shape)
+    assert enc.feature_grid((32, 64, 64)) == (1, 2, 2) and enc.feature_grid((33, 70, 100)) == (2, 3, 4)
 
 
 @pytest.mark.parametrize("pos", ["learned", "sincos"])

@@ -8,6 +8,7 @@ the default ``stem_stride=2``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,7 +25,7 @@ Norm = Literal["group", "batch", "instance"]
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
     if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+        return nn.GroupNorm(math.gcd(8, channels), channels)
     if kind == "batch":
         return nn.BatchNorm3d(channels)
     return nn.InstanceNorm3d(channels, affine=True)
@@ -90,6 +91,13 @@ class ResNet3D(VolumeEncoder):
         stride = (stem_stride,) * 3 if isinstance(stem_stride, int) else tuple(stem_stride)
         if len(stride) != 3 or any(s not in (1, 2) for s in stride):
             raise ValueError(f"{name}: stem_stride must be 1 or 2 per axis; got {stem_stride!r}")
+        self.stem_stride = stride
+        self.n_stages = len(layers)
+        if norm == "instance" and math.prod(self.feature_grid(self.input_shape)) == 1:
+            raise ValueError(
+                f"{name}: norm='instance' needs more than one voxel in the last feature map, but input_shape "
+                f"{self.input_shape} gives {self.feature_grid(self.input_shape)}; use a larger input or norm='group'"
+            )
         stem_width = stem_width or widths[0]
         self.out_dim = self.feature_dim = int(widths[-1])
         self.grad_checkpointing = bool(grad_checkpointing)
@@ -109,6 +117,16 @@ class ResNet3D(VolumeEncoder):
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def feature_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """Spatial size ``(d, h, w)`` of ``feature_map`` for an input of shape ``(D, H, W)``."""
+        out = []
+        for n, s in zip(shape, self.stem_stride):
+            n = math.ceil(n / s)  # stem convolution (kernel 7, padding 3)
+            for _ in range(self.n_stages):  # max-pool, then the stride-2 stages
+                n = math.ceil(n / 2)
+            out.append(n)
+        return tuple(out)  # type: ignore[return-value]
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Last stage's features.
