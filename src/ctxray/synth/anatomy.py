@@ -179,8 +179,8 @@ def skeleton_shapes(a: Anatomy) -> list[Shape]:
     shapes: list[Shape] = []
     for zk in np.arange(-170.0, 180.0, 27.0):
         c = (sz + zk, a.spine_y, sx)
-        shapes.append(Ellipsoid(c, (11.5, 17, 20), 700, T.BONE, power=3.0))
-        shapes.append(Ellipsoid(c, (10.0, 15, 18), 240, T.BONE, power=3.0))
+        shapes.append(Ellipsoid(c, (12.5, 18, 21), 1100, T.BONE, power=3.0))
+        shapes.append(Ellipsoid(c, (10.0, 15, 18), 260, T.BONE, power=3.0))
         shapes.append(Ellipsoid((c[0], c[1] - 26, c[2]), (11, 11, 13), 600, T.BONE))
         shapes.append(Ellipsoid((c[0], c[1] - 26, c[2]), (12, 7, 7), 15, T.SOFT))
         shapes.append(Ellipsoid((c[0] - 6, c[1] - 44, c[2]), (8, 12, 5), 550, T.BONE))
@@ -195,7 +195,7 @@ def skeleton_shapes(a: Anatomy) -> list[Shape]:
             xs, ys = side * rax * np.cos(t) ** 0.9, ray * np.sin(t)
             zs = z_back - 55 * (t - t[0]) / (t[-1] - t[0]) ** 1.0 * (0.6 + 0.04 * k)
             pts = np.stack([zs, sy + ys, sx + xs], axis=1)
-            ribs.append(tube(pts, 4.5, 650, step=1.5, tissue=T.BONE, within=(T.SOFT, T.FAT)))
+            ribs.append(tube(pts, 4.5, 950, step=1.5, tissue=T.BONE, within=(T.SOFT, T.FAT)))
             cart = np.array([pts[-1], [pts[-1][0] - 8, sy + a.body_ay - a.fat - 12, sx + side * 18]])
             if k < 7:
                 cartilage.append(tube(cart, 4.0, 130, step=1.5, tissue=T.SOFT, within=(T.SOFT, T.FAT)))
@@ -205,7 +205,7 @@ def skeleton_shapes(a: Anatomy) -> list[Shape]:
     for side in (1, -1):
         cl = np.array([[sz + a.apex - 15, front - 2, sx + side * 18], [sz + a.apex, sy + a.body_ay * 0.2,
                                                                         sx + side * (a.body_ax - 22)]])
-        shapes.append(tube(cl, 7.0, 620, step=1.5, tissue=T.BONE))
+        shapes.append(tube(cl, 7.0, 900, step=1.5, tissue=T.BONE))
         shapes.append(Ellipsoid((sz + a.apex - 50, sy - a.body_ay + a.fat + 14, sx + side * (a.body_ax - 55)),
                                 (65, 5, 40), 520, T.BONE, rot=side * 0.35, within=(T.SOFT, T.FAT)))
     return shapes

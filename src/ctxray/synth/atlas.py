@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctxray.synth.anatomy import Anatomy, body_shapes, mediastinum_shapes
-from ctxray.synth.canvas import Canvas, Grid, Tissue
+from ctxray.synth.canvas import Canvas, Grid, Shape, Tissue
 
 ATLAS_SPACING = 8.0
 
@@ -30,9 +30,29 @@ class Atlas:
         for shape in body_shapes(anatomy) + mediastinum_shapes(anatomy):
             canvas.paint(shape)
         self.grid = grid
+        self._canvas = canvas
         self.tissue = canvas.tissue
         self._depth: dict[str, np.ndarray] = {}
         self._z, self._y, self._x = grid.axes()
+
+    def occupy(self, shapes: list[Shape]) -> None:
+        """Mark space taken by lesions (shapes that set a tissue) so later lesions avoid it.
+
+        A nodule drawn inside an effusion or a consolidation would be invisible; this keeps every
+        lesion where it can be seen, as a radiologist would report it.
+        """
+        painted = [s for s in shapes if s.tissue is not None]
+        for shape in painted:
+            self._canvas.paint(shape)
+        if painted:
+            self._depth.clear()
+
+    def tissue_at(self, point: np.ndarray) -> int:
+        """Tissue code at a mm point (AIR outside the atlas)."""
+        i = np.round(self.grid.to_voxel(point)).astype(int)
+        if np.any(i < 0) or np.any(i >= self.grid.shape):
+            return int(Tissue.AIR)
+        return int(self.tissue[tuple(i)])
 
     def lung_mask(self, side: str) -> np.ndarray:
         code = Tissue.LUNG_R if side == "right" else Tissue.LUNG_L

@@ -141,5 +141,8 @@ def build_lesions(anatomy: Anatomy, labels: dict[str, int], rng: np.random.Gener
     out: list[Lesion] = []
     for name in sampling_order():
         if labels.get(name):
-            out.extend(BUILDERS[name](anatomy, atlas, rng, labels))
+            new = BUILDERS[name](anatomy, atlas, rng, labels)
+            for lesion in new:
+                atlas.occupy(lesion.shapes)
+            out.extend(new)
     return out

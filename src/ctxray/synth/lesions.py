@@ -165,12 +165,14 @@ def lymphadenopathy(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: 
     out = []
     for name in names:
         d = np.array(STATIONS[str(name)], dtype=float)
-        c = carina + d + rng.normal(0, 3, 3)
+        candidates = carina + d + rng.normal(0, 6, (12, 3))
+        fat = [c for c in candidates if atlas.tissue_at(c) in (T.FAT, *LUNGS)]
+        c = fat[0] if fat else candidates[0]  # nodes grow in the mediastinal and hilar fat
         short = float(rng.uniform(11, 24))
         rad = (short * 0.65, short / 2, short / 2 * rng.uniform(1.0, 1.4))
         side = "right" if "right" in name else "left" if "left" in name or "aorto" in name else "midline"
         shapes: list[Shape] = [Ellipsoid(_tup(c), rad, float(rng.uniform(32, 48)), T.LESION,
-                                         within=(T.FAT, *LUNGS, T.SOFT, T.VESSEL), edge=1.5)]
+                                         within=(T.FAT, *LUNGS), edge=1.5)]
         out.append(Lesion("Lymphadenopathy", "enlarged lymph node", f"{name} station", side, _tup(c), short, shapes,
                           {"short_axis_mm": round(short)}))
     return out

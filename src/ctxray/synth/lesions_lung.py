@@ -94,13 +94,17 @@ def pulmonary_fibrotic_sequela(a: Anatomy, atlas: Atlas, rng: np.random.Generato
     side = str(rng.choice(SIDES))
     zone = str(rng.choice(["upper", "lower"]))
     p = atlas.sample_lung_point(side, rng, zone, 3.0, 20.0)
-    shapes: list[Shape] = []
+    centre, _ = a.lung_box(side)
+    # a subpleural scar: reticular haze plus bands running from the pleura into the lung
+    shapes: list[Shape] = [Ellipsoid(_tup(p), tuple(float(v) for v in rng.uniform(8, 14, 3)), 180.0, None,
+                                     within=LUNGS, add=True, edge=4.0)]
     for _ in range(int(rng.integers(3, 7))):
-        d = rng.normal(0, 1, 3)
+        d = np.asarray(centre) - p
+        d = d / np.linalg.norm(d) + rng.normal(0, 0.5, 3)
         d /= np.linalg.norm(d)
-        start = p + rng.normal(0, 8, 3)
-        shapes.append(tube(np.stack([start, start + d * rng.uniform(18, 35)]), float(rng.uniform(1.2, 2.2)), -80,
-                           step=1.0, tissue=T.LESION, within=LUNGS))
+        start = p + rng.normal(0, 6, 3)
+        shapes.append(tube(np.stack([start - d * 6, start + d * rng.uniform(18, 32)]), float(rng.uniform(1.5, 2.6)),
+                           -60, step=1.0, tissue=T.LESION, within=LUNGS))
     return [Lesion("Pulmonary fibrotic sequela", "fibrotic bands", atlas.lobe(p)[1], side, _tup(p), 35.0, shapes)]
 
 
