@@ -109,3 +109,21 @@ def test_rejections_and_privacy_in_a_batch(tmp_path, caplog):
     for secret in SECRETS:
         assert secret not in caplog.text
     assert len(scan_dicom_folder(root)) == 5
+
+
+def test_several_series_need_a_choice(tmp_path):
+    hu = phantom_hu((6, 10, 10))
+    a = write_ct_series(tmp_path / "a", hu, (2.0, 1.0, 1.0))
+    write_ct_series(tmp_path / "b", hu + 10, (2.0, 1.0, 1.0))
+    with pytest.raises(VolumeReadError, match="2 series found"):
+        load_volume(tmp_path)
+    uid = str(pydicom.dcmread(a[0]).SeriesInstanceUID)
+    np.testing.assert_array_equal(load_volume(tmp_path, series_uid=uid).hu, hu)
+
+
+def test_redact_replaces_every_identifier_form():
+    from ctxray.data.dicom import redact
+
+    text = "/data/DOE^JANE/PID4711/DOE/scan"
+    assert redact(text, {"DOE^JANE", "DOE", "JANE", "PID4711"}) == "/data/[redacted]/[redacted]/[redacted]/scan"
+    assert redact("/data/ab/x", {"ab"}) == "/data/ab/x"  # too short to redact safely

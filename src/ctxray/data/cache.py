@@ -171,6 +171,10 @@ def _work(task: tuple[WorkItem, dict | None, PreprocessSpec, Path, Verify]) -> t
         return "written", process_item(item, spec, cache_dir)
     except Exception as err:  # one bad input must not stop the batch
         msg = str(err) if isinstance(err, VolumeReadError) else f"{item.source}: {type(err).__name__}: {err}"
+        if item.kind == "dicom":  # a library message may quote a path holding patient identifiers
+            from ctxray.data.dicom import redact
+
+            msg = redact(msg, item.payload.identifiers)
         return "error", " ".join(msg.split())
 
 
