@@ -93,3 +93,46 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
     # the check has teeth: with DDP's plain averaging (no world-size factor) gradients are halved
     some = next(iter(one_grads))
     assert not torch.allclose(two_grads[some] / 2, one_grads[some], rtol=1e-4, atol=1e-6)
+
+
+def _train_worker(rank: int, world: int, store: str, cache: str, retrieval: str, out: str) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_support import tiny_config
+
+    from ctxray.train.loop import train
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        train(tiny_config(Path(cache), Path(retrieval), **{"optim.epochs": 1, "data.batch_size": 4}), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_trainer_under_two_ranks_follows_the_single_process_run(tmp_path):
+    """The whole trainer (sampler shards, gathered losses, DDP, rank-0 checkpoints) on 2 gloo ranks with
+    4 pairs each takes the same steps as one process with 8 pairs per batch."""
+    from test_train_support import tiny_config, write_cache, write_targets
+
+    from ctxray.train.loop import train
+
+    cache = write_cache(tmp_path / "cache", n_train=16, n_valid=4, seed=2)
+    retrieval = write_targets(tmp_path / "retrieval", cache)
+    mp.spawn(_train_worker, args=(2, str(tmp_path / "store"), str(cache), str(retrieval), str(tmp_path / "two")),
+             nprocs=2, join=True)
+    train(tiny_config(cache, retrieval, **{"optim.epochs": 1, "data.batch_size": 8}), tmp_path / "one")
+
+    def rows(run):
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    two, one = rows(tmp_path / "two"), rows(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(two, one):
+        for key in ("loss", "roco", "pkd", "srkd"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+    assert (tmp_path / "two" / "checkpoints" / "last" / "state.safetensors").is_file()
+    state = json.loads((tmp_path / "two" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's RNG state is kept
