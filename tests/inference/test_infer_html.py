@@ -112,6 +112,16 @@ def test_html_in_headless_chromium(tmp_path):
         h2, _ = browser.eval(stats)
         assert h2 != h1
         browser.eval("document.getElementById('window-lung').click()")
+        # clicking the lesion in the axial view moves the coronal and sagittal slices onto it (y=12, x=30)
+        rect = browser.eval("(() => { const b = document.getElementById('canvas-axial').getBoundingClientRect();"
+                            " return [b.left, b.top, b.width, b.height]; })()")
+        shape = browser.eval("window.ctxrayViewer.shape")
+        row, col = shape[1] - 1 - 12, shape[2] - 1 - 30  # radiological display: flipped rows and columns
+        px, py = rect[0] + (col + 0.5) / shape[2] * rect[2], rect[1] + (row + 0.5) / shape[1] * rect[3]
+        for kind in ("mousePressed", "mouseReleased"):
+            browser.send("Input.dispatchMouseEvent", type=kind, x=px, y=py, button="left", clickCount=1)
+        assert browser.eval("document.getElementById('slider-coronal').value") == "12"
+        assert browser.eval("document.getElementById('slider-sagittal').value") == "30"
         shot = browser.screenshot(tmp_path / "report.png")
         shutil.copy(shot, Path("/tmp") / "ctxray_report_screenshot.png")
         assert shot.stat().st_size > 10_000

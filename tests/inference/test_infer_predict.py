@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -65,6 +66,9 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
         assert emb.shape == (32,) and abs(np.linalg.norm(emb) - 1) < 1e-5
         assert "no report decoder" in (d / "report.txt").read_text()
         assert (d / "report.html").stat().st_size > 10_000
+        mask = os.umask(0)
+        os.umask(mask)
+        assert (d / "report.html").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
         heat = nib.load(d / "heatmaps" / "lung_nodule.nii.gz")
         expected_affine = nib.load(source).affine if source else model.read(root / "case_a_dicom").affine
         np.testing.assert_allclose(heat.affine, expected_affine, atol=1e-4)

@@ -155,6 +155,19 @@ def _copy_checkpoint(ckpt: Path, dest: Path) -> None:
     shutil.copytree(ckpt / "tokenizer", dest / "tokenizer")
 
 
+def make_readable(root: Path) -> None:
+    """Give every file under ``root`` the default permissions (``0o666 & ~umask``).
+
+    Atomic writes go through ``mkstemp`` files, which are private (0600); outputs meant to be shared
+    (model folders, reports) should not be.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if p.is_file():
+            p.chmod(0o666 & ~mask)
+
+
 def write_manifest(model_dir: Path) -> dict[str, str]:
     """Hash every file under ``model_dir`` (except the manifest) into ``manifest.json``."""
     files = {p.relative_to(model_dir).as_posix(): sha256_file(p)
@@ -225,6 +238,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         _write_json(tmp / "model.json", info)
         atomic_write_text(tmp / "MODEL_CARD.md", card)
         write_manifest(tmp)
+        make_readable(tmp)
 
     _write_folder(out, write)
     log.info("exported %s -> %s", ckpt, out)

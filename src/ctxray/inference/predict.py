@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
+from ctxray.inference.export import make_readable
 from ctxray.utils.io import atomic_write, atomic_write_text
 from ctxray.utils.progress import progress
 
@@ -189,6 +190,7 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
         start = time.perf_counter()
         try:
             rows = predict_scan(model, path, out / name, explain=explain, html=html, max_voxels=max_voxels)
+            make_readable(out / name)
             results.append(ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start))
         except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
             reason = f"{type(err).__name__}: {err}"
@@ -199,5 +201,7 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
                "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "errors.log", "".join(e + "\n" for e in errors))
+    make_readable(out / "summary.json")
+    make_readable(out / "errors.log")
     log.info("predict: %d scan(s) ok, %d error(s) -> %s", summary["n_ok"], len(errors), out)
     return results
