@@ -145,3 +145,19 @@ def test_shuffled_targets_have_no_fixed_point_and_are_a_permutation():
     mapping = shuffled_id_map(ids, seed=0)
     assert sorted(mapping.values()) == sorted(ids)
     assert all(mapping[i] != i for i in ids)
+
+
+def test_encoder_init_loads_the_volume_tower(tmp_path):
+    from safetensors.torch import save_file
+
+    from ctxray.train.config import TrainConfig
+    from ctxray.train.setup import build_model
+
+    source = _model()
+    save_file({k: v.contiguous() for k, v in source.volume_encoder.state_dict().items()}, str(tmp_path / "enc.st"))
+    cfg = TrainConfig(model=source.cfg, encoder_init=str(tmp_path / "enc.st"))
+    torch.manual_seed(123)  # a different initialisation for everything else
+    model = build_model(cfg)
+    for k, v in source.volume_encoder.state_dict().items():
+        assert torch.equal(model.volume_encoder.state_dict()[k], v), k
+    assert not torch.equal(model.volume_proj.weight, source.volume_proj.weight)

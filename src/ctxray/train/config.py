@@ -119,6 +119,8 @@ class TrainConfig:
             reports) from nothing; ``teacher`` starts text tower and tokenizer from the X-ray expert's
             (``teacher_dir``); ``hf`` uses ``model.text`` with ``kind="hf"`` and its folder's tokenizer.
         teacher_dir: the teacher folder (``ctxray teacher train --out T``) for ``text_init="teacher"``.
+        encoder_init: a local ``.safetensors`` of the volume encoder's weights to start from (e.g. a
+            previous run's encoder); a ViT position embedding of another grid is interpolated.
         tokenizer_vocab: vocabulary size of a tokenizer trained from scratch.
         seed: seeds model initialisation, data order, masking and dropout.
         device: ``auto`` picks CUDA (the local rank's GPU) when available.
@@ -135,6 +137,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     text_init: Literal["scratch", "teacher", "hf"] = "scratch"
     teacher_dir: str | None = None
+    encoder_init: str | None = None
     tokenizer_vocab: int = 4000
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -143,8 +143,13 @@ def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> T
 
 
 def build_model(config: TrainConfig) -> DualEncoder:
-    """A fresh model of a resolved config, with the text tower from the teacher when asked."""
+    """A fresh model of a resolved config: volume encoder weights from ``encoder_init`` and the text tower
+    from the teacher when asked."""
     model = DualEncoder(config.model)
+    if config.encoder_init:
+        from ctxray.models.registry import load_encoder_weights
+
+        load_encoder_weights(model.volume_encoder, config.encoder_init)
     if config.text_init == "teacher":
         _, state = teacher_text_tower(config.teacher_dir)
         init_text_from_teacher(model, state)
