@@ -161,3 +161,56 @@ def test_encoder_init_loads_the_volume_tower(tmp_path):
     for k, v in source.volume_encoder.state_dict().items():
         assert torch.equal(model.volume_encoder.state_dict()[k], v), k
     assert not torch.equal(model.volume_proj.weight, source.volume_proj.weight)
+
+
+def _out_and_batch(b: int = 4):
+    g = torch.Generator().manual_seed(2)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=1)  # noqa: E731
+    out = {"volume": unit(torch.randn(b, 8, generator=g)), "text": unit(torch.randn(b, 8, generator=g)),
+           "kd": unit(torch.randn(b, 6, generator=g)), "logit_scale": torch.tensor(10.0)}
+    ct_text = unit(torch.randn(b, 6, generator=g))
+    ct_text[3] = ct_text[0]  # reports 0 and 3 say the same thing
+    labels = torch.eye(b, 18)
+    labels[3] = labels[0]
+    return out, {"labels": labels, "ct_text": ct_text, "teacher": unit(torch.randn(b, 6, generator=g))}
+
+
+def test_objective_corrects_false_negatives_from_labels_or_teacher_text():
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    out, batch = _out_and_batch()
+    plain = Objective(LossConfig(correction="none", pkd=0, srkd=0))(out, batch)[1]["roco"]
+    by_labels = Objective(LossConfig(correction="multi_positive", pkd=0, srkd=0))(out, batch)[1]["roco"]
+    by_text = Objective(LossConfig(correction="multi_positive", false_negatives="text", pkd=0, srkd=0))(
+        out, batch)[1]["roco"]
+    assert not torch.isclose(plain, by_labels)
+    assert torch.isclose(by_labels, by_text)  # both find exactly the pair (0, 3)
+    distinct = {**batch, "labels": torch.eye(4, 18)}
+    assert torch.isclose(Objective(LossConfig(pkd=0, srkd=0))(out, distinct)[1]["roco"], plain)
+
+
+def test_objective_weights_and_switches():
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    out, batch = _out_and_batch()
+    backward, logged = Objective(LossConfig(roco=0.5, pkd=2.0, srkd=0.25))(out, batch)
+    assert set(logged) == {"roco", "pkd", "srkd", "loss", "logit_scale"}
+    expected = 0.5 * logged["roco"] + 2.0 * logged["pkd"] + 0.25 * logged["srkd"]
+    assert torch.isclose(logged["loss"], expected) and torch.isclose(backward.detach(), expected)
+    _, only_kd = Objective(LossConfig(roco=0.0, pkd=1.0, srkd=0.0))(out, batch)
+    assert set(only_kd) == {"pkd", "loss", "logit_scale"}
+    with pytest.raises(ValueError, match="ct_text"):
+        Objective(LossConfig(false_negatives="text", pkd=0, srkd=0))(out, {"labels": batch["labels"]})
+
+
+def test_entity_tokens_are_clinical_word_pieces():
+    from ctxray.models.text import Tokenizer
+    from ctxray.train.objective import entity_token_ids
+
+    tok = Tokenizer.train(["there is a pleural effusion", "no cardiomegaly or effusion"] * 3, 80)
+    ids = entity_token_ids(tok, ["pleural effusion", "a cardiomegaly"])
+    words = {tok.decode([i]) for i in ids}
+    assert {"pleural", "effusion", "cardiomegaly"} <= words and "a" not in words
+    assert not set(ids) & tok.special_ids
