@@ -130,7 +130,7 @@ Shape = Ellipsoid | Spheres
 
 def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: float = 1.0,
          tissue: int | None = None, within: tuple[int, ...] | None = None) -> Spheres:
-    """Sample a polyline every ``step`` mm into balls.
+    """Sample a polyline every ``step`` mm (at least 0.4 radius) into balls.
 
     Args:
         points: ``(K, 3)`` polyline vertices (z, y, x) mm.
@@ -140,6 +140,7 @@ def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: floa
     radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
     seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
+    step = max(step, 0.4 * float(radii.min()))  # thick tubes: overlapping balls, the wall stays smooth
     s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
     centres = np.stack([np.interp(s, arc, points[:, i]) for i in range(3)], axis=1)
     return Spheres(centres, np.interp(s, arc, radii), value, tissue, within)
@@ -154,7 +155,7 @@ def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: f
     """
     p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
     radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(p0),))
-    n = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / step).astype(int), 1) + 1
+    n = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / np.maximum(step, 0.4 * radii)).astype(int), 1) + 1
     seg = np.repeat(np.arange(len(p0)), n)
     t = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     t = t / np.repeat(n - 1, n)
@@ -253,20 +254,21 @@ class Canvas:
         lins, weights = [], []
         thin = sp.radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
         if thin.any():
-            idx = np.round(vox[thin]).astype(np.int64)
-            ok = np.all((idx >= 0) & (idx < self.grid.shape), axis=1)
-            lins.append(np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape))
-            weights.append((2 * sp.radii[thin][ok] / size) ** 1.5)
+            lin, ok = self._linear(np.round(vox[thin]).astype(np.int64))
+            lins.append(lin[ok])
+            weights.append(((2 * sp.radii[thin] / size) ** 1.5)[ok])
         for q in np.unique(np.ceil(sp.radii[~thin] * 2)):  # other balls grouped by radius (0.5 mm bins)
             mask = ~thin & (np.ceil(sp.radii * 2) == q)
-            centres = np.round(vox[mask]).astype(np.int64)
+            v = vox[mask]
+            centres = np.round(v).astype(np.int64)
             offsets = _ball_offsets(q / 2 + 0.5 * size, spacing)
-            idx = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
-            d = np.linalg.norm((idx - np.repeat(vox[mask], len(offsets), axis=0)) * spacing, axis=1)
-            r = np.repeat(sp.radii[mask], len(offsets))
-            w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)
-            ok = np.all((idx >= 0) & (idx < self.grid.shape), axis=1) & (w > 0.02)
-            lins.append(np.ravel_multi_index(tuple(idx[ok].T), self.grid.shape))
+            dmm = ((centres - v) * spacing)[:, None, :] + (offsets * spacing)[None, :, :]  # (n, K, 3)
+            d = np.sqrt(np.einsum("nkc,nkc->nk", dmm, dmm))
+            r = sp.radii[mask][:, None]
+            w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)  # (n, K)
+            lin, ok = self._linear(centres[:, None, :] + offsets[None, :, :])
+            ok &= w > 0.02
+            lins.append(lin[ok])
             weights.append(w[ok])
         lin, w = np.concatenate(lins), np.concatenate(weights).astype(np.float32)
         lo = int(lin.min()) if len(lin) else 0
@@ -284,6 +286,13 @@ class Canvas:
         if sp.tissue is not None:
             flat_ts[lin[w > 0.5]] = sp.tissue
 
+
+    def _linear(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Linear indices of integer voxel indices ``(..., 3)`` and whether each lies inside the grid."""
+        d, h, w = self.grid.shape
+        z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
+        ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        return (z * h + y) * w + x, ok
 
 def merge(spheres: list[Spheres]) -> Spheres:
     """Concatenate balls of the same value, tissue and mask into one shape (one painting pass).

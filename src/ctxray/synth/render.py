@@ -101,7 +101,7 @@ def project(hu: np.ndarray, spacing_y: float) -> np.ndarray:
         hu: ``(D, H, W)``; returns ``(D, W)`` in water-equivalent mm.
     """
     mu = np.maximum(1.0 + hu / 1000.0, 0.0)
-    mu += np.maximum(hu - 150.0, 0.0) * (0.7 / 1000.0)
+    mu += np.maximum(hu - 150.0, 0.0) * (0.35 / 1000.0)
     return mu.sum(axis=1) * spacing_y
 
 
