@@ -48,10 +48,14 @@ def test_page_data_roundtrip_and_downsampling():
 
     vol = np.frombuffer(base64.b64decode(data["volume"]), dtype="<i2").reshape(data["shape"])
     np.testing.assert_allclose(vol, np.rint(page.hu), atol=0.5)
-    heat = np.frombuffer(base64.b64decode(data["overlays"][0]["data"]), np.uint8).reshape(data["shape"])
+    heat = np.frombuffer(base64.b64decode(data["overlays"][0]["data"]), np.uint8).reshape(data["overlay_shape"])
+    assert data["overlay_shape"] == data["shape"]  # within budget: full resolution
     assert np.unravel_index(heat.argmax(), heat.shape) == (10, 12, 30)
     small = page_data(page, max_voxels=4000)
-    assert np.prod(small["shape"]) <= 4000
+    assert np.prod(small["shape"]) <= 4000 and np.prod(small["overlay_shape"]) <= 500
+    heat = np.frombuffer(base64.b64decode(small["overlays"][0]["data"]), np.uint8).reshape(small["overlay_shape"])
+    frac = (np.array(np.unravel_index(heat.argmax(), heat.shape)) + 0.5) / heat.shape
+    np.testing.assert_allclose(frac, (np.array([10, 12, 30]) + 0.5) / page.hu.shape, atol=0.12)
     # physical extent is kept when the display grid is coarser
     np.testing.assert_allclose(np.array(small["shape"]) * small["spacing"], np.array(page.hu.shape) * (2, 1, 1),
                                rtol=0.15)
@@ -78,7 +82,8 @@ def test_html_is_self_contained():
                     "where apt and root are available)")
 def test_html_in_headless_chromium(tmp_path):
     pytest.importorskip("websocket", reason="websocket-client (requirements-dev.txt) is needed to drive chromium")
-    path = write_report_html(tmp_path / "report.html", _page())
+    # 40k voxels: the volume at full resolution, the overlay on a coarser grid (its own lookup in JS)
+    path = write_report_html(tmp_path / "report.html", _page(), max_voxels=40_000)
     browser = Browser(tmp_path / "profile")
     try:
         browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)

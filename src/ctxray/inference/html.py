@@ -2,9 +2,10 @@
 
 The page is ``resources/viewer.html`` with one JSON block filled in: the volume (on a display grid of
 at most ``max_voxels`` voxels) as base64 little-endian int16 Hounsfield units, each relevance map as
-base64 uint8 on the same grid, the findings table, the report text and the model card's limits. The
-page fetches nothing (its Content-Security-Policy forbids it) and inserts all text with
-``textContent``, so report text cannot inject markup.
+base64 uint8 on a grid of at most ``max_voxels / 8`` voxels covering the same field of view, the
+findings table, the report text and the model card's limits. The page fetches nothing (its
+Content-Security-Policy forbids it) and inserts all text with ``textContent``, so report text cannot
+inject markup.
 """
 
 from __future__ import annotations
@@ -99,11 +100,13 @@ def page_data(page: ReportPage, max_voxels: int = 4_000_000) -> dict:
     scale = np.array(page.hu.shape, float) / np.array(shape, float)
     spacing = [float(s) for s in np.asarray(page.spacing_zyx, float) * scale]
     hu = np.clip(np.rint(_resize(page.hu, shape)), -32768, 32767).astype("<i2")
+    # relevance maps are smooth: half the display resolution per axis (an eighth of the bytes)
+    overlay_shape = display_grid(page.hu.shape, max(1, max_voxels // 8))
     overlays = []
     for label, m in page.maps.items():
         if m.shape != page.hu.shape:
             raise ValueError(f"{page.scan}: map for {label!r} has shape {m.shape}, volume {page.hu.shape}")
-        m = np.nan_to_num(_resize(m, shape), nan=0.0)
+        m = np.nan_to_num(_resize(m, overlay_shape), nan=0.0)
         top = float(m.max())
         m8 = np.rint(255 * np.clip(m / top if top > 0 else m, 0, 1)).astype(np.uint8)
         overlays.append({"label": label, "data": _b64(m8)})
@@ -123,6 +126,7 @@ def page_data(page: ReportPage, max_voxels: int = 4_000_000) -> dict:
         "spacing": spacing,
         "volume": _b64(hu),
         "overlays": overlays,
+        "overlay_shape": list(overlay_shape),
         "findings": findings,
         "windows": {k: list(v) for k, v in WINDOW_PRESETS.items()},
         "default_window": "lung",
