@@ -54,7 +54,15 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: str) -> None:
+    """One spawn for both checks (process start-up and imports dominate their cost)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_support import tiny_config
+
+    from ctxray.train.loop import train
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -69,17 +77,31 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 
             save_file(_grads(model), str(Path(out) / "grads.safetensors"))
             (Path(out) / "logged.json").write_text(json.dumps(logged))
+        train(tiny_config(Path(cache), Path(retrieval), **{"optim.epochs": 1, "data.batch_size": 4}),
+              Path(out) / "two")
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Run the 2-rank workers once; returns the folder with their outputs and the data they trained on."""
+    from test_train_support import write_cache, write_targets
+
+    root = tmp_path_factory.mktemp("ddp")
+    cache = write_cache(root / "cache", n_train=16, n_valid=4, seed=2)
+    retrieval = write_targets(root / "retrieval", cache)
+    mp.spawn(_worker, args=(2, str(root / "store"), str(root), str(cache), str(retrieval)), nprocs=2, join=True)
+    return root, cache, retrieval
+
+
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
+def test_two_gloo_ranks_match_one_process_on_the_global_batch(two_ranks):
     from safetensors.torch import load_file
 
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    two_grads = load_file(str(tmp_path / "grads.safetensors"))
-    two_logged = json.loads((tmp_path / "logged.json").read_text())
+    root = two_ranks[0]
+    two_grads = load_file(str(root / "grads.safetensors"))
+    two_logged = json.loads((root / "logged.json").read_text())
 
     model = _model()
     one_logged = _step(model, _batch())
@@ -95,44 +117,25 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
     assert not torch.allclose(two_grads[some] / 2, one_grads[some], rtol=1e-4, atol=1e-6)
 
 
-def _train_worker(rank: int, world: int, store: str, cache: str, retrieval: str, out: str) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
+@pytest.mark.slow
+def test_trainer_under_two_ranks_follows_the_single_process_run(two_ranks, tmp_path):
+    """The whole trainer (sampler shards, gathered losses, DDP, rank-0 checkpoints) on 2 gloo ranks with
+    4 pairs each takes the same steps as one process with 8 pairs per batch."""
     from test_train_support import tiny_config
 
     from ctxray.train.loop import train
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        train(tiny_config(Path(cache), Path(retrieval), **{"optim.epochs": 1, "data.batch_size": 4}), out)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_trainer_under_two_ranks_follows_the_single_process_run(tmp_path):
-    """The whole trainer (sampler shards, gathered losses, DDP, rank-0 checkpoints) on 2 gloo ranks with
-    4 pairs each takes the same steps as one process with 8 pairs per batch."""
-    from test_train_support import tiny_config, write_cache, write_targets
-
-    from ctxray.train.loop import train
-
-    cache = write_cache(tmp_path / "cache", n_train=16, n_valid=4, seed=2)
-    retrieval = write_targets(tmp_path / "retrieval", cache)
-    mp.spawn(_train_worker, args=(2, str(tmp_path / "store"), str(cache), str(retrieval), str(tmp_path / "two")),
-             nprocs=2, join=True)
+    root, cache, retrieval = two_ranks
     train(tiny_config(cache, retrieval, **{"optim.epochs": 1, "data.batch_size": 8}), tmp_path / "one")
 
     def rows(run):
         return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
 
-    two, one = rows(tmp_path / "two"), rows(tmp_path / "one")
+    two, one = rows(root / "two"), rows(tmp_path / "one")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
     for a, b in zip(two, one):
         for key in ("loss", "roco", "pkd", "srkd"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
-    assert (tmp_path / "two" / "checkpoints" / "last" / "state.safetensors").is_file()
-    state = json.loads((tmp_path / "two" / "checkpoints" / "last" / "state.json").read_text())
+    assert (root / "two" / "checkpoints" / "last" / "state.safetensors").is_file()
+    state = json.loads((root / "two" / "checkpoints" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's RNG state is kept
