@@ -1,5 +1,6 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the
-concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on)."""
+concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on), and the
+whole trainer on 2 ranks follows the single-process run."""
 
 from __future__ import annotations
 
