@@ -90,6 +90,9 @@ class Trainer:
         if resume:
             tokenizer = Tokenizer.from_pretrained(last / ckpt.TOKENIZER_DIR)
         else:
+            if rt.main and last.exists():
+                log.warning("%s already holds a run; starting over (its checkpoints and log are replaced; "
+                            "--resume continues it instead)", out)
             from ctxray.train.data import read_manifest
 
             rows = read_manifest(config.data.cache, config.data.train_split)
@@ -226,7 +229,7 @@ class Trainer:
         val = validate(self.model, self.tokenizer, self.data.val_loader, self.rt.device,
                        chunk=self.config.data.batch_size * self.rt.world_size, autocast=self.rt.autocast)
         self.logger.write({"step": self.state.step, "epoch": self.state.epoch, **val}, prefix="val")
-        log.info("epoch %d validation: %s", self.state.epoch, " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        log.info("epoch %d validation: %s", self.state.epoch, " ".join(f"{k} {v:.4g}" for k, v in val.items()))
         return val
 
     def _save(self, val: dict[str, float]) -> None:
