@@ -96,3 +96,13 @@ def test_predict_cli_positive_maps_only(tiny_model_dir, scans, tmp_path):
     rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "broken.nii.gz"), "--out",
                str(tmp_path / "strict"), "--strict"])
     assert rc == 1
+
+
+def test_failing_decoder_keeps_the_findings(tiny_model_dir, scans, tmp_path):
+    root, _ = scans
+    model = ctxray.load(tiny_model_dir)
+    model.decoder_dir = tmp_path / "not_a_generator"  # as if decoder/ were unusable
+    (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "out", explain="none", html=False)
+    assert res.status == "ok" and len(res.findings) == 18
+    text = (tmp_path / "out" / "case_a" / "report.txt").read_text()
+    assert "report decoder failed" in text and "FileNotFoundError" in text
