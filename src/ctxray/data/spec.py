@@ -228,6 +228,15 @@ def _lerp_axis(x: np.ndarray, axis: int, plan: tuple, fill: float, chunk_elems: 
     i0, i1, w, inside = plan
     shape = list(x.shape)
     shape[axis] = len(i0)
+    if not np.any(w > 1e-6):  # every sample falls on an input voxel (same spacing): a copy, no arithmetic
+        idx: list = [slice(None)] * x.ndim
+        contiguous = np.array_equal(i0, np.arange(i0[0], i0[0] + len(i0)))
+        idx[axis] = slice(int(i0[0]), int(i0[0]) + len(i0)) if contiguous else i0
+        out = np.array(x[tuple(idx)], dtype=np.float32)
+        if not inside.all():
+            idx[axis] = ~inside
+            out[tuple(idx)] = fill
+        return out
     out = np.empty(shape, dtype=np.float32)
     wshape = [1] * x.ndim
     wshape[axis] = len(i0)
