@@ -48,6 +48,12 @@ def test_random_baseline_matches_the_sphere_fraction():
     expected = (4 / 3) * math.pi * r**3 / 40**3
     assert res.baseline == pytest.approx(expected, rel=0.1)
     assert "| Emphysema | 1 | 1 | 1.000 |" in format_table({"Emphysema": res}, 0.0)
+    assert math.isnan(res.body_baseline)  # no body points given
+    # body points all inside the sphere: the body baseline is 1
+    inside = np.array([[20, 20, 20], [22, 21, 19]] * 10)
+    case_b = PointingCase("v", "Emphysema", (0, 0, 0), case.lesions, shape, spacing, body_points=inside)
+    res_b = pointing_game([case_b], margin_mm=0.0)["Emphysema"]
+    assert res_b.body_baseline == 1.0 and res_b.hits == 0
 
 
 def test_case_without_lesion_is_an_error():
@@ -96,6 +102,8 @@ def test_pointing_pipeline_on_a_small_world(tmp_path):
     res = pointing_game(cases, margin_mm=6.0)
     assert set(res) == {"Lung nodule"} and res["Lung nodule"].hits == 2
     assert res["Lung nodule"].baseline < 0.1
+    # the "body" here is the bright blob itself, so a random body point always hits
+    assert res["Lung nodule"].body_baseline == 1.0
     model.thresholds = {n: 1.01 for n in labels.names}  # nothing positive: no true positives
     cases, counts = collect_cases(model, gt, paths)
     assert cases == [] and counts["Lung nodule"]["tp"] == 0

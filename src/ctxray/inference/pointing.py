@@ -5,7 +5,9 @@ map's maximum (argmax voxel; ties go to the first in C order) is a hit when its 
 centre of any lesion of that label is at most ``lesion radius + margin_mm`` (the lesion radius is half
 its largest size in mm, 0 when unknown). The random-point baseline is the expected hit rate of a
 point drawn uniformly from the volume's voxels under the same rule, estimated with ``n_random``
-draws per case; it is the chance level the map must beat.
+draws per case; it is the chance level the map must beat. A second, harder baseline draws the point
+from the body only (the largest connected region above -500 HU, holes filled), since lesions never
+lie in the air around the patient.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class PointingCase:
         lesions: lesions of ``label`` in the volume (at least one).
         shape: (D, H, W) of the map (for the random baseline).
         spacing_zyx: voxel size in mm.
+        body_points: optional (N, 3) voxels drawn uniformly inside the body, for ``body_baseline``.
     """
 
     volume: str
@@ -47,16 +50,22 @@ class PointingCase:
     lesions: Sequence[Lesion]
     shape: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
+    body_points: np.ndarray | None = None
 
 
 @dataclass
 class PointingResult:
-    """Per-label outcome: hits among true positives, and the random-point baseline."""
+    """Per-label outcome: hits among true positives, and the random-point baselines.
+
+    ``baseline`` draws points uniformly from the whole volume; ``body_baseline`` (when the cases carry
+    ``body_points``) from the voxels inside the body, a harder chance level.
+    """
 
     label: str
     n: int = 0
     hits: int = 0
     baseline: float = 0.0
+    body_baseline: float = math.nan
     volumes: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +112,7 @@ def pointing_game(cases: Iterable[PointingCase], margin_mm: float, n_random: int
     rng = np.random.default_rng(seed)
     results: dict[str, PointingResult] = {}
     sums: dict[str, float] = {}
+    body: dict[str, list[float]] = {}
     for case in cases:
         if not case.lesions:
             raise ValueError(f"{case.volume}: pointing case for {case.label!r} has no lesion")
@@ -113,22 +123,30 @@ def pointing_game(cases: Iterable[PointingCase], margin_mm: float, n_random: int
         res.hits += int(_hits(np.asarray([case.peak_zyx], float), case.lesions, spacing, margin_mm)[0])
         pts = rng.integers(0, np.asarray(case.shape), size=(n_random, 3)).astype(np.float64)
         sums[case.label] = sums.get(case.label, 0.0) + float(_hits(pts, case.lesions, spacing, margin_mm).mean())
+        if case.body_points is not None and len(case.body_points):
+            pts = np.asarray(case.body_points, dtype=np.float64)
+            body.setdefault(case.label, []).append(float(_hits(pts, case.lesions, spacing, margin_mm).mean()))
     for label, res in results.items():
         res.baseline = sums[label] / res.n
+        if len(body.get(label, [])) == res.n:
+            res.body_baseline = float(np.mean(body[label]))
     return results
 
 
 def format_table(results: dict[str, PointingResult], margin_mm: float) -> str:
     """A Markdown table of the results, labels in the given order, plus an overall row."""
-    lines = [f"| label | true positives | hits | pointing accuracy | random-point baseline (margin {margin_mm:g} mm) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| label | cases | hits | pointing accuracy | random point, volume | random point, body |",
+             "|---|---:|---:|---:|---:|---:|"]
     n = hits = 0
-    base = 0.0
+    base = body = 0.0
     for res in results.values():
-        lines.append(f"| {res.label} | {res.n} | {res.hits} | {res.rate:.3f} | {res.baseline:.3f} |")
-        n, hits, base = n + res.n, hits + res.hits, base + res.baseline * res.n
+        lines.append(f"| {res.label} | {res.n} | {res.hits} | {res.rate:.3f} | {res.baseline:.3f} | "
+                     f"{res.body_baseline:.3f} |")
+        n, hits = n + res.n, hits + res.hits
+        base, body = base + res.baseline * res.n, body + res.body_baseline * res.n
     if n:
-        lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {base / n:.3f} |")
+        lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {base / n:.3f} | {body / n:.3f} |")
+    lines.append(f"(hit: map maximum within lesion radius + {margin_mm:g} mm of a lesion centre)")
     return "\n".join(lines)
 
 
@@ -160,8 +178,8 @@ def _stem(name: str) -> str:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
 
 
-def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
-                  require_decision: bool = True) -> tuple[list[PointingCase], dict[str, dict[str, int]]]:
+def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path], require_decision: bool = True,
+                  seed: int = 0) -> tuple[list[PointingCase], dict[str, dict[str, int]]]:
     """Relevance-map peaks for each localised true positive of the ground truth.
 
     Args:
@@ -170,6 +188,7 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
         paths: volume name (without ``.nii.gz``) -> volume file.
         require_decision: count only labels the model decides positive (true positives); False takes
             every ground-truth positive (the map is then judged even where the model said no).
+        seed: RNG seed of the body points (the body baseline's draws, 2000 per volume).
 
     Returns:
         (cases, per-label counts ``{"gt_pos", "tp", "tp_localised"}``).
@@ -177,10 +196,11 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
     from ctxray.utils.progress import progress
 
     rows = list(rows)
+    rng = np.random.default_rng(seed)
     counts: dict[str, dict[str, int]] = {n: {"gt_pos": 0, "tp": 0, "tp_localised": 0} for n in model.labels}
     cases: list[PointingCase] = []
     for row in progress(rows, total=len(rows), desc="pointing game", unit="vol"):
-        name = row["VolumeName"]
+        name, body_points = row["VolumeName"], None
         vol = model.read(paths[_stem(name)])
         x = model.preprocess(vol)
         findings = {f.label: f for f in model.findings_from_embedding(model._embed_input(x)[0])}
@@ -197,6 +217,22 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path],
                 continue
             counts[label]["tp_localised"] += 1
             heat, _ = model.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)
+            if body_points is None:
+                body_points = _body_sample(vol.hu, rng)
             cases.append(PointingCase(name, label, map_peak(heat), lesions, tuple(vol.hu.shape),
-                                      tuple(vol.spacing_zyx)))
+                                      tuple(vol.spacing_zyx), body_points))
     return cases, counts
+
+
+def _body_sample(hu: np.ndarray, rng: np.random.Generator, n: int = 2000, threshold_hu: float = -500.0) -> np.ndarray:
+    """Voxels drawn uniformly from the body: the largest connected region above ``threshold_hu``, filled."""
+    from scipy import ndimage
+
+    mask = hu > threshold_hu
+    lab, k = ndimage.label(mask)
+    if k == 0:
+        return np.argwhere(np.ones_like(mask))[rng.integers(0, mask.size, n)]
+    largest = 1 + int(np.argmax(ndimage.sum(mask, lab, index=range(1, k + 1))))
+    body = ndimage.binary_fill_holes(lab == largest)  # lungs inside the chest wall belong to the body
+    idx = np.flatnonzero(body)
+    return np.stack(np.unravel_index(rng.choice(idx, size=n), hu.shape), axis=1)
