@@ -102,8 +102,8 @@ def test_pointing_pipeline_on_a_small_world(tmp_path):
     res = pointing_game(cases, margin_mm=6.0)
     assert set(res) == {"Lung nodule"} and res["Lung nodule"].hits == 2
     assert res["Lung nodule"].baseline < 0.1
-    # the "body" here is the bright blob itself, so a random body point always hits
-    assert res["Lung nodule"].body_baseline == 1.0
+    # the "body" here is the bright blob itself, so a random body point nearly always hits
+    assert res["Lung nodule"].body_baseline > 0.8
     model.thresholds = {n: 1.01 for n in labels.names}  # nothing positive: no true positives
     cases, counts = collect_cases(model, gt, paths)
     assert cases == [] and counts["Lung nodule"]["tp"] == 0
