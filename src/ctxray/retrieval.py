@@ -125,6 +125,19 @@ def search(queries: torch.Tensor, gallery: torch.Tensor, k: int, index: IndexKin
     raise ValueError(f"unknown index {index!r}; use exact or faiss")
 
 
+def center_embeddings(x: torch.Tensor) -> torch.Tensor:
+    """Subtract the set's mean embedding and re-normalise.
+
+    CT reports and X-ray reports differ in style and length, so each set's embeddings share a common
+    offset; without removing it every CT report lands near the same few "hub" X-ray reports. Centring
+    each side on its own mean before the cosine removes that offset (matching only, never the targets).
+
+    Shape:
+        x: (N, D) -> (N, D) unit rows
+    """
+    return torch.nn.functional.normalize(x - x.mean(0, keepdim=True), dim=-1)
+
+
 def random_pairs(n_queries: int, n_gallery: int, k: int, seed: int = 0) -> torch.Tensor:
     """k distinct random gallery indices per query (the control). Shape: (Q, k) int64."""
     gen = torch.Generator().manual_seed(seed)
@@ -295,10 +308,30 @@ def read_ct_reports(source: str | Path) -> CTReports:
     return CTReports(ids, reports, np.asarray(labels, dtype=np.float32) if has_labels and labels else None)
 
 
+def pair(q_match: torch.Tensor, g_match: torch.Tensor, k: int, pairing: Pairing = "text",
+         index: IndexKind = "exact", faiss_kind: FaissKind = "ivf", ct_labels: np.ndarray | None = None,
+         gallery_labels: np.ndarray | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k gallery matches of each CT under a pairing mode.
+
+    Shape:
+        q_match (Q, D), g_match (N, D) unit rows; labels (Q, L), (N, L) -> scores (Q, k), indices (Q, k)
+    """
+    if pairing == "text":
+        return search(q_match, g_match, k, index=index, **({"kind": faiss_kind} if index == "faiss" else {}))
+    if pairing == "random":
+        idx = random_pairs(len(q_match), len(g_match), k, seed)
+        return (q_match[:, None, :] * g_match[idx]).sum(-1), idx  # the matching cosine, for the record
+    if pairing == "label_oracle":
+        if ct_labels is None or gallery_labels is None:
+            raise ValueError("label_oracle pairing needs CT and gallery labels")
+        return label_oracle_pairs(ct_labels, gallery_labels, k, seed)
+    raise ValueError(f"unknown pairing {pairing!r}; use text, random or label_oracle")
+
+
 def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, out: str | Path, k: int = 5,
              index: IndexKind = "exact", pairing: Pairing = "text", text_teacher: str | None = None,
              gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
-             faiss_kind: FaissKind = "ivf") -> dict:
+             faiss_kind: FaissKind = "ivf", center: bool = True) -> dict:
     """Run the retrieval stage and write ``pairs.csv``, ``targets.safetensors``, ``targets.json``, ``quality.json``.
 
     Args:
@@ -308,10 +341,12 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
         gallery_dir: X-ray gallery folder.
         out: output folder.
         k: neighbours kept (``topk_mean`` averages them).
-        index: exact or faiss search (``faiss_kind`` ivf or hnsw). pairing: text (the method), random or label_oracle.
+        index: exact or faiss search (``faiss_kind`` ivf or hnsw).
+        pairing: text (the method), random or label_oracle.
         text_teacher: a separate (text-only) expert for ranking, e.g. a CXR-BERT folder.
         gallery_split: restrict the gallery to one split.
         cache_dir: gallery-embedding cache (default ``out/cache``).
+        center: match on mean-centred text embeddings (see ``center_embeddings``).
 
     Returns:
         The quality summary (also in ``quality.json``).
@@ -332,28 +367,20 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     gallery = embed_gallery(teacher, gallery_dir, split=gallery_split, cache_dir=cache)
     gallery_rank = gallery if ranker is teacher else embed_gallery(ranker, gallery_dir, gallery_split, cache, False)
     ct_text = embed_texts(teacher, ct.reports, desc="CT reports")
-    ct_rank = ct_text if ranker is teacher else embed_texts(ranker, ct.reports, desc="CT reports (ranker)")
-    text_scores, text_index = search(ct_rank, gallery_rank.text, k, index=index,
-                                     **({"kind": faiss_kind} if index == "faiss" else {}))
-    if pairing == "text":
-        scores, idx = text_scores, text_index
-    elif pairing == "random":
-        idx = random_pairs(len(ct.ids), len(gallery.ids), k, seed)
-        scores = (ct_rank[:, None, :] * gallery_rank.text[idx]).sum(-1)  # (N, k) text cosine, for the record
-    elif pairing == "label_oracle":
-        if ct.labels is None:
-            raise ValueError(f"{ct_source}: label_oracle pairing needs CT labels")
-        scores, idx = label_oracle_pairs(ct.labels, gallery.labels, k, seed)
-    else:
-        raise ValueError(f"unknown pairing {pairing!r}; use text, random or label_oracle")
+    q_match = ct_text if ranker is teacher else embed_texts(ranker, ct.reports, desc="CT reports (ranker)")
+    g_match = gallery_rank.text
+    if center:
+        q_match, g_match = center_embeddings(q_match), center_embeddings(g_match)
+    scores, idx = pair(q_match, g_match, k, pairing, index, faiss_kind, ct.labels, gallery.labels, seed)
     out.mkdir(parents=True, exist_ok=True)
     write_pairs_csv(out / "pairs.csv", ct.ids, gallery.ids, idx, scores)
     meta = {"teacher": teacher.fingerprint(), "ranker": ranker.fingerprint(), "pairing": pairing,
             "index": index if index == "exact" else f"faiss-{faiss_kind}", "gallery": str(gallery_dir),
-            "gallery_size": len(gallery.ids)}
+            "gallery_size": len(gallery.ids), "centered": center}
     write_targets(out, ct.ids, idx, gallery.image, ct_text, meta)
-    quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids)}
+    quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids), "centered": center}
     if ct.labels is not None:
+        text_index = idx if pairing == "text" else pair(q_match, g_match, 1, "text", index, faiss_kind)[1]
         quality["agreement_top1"] = agreement_table(ct.labels, gallery.labels, text_index, seed)
         quality["agreement_top1"]["written"] = agreement_table(ct.labels, gallery.labels, idx, seed)["text"]
     atomic_write_text(out / "quality.json", json.dumps(quality, indent=2))

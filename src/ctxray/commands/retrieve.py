@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-teacher", help="separate text-only expert for ranking (e.g. a CXR-BERT folder)")
     parser.add_argument("--gallery-split", help="use only this gallery split (default: all rows)")
     parser.add_argument("--cache-dir", type=Path, help="gallery embedding cache (default OUT/cache)")
+    parser.add_argument("--no-center", dest="center", action="store_false",
+                        help="match on raw cosine instead of mean-centred embeddings")
     parser.add_argument("--seed", type=int, default=0, help="seed of random pairing and tie-breaks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
@@ -42,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     quality = retrieve(args.teacher, args.ct, args.gallery, args.out, k=args.k, index=args.index,
                        pairing=args.pairing, text_teacher=args.text_teacher, gallery_split=args.gallery_split,
                        cache_dir=args.cache_dir, seed=args.seed,
-                       faiss_kind=args.faiss_kind)
+                       faiss_kind=args.faiss_kind, center=args.center)
     print(json.dumps(quality, indent=2))
     return 0

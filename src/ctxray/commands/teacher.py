@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--config", type=Path, help="a TeacherTrainConfig JSON/YAML (instead of --preset)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting, e.g. epochs=20 or model.embed_dim=256 (repeatable)")
-    tr.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     em = sub.add_parser("embed", help="embed a gallery's reports and images once (cached by teacher fingerprint)")
     em.add_argument("--teacher", required=True, help="teacher folder or spec (see ctxray.teacher.load_teacher)")
     em.add_argument("--gallery", required=True, type=Path, help="X-ray gallery folder")
@@ -35,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     iu.add_argument("--teacher", action="append", required=True, help="teacher spec; repeat to compare")
     iu.add_argument("--out", required=True, type=Path, help="JSON file to write")
     iu.add_argument("--tgz", type=Path, help="NLMCXR_reports.tgz (default: from the torchxrayvision wheel)")
+    for p in (tr, em, iu):
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
 
 
 def _train(args: argparse.Namespace) -> int:

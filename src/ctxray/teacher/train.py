@@ -72,7 +72,8 @@ def preset(name: str) -> TeacherTrainConfig:
     if name == "demo":
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16), embed_dim=128,
                                image_size=64)
-        return TeacherTrainConfig(model=model, epochs=12)
+        model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=96)
+        return TeacherTrainConfig(model=model, epochs=10)
     if name == "base":
         return TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
     raise ValueError(f"unknown teacher preset {name!r}; choose tiny, demo or base")
@@ -182,7 +183,7 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
             step += 1
         history.append(float(np.mean(losses)))
         log.info("teacher epoch %d/%d loss %.4f scale %.1f", epoch + 1, cfg.epochs, history[-1],
