@@ -137,6 +137,13 @@ def test_trainer_under_two_ranks_follows_the_single_process_run(two_ranks, tmp_p
     for a, b in zip(two, one):
         for key in ("loss", "roco", "pkd", "srkd"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+    def val_rows(run):
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "val_auroc" in line]
+
+    (v2,), (v1,) = val_rows(root / "two"), val_rows(tmp_path / "one")  # validation sharded, then gathered
+    assert v2["val_n"] == v1["val_n"] == 4
+    for key in ("val_loss", "val_r1", "val_auroc"):
+        assert v2[key] == pytest.approx(v1[key], rel=1e-4), key
     assert (root / "two" / "checkpoints" / "last" / "state.safetensors").is_file()
     state = json.loads((root / "two" / "checkpoints" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's RNG state is kept

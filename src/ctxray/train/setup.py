@@ -106,14 +106,14 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunDat
                         num_workers=da.num_workers, drop_last=True, generator=gen,
                         pin_memory=rt.device.type == "cuda")
     val_loader = None
-    if da.val_split and rt.main:
+    if da.val_split:
         val = CTCacheDataset(da.cache, split=da.val_split, augment=None, seed=config.seed)
         if len(val) >= 2:
-            val = Subset(val, subset_indices(len(val), da.max_val, config.seed))
-            val_collator = PairCollator(tokenizer, config.model.text.max_length)
-            val_loader = DataLoader(val, batch_size=da.batch_size, shuffle=False, collate_fn=val_collator,
-                                    num_workers=da.num_workers)
-        else:
+            chosen = subset_indices(len(val), da.max_val, config.seed)
+            shard = Subset(val, chosen[rt.rank::rt.world_size])  # every rank embeds its share
+            val_loader = DataLoader(shard, batch_size=da.batch_size, shuffle=False, num_workers=da.num_workers,
+                                    collate_fn=PairCollator(tokenizer, config.model.text.max_length))
+        elif rt.main:
             log.warning("%s: validation split %r has %d volumes; validation is skipped", da.cache, da.val_split,
                         len(val))
     return RunData(train_set, loader, sampler, gen, val_loader, collator, targets)

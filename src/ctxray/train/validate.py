@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctxray.labels import CT_RATE_LABELS
 from ctxray.losses import RobustContrastiveLoss
 from ctxray.train.data import to_device
 
@@ -36,6 +37,9 @@ def embed_pairs(model: Any, loader: Any, device: torch.device,
             labels.append(batch["labels"].float().cpu())
     finally:
         model.train(was_training)
+    if not vols:  # an empty shard (fewer validation volumes than ranks)
+        width = int(model.cfg.embed_dim)
+        return torch.zeros(0, width), torch.zeros(0, width), torch.zeros(0, len(CT_RATE_LABELS))
     return torch.cat(vols), torch.cat(texts), torch.cat(labels)
 
 
@@ -55,7 +59,8 @@ def validate(model: Any, tokenizer: Any, loader: Any, device: torch.device, chun
     Args:
         model: the bare ``DualEncoder``.
         tokenizer: for the zero-shot prompts.
-        loader: yields collated validation batches.
+        loader: yields collated validation batches (under DDP, this rank's shard; embeddings are
+            gathered so every rank returns the scores of the whole split).
         chunk: pairs per contrastive-loss chunk.
         label_set: the labels and prompts (``ctxray.labels.load_labels()`` by default).
 
@@ -66,8 +71,10 @@ def validate(model: Any, tokenizer: Any, loader: Any, device: torch.device, chun
     from ctxray.evaluate.metrics import auroc_per_label, macro
     from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
     from ctxray.labels import load_labels
+    from ctxray.train.distributed import gather_features
 
-    volume, text, labels = embed_pairs(model, loader, device, autocast)
+    local = embed_pairs(model, loader, device, autocast)  # this rank's shard
+    volume, text, labels = (gather_features(x.to(device)).cpu() for x in local)
     scale = float(model.scale().detach())
     sims = volume @ text.T  # (N, N)
     r1 = float((sims.argmax(dim=1) == torch.arange(len(sims))).float().mean())
