@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -35,8 +36,11 @@ class Browser:
         if exe is None:
             raise RuntimeError("chromium not found")
         profile.mkdir(parents=True, exist_ok=True)
+        scratch = profile / "tmp"  # chromium's own temporary folders stay inside the test's tmp dir
+        scratch.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(scratch)}
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         port_file = profile / "DevToolsActivePort"
         deadline = time.time() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
