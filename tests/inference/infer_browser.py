@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,9 +37,10 @@ class Browser:
         if exe is None:
             raise RuntimeError("chromium not found")
         profile.mkdir(parents=True, exist_ok=True)
-        scratch = profile / "tmp"  # chromium's own temporary folders stay inside the test's tmp dir
-        scratch.mkdir(exist_ok=True)
-        env = {**os.environ, "TMPDIR": str(scratch)}
+        # chromium's own scratch folders go to a short-named folder removed on close (socket paths are
+        # limited to ~100 characters, so the test's long tmp path cannot be used)
+        self.scratch = tempfile.mkdtemp(prefix="ctxray-cr-")
+        env = {**os.environ, "TMPDIR": self.scratch}
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         port_file = profile / "DevToolsActivePort"
@@ -119,3 +121,4 @@ class Browser:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+            shutil.rmtree(self.scratch, ignore_errors=True)
