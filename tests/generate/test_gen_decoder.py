@@ -91,6 +91,15 @@ def test_length_control_and_determinism(beams: int) -> None:
     assert again == long_
 
 
+@pytest.mark.parametrize("conditioning", ["cross_attention", "prefix"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_cached_decoding_equals_recomputation(conditioning: str, beams: int) -> None:
+    dec = _decoder(conditioning, seed=5)
+    visual = dec.visual_tokens(torch.randn(3, C, 1, 2, 2))
+    cfg = DecodeConfig(num_beams=beams, max_new_tokens=14, min_new_tokens=3)
+    assert decode(dec, visual, cfg, incremental=True) == decode(dec, visual, cfg, incremental=False)
+
+
 @torch.no_grad()
 def test_beam_width_one_is_greedy_and_wide_beam_is_exact() -> None:
     from ctxray.generate.search import beam_decode_one

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ class DecoderConfig:
     layers: int = 3
     heads: int = 4
     width: int = 256
-    max_length: int = 160
+    max_length: int = 400
     dropout: float = 0.1
     conditioning: Literal["cross_attention", "prefix"] = "cross_attention"
     visual_grid: tuple[int, int, int] = (2, 4, 4)
@@ -138,6 +139,46 @@ class ReportDecoder(nn.Module):
         mask = torch.cat([attention_mask.new_ones(visual.shape[:2]), attention_mask], dim=1)
         out = self.gpt(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return out.logits[:, visual.shape[1]:]  # (B, L, vocab)
+
+
+    @torch.no_grad()
+    def start(self, visual: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Begin incremental decoding: logits after ``input_ids`` and the key/value cache.
+
+        Shape:
+            visual: (B, T, width); input_ids: (B, t) -> logits (B, vocab)
+        """
+        if self.cfg.conditioning == "cross_attention":
+            out = self.gpt(input_ids=input_ids, encoder_hidden_states=visual, use_cache=True)
+        else:
+            embeds = torch.cat([visual, self.gpt.transformer.wte(input_ids)], dim=1)
+            out = self.gpt(inputs_embeds=embeds, use_cache=True)
+        return out.logits[:, -1], _cache_of(out)
+
+    @torch.no_grad()
+    def step(self, visual: torch.Tensor, token: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """One incremental decoding step.
+
+        Shape:
+            visual: (B, T, width); token: (B, 1) -> logits (B, vocab)
+        """
+        extra = {"encoder_hidden_states": visual} if self.cfg.conditioning == "cross_attention" else {}
+        out = self.gpt(input_ids=token, use_cache=True, **{_cache_arg(): cache}, **extra)
+        return out.logits[:, -1], _cache_of(out)
+
+
+@lru_cache(maxsize=1)
+def _cache_arg() -> str:
+    """The name transformers' GPT-2 uses for the key/value cache (``cache``; older: ``past_key_values``)."""
+    import inspect
+
+    from transformers import GPT2LMHeadModel
+
+    return "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

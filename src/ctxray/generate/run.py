@@ -124,6 +124,10 @@ def train_generator(checkpoint: str | Path, cache: str | Path, out: str | Path, 
     feats = _features(encoder, train_items, cfg, device)
     ids, mask = tokenize_reports(tokenizer, [format_target(i.findings, i.impression) for i in train_items],
                                  cfg.decoder.max_length)
+    n_cut = int((mask.sum(1) >= cfg.decoder.max_length).sum())
+    if n_cut:
+        log.warning("%d of %d training reports reach decoder.max_length=%d tokens and are cut", n_cut, len(mask),
+                    cfg.decoder.max_length)
     torch.manual_seed(cfg.seed)
     decoder = ReportDecoder(cfg.decoder).to(device)
     history = train_decoder(decoder, feats, ids, mask, cfg)

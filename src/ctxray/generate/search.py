@@ -1,14 +1,17 @@
 """Greedy and beam-search decoding for :class:`ctxray.generate.decoder.ReportDecoder`.
 
-Both are deterministic (no sampling). Length control: ``min_new_tokens`` forbids the end token
-before that many tokens, ``max_new_tokens`` stops, ``length_penalty`` divides a beam's summed
-log-probability by ``length ** length_penalty`` (0: raw sum, favours short reports; 1: mean),
+Both are deterministic (no sampling) and incremental (a key/value cache, so a step costs one token,
+not the whole prefix; ``incremental=False`` recomputes the prefix, the slow reference the tests
+compare against). Length control: ``min_new_tokens`` forbids the end token before that many tokens,
+``max_new_tokens`` stops, ``length_penalty`` divides a beam's summed log-probability by
+``length ** length_penalty`` (0: raw sum, favours short reports; 1: per-token mean), and
 ``no_repeat_ngram`` forbids repeating any n-gram of that size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,7 +31,7 @@ class DecodeConfig:
     """
 
     num_beams: int = 3
-    max_new_tokens: int = 150
+    max_new_tokens: int = 400
     min_new_tokens: int = 5
     length_penalty: float = 1.0
     no_repeat_ngram: int = 0
@@ -42,10 +45,30 @@ def _banned(seq: list[int], n: int) -> set[int]:
     return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix}
 
 
-def _step_logprobs(decoder: ReportDecoder, visual: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of the next token. Shape: visual (K, T, W), seqs (K, t) -> (K, V)."""
-    logits = decoder(visual, seqs)[:, -1].float()
-    return torch.log_softmax(logits, dim=-1)
+class _Stepper:
+    """Next-token log-probabilities for growing sequences, with or without a key/value cache."""
+
+    def __init__(self, decoder: ReportDecoder, visual: torch.Tensor, incremental: bool) -> None:
+        self.decoder, self.visual, self.incremental = decoder, visual, incremental
+        self.cache: Any = None
+
+    def __call__(self, seqs: torch.Tensor, parents: torch.Tensor | None = None) -> torch.Tensor:
+        """Shape: seqs (K, t) -> (K, V) float32 log-probabilities of token t+1.
+
+        Args:
+            parents: for beams, row k of ``seqs`` extends row ``parents[k]`` of the previous call.
+        """
+        if parents is not None:
+            self.visual = self.visual[parents]
+        if not self.incremental:
+            logits = self.decoder(self.visual, seqs)[:, -1]
+        elif self.cache is None:
+            logits, self.cache = self.decoder.start(self.visual, seqs)
+        else:
+            if parents is not None:
+                self.cache.reorder_cache(parents.to(seqs.device))
+            logits, self.cache = self.decoder.step(self.visual, seqs[:, -1:], self.cache)
+        return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _constrain(logp: torch.Tensor, seqs: list[list[int]], step: int, cfg: DecodeConfig, eos: int) -> None:
@@ -59,7 +82,8 @@ def _constrain(logp: torch.Tensor, seqs: list[list[int]], step: int, cfg: Decode
 
 
 @torch.no_grad()
-def greedy_decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
+def greedy_decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig,
+                  incremental: bool = True) -> list[list[int]]:
     """Greedy decoding of a batch.
 
     Shape:
@@ -71,9 +95,10 @@ def greedy_decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfi
     c = decoder.cfg
     seqs = torch.full((visual.shape[0], 1), c.bos_id, dtype=torch.long, device=visual.device)
     done = torch.zeros(visual.shape[0], dtype=torch.bool, device=visual.device)
+    stepper = _Stepper(decoder, visual, incremental)
     for step in range(min(cfg.max_new_tokens, c.max_length - 1)):
-        logp = _step_logprobs(decoder, visual, seqs)
-        _constrain(logp, seqs.tolist(), step, cfg, c.eos_id)
+        logp = stepper(seqs)
+        _constrain(logp, seqs.tolist() if cfg.no_repeat_ngram else [], step, cfg, c.eos_id)
         nxt = logp.argmax(-1).masked_fill(done, c.pad_id)
         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
         done |= nxt == c.eos_id
@@ -86,7 +111,8 @@ def greedy_decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfi
 
 
 @torch.no_grad()
-def beam_decode_one(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig) -> list[int]:
+def beam_decode_one(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig,
+                    incremental: bool = True) -> list[int]:
     """Beam search for one report.
 
     Shape:
@@ -98,15 +124,15 @@ def beam_decode_one(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeCon
     c, k = decoder.cfg, cfg.num_beams
     alive: list[list[int]] = [[c.bos_id]]
     scores = torch.zeros(1)
+    parents: torch.Tensor | None = None
     finished: list[tuple[float, list[int]]] = []
-    steps = min(cfg.max_new_tokens, c.max_length - 1)
-    for step in range(steps):
-        seqs = torch.tensor(alive, dtype=torch.long, device=visual.device)
-        logp = _step_logprobs(decoder, visual.expand(len(alive), -1, -1).contiguous(), seqs).cpu()
+    stepper = _Stepper(decoder, visual, incremental)
+    for step in range(min(cfg.max_new_tokens, c.max_length - 1)):
+        logp = stepper(torch.tensor(alive, dtype=torch.long, device=visual.device), parents).cpu()
         _constrain(logp, alive, step, cfg, c.eos_id)
         total = (scores[:, None] + logp).flatten()
         top = torch.topk(total, min(2 * k, total.numel()))
-        new_alive, new_scores = [], []
+        new_alive, new_scores, new_parents = [], [], []
         for score, idx in zip(top.values.tolist(), top.indices.tolist()):
             if score == float("-inf"):
                 break
@@ -116,11 +142,12 @@ def beam_decode_one(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeCon
             else:
                 new_alive.append(alive[beam] + [token])
                 new_scores.append(score)
+                new_parents.append(beam)
             if len(new_alive) == k:
                 break
         if not new_alive:
             break
-        alive, scores = new_alive, torch.tensor(new_scores)
+        alive, scores, parents = new_alive, torch.tensor(new_scores), torch.tensor(new_parents)
         best_alive = scores.max().item() / (step + 1) ** cfg.length_penalty
         if len(finished) >= k and max(f[0] for f in finished) >= best_alive:
             break
@@ -130,7 +157,8 @@ def beam_decode_one(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeCon
 
 
 @torch.no_grad()
-def decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
+def decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig,
+           incremental: bool = True) -> list[list[int]]:
     """Greedy (``num_beams == 1``) or beam-search decoding of a batch.
 
     Shape:
@@ -145,7 +173,7 @@ def decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfig) -> l
     decoder.eval()
     try:
         if cfg.num_beams == 1:
-            return greedy_decode(decoder, visual, cfg)
-        return [beam_decode_one(decoder, visual[i:i + 1], cfg) for i in range(visual.shape[0])]
+            return greedy_decode(decoder, visual, cfg, incremental)
+        return [beam_decode_one(decoder, visual[i:i + 1], cfg, incremental) for i in range(visual.shape[0])]
     finally:
         decoder.train(was_training)
