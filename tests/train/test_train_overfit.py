@@ -23,7 +23,9 @@ def test_tiny_model_overfits_eight_pairs(tmp_path):
     assert result["step"] == 150
     assert losses[0] > 1.9 and losses[-1] < 0.1 * losses[0]  # log(8) = 2.08 at chance
 
-    model, tok, cfg = load_model(tmp_path / "run", prefer="last")
+    model, tok, cfg = load_model(tmp_path / "run")  # no validation split: best is the last model
+    last, _, _ = load_model(tmp_path / "run", prefer="last")
+    assert all(torch.equal(v, last.state_dict()[k]) for k, v in model.state_dict().items())
     batch = PairCollator(tok, cfg.model.text.max_length)([CTCacheDataset(cache, split="train")[i] for i in range(8)])
     with torch.no_grad():
         sims = model.encode_volume(batch["volume"]) @ model.encode_text(batch["input_ids"],

@@ -233,7 +233,8 @@ class Trainer:
         return val
 
     def _save(self, val: dict[str, float]) -> None:
-        """Write ``last`` (with every rank's RNG state) and, when validation improved, ``best``."""
+        """Write ``last`` (with every rank's RNG state) and ``best`` when validation improved (or, in a
+        run without validation, always)."""
         st = self.state
         tensors, meta = ckpt.rng_state()
         everyone = [(tensors, meta)]
@@ -258,7 +259,7 @@ class Trainer:
         metrics = {"step": st.step, "epoch": st.epoch, **val}
         ckpts = self.out / "checkpoints"
         ckpt.save_checkpoint(ckpts / "last", self.model, self.tokenizer, self.config, metrics, st)
-        if improved or not (ckpts / "best").exists():
+        if improved or metric is None and st.best_metric is None:  # without validation, best = last
             ckpt.save_checkpoint(ckpts / "best", self.model, self.tokenizer, self.config, metrics)
         self.rt.barrier()
 
