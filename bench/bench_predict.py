@@ -91,7 +91,7 @@ def stage_times(model, scan: Path) -> dict[str, float]:
     x = model.preprocess(vol)
     t["preprocess (spec.apply)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    findings = model.findings_from_embedding(model._embed_input(x)[0])
+    findings = model.findings_from_embedding(model.embed_input(x)[0])
     t["embed + zero-shot"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     heat, _ = model.explain_input(x, "Lung nodule", vol.hu.shape, vol.spacing_zyx)

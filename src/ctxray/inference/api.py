@@ -133,7 +133,12 @@ class CTModel:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
 
     # ---- embeddings and zero-shot ------------------------------------------------------------
-    def _embed_input(self, x: torch.Tensor) -> torch.Tensor:
+    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of preprocessed inputs (see :meth:`preprocess`).
+
+        Shape:
+            x: (B, 1, D, H, W) -> (B, E) float32, L2-normalised
+        """
         with torch.no_grad():
             return self.model.encode_volume(x).float()
 
@@ -143,7 +148,7 @@ class CTModel:
         Shape:
             output: (E,) float32
         """
-        return self._embed_input(self.preprocess(volume, spacing))[0].numpy()
+        return self.embed_input(self.preprocess(volume, spacing))[0].numpy()
 
     def embed_text(self, texts: str | list[str]) -> np.ndarray:
         """L2-normalised report embeddings.

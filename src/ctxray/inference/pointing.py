@@ -203,7 +203,7 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path], require_d
         name, body_points = row["VolumeName"], None
         vol = model.read(paths[_stem(name)])
         x = model.preprocess(vol)
-        findings = {f.label: f for f in model.findings_from_embedding(model._embed_input(x)[0])}
+        findings = {f.label: f for f in model.findings_from_embedding(model.embed_input(x)[0])}
         for label, present in row["labels"].items():
             if not present or label not in counts:
                 continue

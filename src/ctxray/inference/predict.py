@@ -138,7 +138,7 @@ def predict_scan(model: CTModel, path: Path, out_dir: Path, explain: ExplainMode
 
     vol = model.read(path)
     x = model.preprocess(vol)
-    emb = model._embed_input(x)[0]
+    emb = model.embed_input(x)[0]
     findings = model.findings_from_embedding(emb)
     rows = [f.to_dict() for f in findings]
     out_dir.mkdir(parents=True, exist_ok=True)
