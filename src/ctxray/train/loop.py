@@ -104,7 +104,7 @@ class Trainer:
             config = resolve_config(config, tokenizer, self.data.targets)
             config.code_version = ckpt.code_version()
         self.config = config
-        self.model = build_model(config).to(rt.device)
+        self.model = build_model(config, initialise=not resume).to(rt.device)
         self._build_optimisation()
         self.state = ckpt.ResumeState(world_size=rt.world_size)
         if resume:

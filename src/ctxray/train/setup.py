@@ -142,10 +142,12 @@ def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> T
     return dataclasses.replace(config, model=model)
 
 
-def build_model(config: TrainConfig) -> DualEncoder:
-    """A fresh model of a resolved config: volume encoder weights from ``encoder_init`` and the text tower
-    from the teacher when asked."""
+def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
+    """A model of a resolved config; with ``initialise``, volume encoder weights from ``encoder_init`` and
+    the text tower from the teacher when asked (a resumed run loads its own weights instead)."""
     model = DualEncoder(config.model)
+    if not initialise:
+        return model
     if config.encoder_init:
         from ctxray.models.registry import load_encoder_weights
 
