@@ -42,10 +42,13 @@ class _FakeWorld:
             o[: min(s.shape[0], src.shape[0])] = src[: s.shape[0]]
 
 
-def test_identity_when_not_distributed():
+def test_identity_when_not_distributed(monkeypatch):
     x = torch.randn(3, 4, requires_grad=True)
     assert D.gather_features(x) is x
     assert D.world_size() == 1 and D.rank() == 0 and not D.is_distributed()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert D.setup_distributed() is False and not D.is_distributed()
+    D.cleanup_distributed()  # a no-op without a process group
 
 
 @pytest.mark.parametrize("sizes", [(2, 2, 2), (3, 1, 2)])
