@@ -70,3 +70,14 @@ def test_tiny_world_chain_through_the_cli(tiny_world, tmp_path):
     enc = tok(["There is a pleural effusion."], max_length=cfg.model.text.max_length)
     with torch.no_grad():
         assert model.encode_text(enc["input_ids"], enc["attention_mask"]).shape == (1, cfg.model.embed_dim)
+
+    # the report tower and tokenizer can start from the expert's (the teacher folder trained above)
+    from ctxray.models.dual import teacher_text_tower
+
+    args_t = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
+              "--out", str(tmp_path / "run_t"), "--set", "optim.epochs=1", "--set", "text_init=teacher",
+              "--teacher", str(teacher)]
+    assert main(args_t) == 0
+    _, tok_t, cfg_t = load_model(tmp_path / "run_t")
+    assert cfg_t.model.text == teacher_text_tower(teacher)[0]
+    assert tok_t.vocab_size == cfg_t.model.text.vocab_size != tok.vocab_size
