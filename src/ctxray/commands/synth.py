@@ -12,8 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="world size (default: tiny)")
     parser.add_argument("--seed", type=int, default=0, help="world seed; same seed, same bytes (default: 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="rendering processes; the output does not depend on it (default: 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rendering processes; the output does not depend on it "
+                             "(default: 1 for tiny, else the CPU count up to 8)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from scipy import ndimage
 from ctxray.synth.anatomy import Anatomy, body_shapes, mediastinum_shapes
 from ctxray.synth.canvas import Canvas, Grid, Shape, Tissue
 
-ATLAS_SPACING = 8.0
+ATLAS_SPACING = 10.0
 
 
 class Atlas:
@@ -25,7 +25,7 @@ class Atlas:
 
     def __init__(self, anatomy: Anatomy) -> None:
         self.anatomy = anatomy
-        grid = Grid.centred((48, 54, 54), (ATLAS_SPACING,) * 3, anatomy.shift)
+        grid = Grid.centred((40, 44, 44), (ATLAS_SPACING,) * 3, anatomy.shift)
         canvas = Canvas(grid)
         for shape in body_shapes(anatomy) + mediastinum_shapes(anatomy):
             canvas.paint(shape)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -57,7 +59,7 @@ def _run(fn: Callable, tasks: list, workers: int, desc: str, unit: str) -> Itera
     if workers <= 1:
         yield from progress((fn(t) for t in tasks), total=len(tasks), desc=desc, unit=unit)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from progress(pool.map(fn, tasks, chunksize=1), total=len(tasks), desc=desc, unit=unit)
 
 
@@ -102,19 +104,26 @@ def _positive_rates(matrix: np.ndarray, names: list[str]) -> dict[str, float]:
     return {n: round(float(matrix[:, i].mean()), 3) for i, n in enumerate(names)} if len(matrix) else {}
 
 
-def generate_world(out: Path, preset: str = "tiny", seed: int = 0, workers: int = 1) -> dict:
+def default_workers(preset: str) -> int:
+    """Processes used when none are asked for: one for ``tiny`` (tests), else the CPUs (at most 8)."""
+    return 1 if preset == "tiny" else max(1, min(os.cpu_count() or 1, 8))
+
+
+def generate_world(out: Path, preset: str = "tiny", seed: int = 0, workers: int | None = None) -> dict:
     """Write the synthetic chest world under ``out`` (layout: docs/architecture.md, "synth -> everything").
 
     Args:
         out: output folder (created; existing files of a previous world are overwritten).
         preset: "tiny", "demo" or "bench" (:mod:`ctxray.synth.presets`).
         seed: world seed; the same seed gives the same bytes.
-        workers: processes rendering in parallel (output does not depend on it).
+        workers: processes rendering in parallel; None for :func:`default_workers`. The output does
+            not depend on it.
 
     Returns:
         The content of ``out/world.json`` (preset, seed, counts, shapes, spacing, version, timings).
     """
     p = get_preset(preset)
+    workers = default_workers(p.name) if workers is None else workers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
