@@ -143,12 +143,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs visible")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs visible, load average "
+          f"{os.getloadavg()[0]:.1f} (other processes share these CPUs: figures scale with it)")
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             res = bench(preset, args.n, Path(tmp))
             print(json.dumps(res, indent=1))
-            print(f"{preset}: input {res['input_shape']} DICOM -> model {res['model_input']}: "
+            print(f"{preset} (load average {os.getloadavg()[0]:.1f}): input {res['input_shape']} DICOM -> model "
+                  f"{res['model_input']}: "
                   f"{res['scans_per_min_no_maps']} scans/min without heatmaps, "
                   f"{res['scans_per_min_3_maps']} scans/min with 3 heatmaps per scan", flush=True)
 
