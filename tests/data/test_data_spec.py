@@ -157,3 +157,13 @@ def test_same_spacing_crop_and_pad_is_an_exact_copy():
     np.testing.assert_array_equal(ours, ref)
     np.testing.assert_array_equal(ours[2:9], values[:, 3:8])
     assert (ours[:2] == -5000).all() and (ours[9:] == -5000).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
+def test_apply_encoded_equals_encode_of_apply(dtype):
+    spec = PreprocessSpec("e", (4.0, 2.0, 2.0), (9, 14, 12), dtype=dtype)
+    raw = np.random.default_rng(2).integers(0, 2500, (20, 24, 22)).astype(np.int16)[::-1]
+    a = spec.apply_encoded(raw, (2.5, 1.5, 1.7), slope=1.0, intercept=-1024.0)
+    b = spec.encode(spec.apply(raw, (2.5, 1.5, 1.7), slope=1.0, intercept=-1024.0))
+    assert a.dtype == np.dtype(dtype) and a.shape == (9, 14, 12)
+    np.testing.assert_array_equal(a, b)

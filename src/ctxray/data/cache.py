@@ -126,15 +126,15 @@ def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
     """
     raw = read_item(item)
     check_raw(raw, item.source)
-    out = spec.apply(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
-    lo, hi = float(out.min()), float(out.max())
+    out = spec.apply_encoded(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
+    lo, hi = (float(v) for v in PreprocessSpec.decode(np.array([out.min(), out.max()])))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise VolumeReadError(item.source, "non-finite values after resampling")
     if hi - lo < 1e-6:
         hu = spec.hu_min + lo * (spec.hu_max - spec.hu_min)
         raise VolumeReadError(item.source, f"volume is constant after windowing (all {hu:.0f} HU): wrong rescale?")
     rel = f"volumes/{item.id}.npy"
-    sha, nbytes = write_npy(cache_dir / rel, spec.encode(out))
+    sha, nbytes = write_npy(cache_dir / rel, out)
     entry = {
         "id": item.id, "file": rel, "shape": list(spec.shape_zyx),
         "spacing": [round(float(s), 6) for s in spec.output_grid(raw.values.shape, raw.spacing_zyx)[1]],

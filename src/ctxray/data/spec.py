@@ -1,12 +1,12 @@
 """The preprocessing spec: target grid, HU window and output dtype, versioned and stored with a cache.
 
 ``spec.apply`` maps a RAS ``(D, H, W)`` volume to the model's input grid in one trilinear resample
-(separable, in numpy): the output grid has ``shape_zyx`` voxels of ``spacing_zyx`` mm centred on the input
-volume's centre, so resampling, cropping and padding are one pass (voxels outside the input get
-``hu_min``). HU are then clipped to ``[hu_min, hu_max]`` and scaled to ``[0, 1]``. With
-``fit="resize"`` the whole input field of view is resampled onto ``shape_zyx`` instead (spacing
-ignored). ``spec.invert`` puts a map on that grid (an overlay, a heatmap of any coarser shape covering
-the same field of view) back on the original voxel grid.
+(:mod:`ctxray.data.resample`, streamed slice by slice): the output grid has ``shape_zyx`` voxels of
+``spacing_zyx`` mm centred on the input volume's centre, so resampling, cropping and padding are one
+pass (voxels outside the input get ``hu_min``). HU are then clipped to ``[hu_min, hu_max]`` and
+scaled to ``[0, 1]``. With ``fit="resize"`` the whole input field of view is resampled onto
+``shape_zyx`` instead (spacing ignored). ``spec.invert`` puts a map on that grid (an overlay, a heatmap
+of any coarser shape covering the same field of view) back on the original voxel grid.
 
 Presets (``get_preset``):
 
@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from ctxray.data.resample import resample_grid
+
+__all__ = ["PRESETS", "PreprocessSpec", "get_preset", "list_presets", "resample_grid"]
 
 SPEC_VERSION = 1
 Fit = Literal["crop_pad", "resize"]
@@ -120,18 +124,36 @@ class PreprocessSpec:
         Returns:
             Model input grid. Shape: ``shape_zyx`` float32 in [0, 1].
         """
+        return self._transform(hu, spacing_zyx, slope, intercept, encode=False)
+
+    def apply_encoded(
+        self, hu: np.ndarray, spacing_zyx: tuple[float, float, float], *, slope: float = 1.0, intercept: float = 0.0
+    ) -> np.ndarray:
+        """``encode(apply(...))`` without the full-size float32 intermediate (what the cache stores).
+
+        Returns:
+            Shape: ``shape_zyx`` in ``dtype``.
+        """
+        return self._transform(hu, spacing_zyx, slope, intercept, encode=True)
+
+    def _transform(self, hu: np.ndarray, spacing_zyx, slope: float, intercept: float, encode: bool) -> np.ndarray:
         if hu.ndim != 3:
             raise ValueError(f"spec.apply expects a (D, H, W) volume, got shape {tuple(hu.shape)}")
         if slope == 0:
             raise ValueError("spec.apply: rescale slope must not be 0")
         origin, s_out = self.output_grid(hu.shape, spacing_zyx)
-        fill = (self.hu_min - intercept) / slope
-        out = resample_grid(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill)
-        # One affine map from stored values to [0, 1], then clip: (v * slope + intercept - hu_min) / range.
         span = self.hu_max - self.hu_min
-        out *= np.float32(slope / span)
-        out += np.float32((intercept - self.hu_min) / span)
-        return np.clip(out, 0.0, 1.0, out=out)
+        scale, offset = np.float32(slope / span), np.float32((intercept - self.hu_min) / span)
+
+        def to_unit(x: np.ndarray) -> np.ndarray:  # (v * slope + intercept - hu_min) / range, clipped
+            x *= scale
+            x += offset
+            np.clip(x, 0.0, 1.0, out=x)
+            return self.encode(x) if encode else x
+
+        fill = (self.hu_min - intercept) / slope
+        dtype = np.dtype(self.dtype) if encode else np.float32
+        return resample_grid(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill, to_unit, dtype)
 
     def invert(
         self, map_: np.ndarray, original_shape: tuple[int, int, int], original_spacing_zyx: tuple[float, float, float]
@@ -211,89 +233,6 @@ class PreprocessSpec:
         if data.get("version") != SPEC_VERSION:
             raise ValueError(f"{path}: spec version {data.get('version')} is not the supported {SPEC_VERSION}")
         return cls.from_dict(data)
-
-
-def _axis_plan(n_in: int, s_in: float, o_in: float, n_out: int, s_out: float, o_out: float):
-    """Neighbour indices, weights and inside-mask of one axis (ITK's linear rule: inside is [-0.5, n - 0.5))."""
-    src = (o_out + np.arange(n_out) * s_out - o_in) / s_in
-    inside = (src >= -0.5) & (src < n_in - 0.5)
-    src = np.clip(src, 0.0, n_in - 1.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32), inside
-
-
-def _lerp_axis(x: np.ndarray, axis: int, plan: tuple, fill: float, chunk_elems: int = 1 << 21) -> np.ndarray:
-    """1-D linear interpolation of ``x`` along ``axis`` (float32 out), in chunks of the first axis."""
-    i0, i1, w, inside = plan
-    shape = list(x.shape)
-    shape[axis] = len(i0)
-    if not np.any(w > 1e-6):  # every sample falls on an input voxel (same spacing): a copy, no arithmetic
-        idx: list = [slice(None)] * x.ndim
-        contiguous = np.array_equal(i0, np.arange(i0[0], i0[0] + len(i0)))
-        idx[axis] = slice(int(i0[0]), int(i0[0]) + len(i0)) if contiguous else i0
-        out = np.array(x[tuple(idx)], dtype=np.float32)
-        if not inside.all():
-            idx[axis] = ~inside
-            out[tuple(idx)] = fill
-        return out
-    out = np.empty(shape, dtype=np.float32)
-    wshape = [1] * x.ndim
-    wshape[axis] = len(i0)
-    wb = w.reshape(wshape)
-    step = max(1, chunk_elems // max(1, int(np.prod(shape[1:]))))
-    for a in range(0, shape[0], step):
-        b = min(a + step, shape[0])
-        if axis == 0:
-            lo, hi, ww = x[i0[a:b]], x[i1[a:b]], wb[a:b]
-        else:
-            xs = x[a:b]
-            lo, hi, ww = np.take(xs, i0, axis=axis), np.take(xs, i1, axis=axis), wb
-        lo = lo.astype(np.float32, copy=False)
-        hi = hi.astype(np.float32, copy=False)
-        hi -= lo  # lo + (hi - lo) * w, in place on fresh arrays
-        hi *= ww
-        lo += hi
-        out[a:b] = lo
-    if not inside.all():
-        idx = [slice(None)] * x.ndim
-        idx[axis] = ~inside
-        out[tuple(idx)] = fill
-    return out
-
-
-def resample_grid(
-    values: np.ndarray,
-    in_spacing_zyx: tuple[float, ...] | np.ndarray,
-    in_origin_zyx: tuple[float, ...] | np.ndarray,
-    out_shape_zyx: tuple[int, ...],
-    out_spacing_zyx: tuple[float, ...] | np.ndarray,
-    out_origin_zyx: tuple[float, ...] | np.ndarray,
-    fill: float,
-) -> np.ndarray:
-    """Trilinear resample between two axis-aligned grids, separably (one 1-D pass per axis).
-
-    Same values as SimpleITK's linear ``ResampleImageFilter`` (points within half a voxel of the edge
-    take the edge value, farther ones ``fill``; checked in the tests) at a fraction of its cost: each
-    pass reads two neighbours per output voxel, and the pass that shrinks the data most runs first.
-
-    Args:
-        values: any real dtype, any strides (flipped views are fine). Shape: (D, H, W).
-        fill: value of output voxels outside the input.
-
-    Returns:
-        Shape: ``out_shape_zyx`` float32.
-    """
-    spacing_in = np.asarray(in_spacing_zyx, dtype=np.float64)
-    origin_in = np.asarray(in_origin_zyx, dtype=np.float64)
-    spacing_out = np.asarray(out_spacing_zyx, dtype=np.float64)
-    origin_out = np.asarray(out_origin_zyx, dtype=np.float64)
-    x = values
-    for ax in sorted(range(3), key=lambda a: out_shape_zyx[a] / values.shape[a]):
-        plan = _axis_plan(values.shape[ax], spacing_in[ax], origin_in[ax], int(out_shape_zyx[ax]), spacing_out[ax],
-                          origin_out[ax])
-        x = _lerp_axis(x, ax, plan, fill)
-    return x
 
 
 PRESETS: dict[str, PreprocessSpec] = {
