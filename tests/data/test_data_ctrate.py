@@ -165,3 +165,17 @@ def test_unreadable_nifti_names_the_file(tmp_path):
     recs[1].path.write_bytes(gzip.compress(b"not a nifti header at all" * 20))
     with pytest.raises(VolumeReadError, match=r"valid_1_a_2\.nii\.gz: unreadable NIfTI"):
         load_ct_volume(recs[1])
+
+
+def test_rows_missing_from_metadata_or_labels_fail_only_that_volume(tmp_path):
+    write_ctrate_fixture(tmp_path, "v1")
+    ds = tmp_path / "dataset"
+    meta = ds / "metadata" / "validation_metadata.csv"
+    meta.write_text("\n".join(line for line in meta.read_text().splitlines() if "valid_2_a_1" not in line) + "\n")
+    labels = ds / "multi_abnormality_labels" / "valid_predicted_labels.csv"
+    labels.write_text("\n".join(line for line in labels.read_text().splitlines() if "valid_1_a_2" not in line) + "\n")
+    recs = {r.volume_name: r for r in read_ctrate(tmp_path, "valid")}
+    assert recs["valid_1_a_2.nii.gz"].labels is None and recs["valid_1_a_1.nii.gz"].labels is not None
+    with pytest.raises(VolumeReadError, match=r"valid_2_a_1\.nii\.gz: no metadata row"):
+        load_ct_volume(recs["valid_2_a_1.nii.gz"])
+    load_ct_volume(recs["valid_1_a_1.nii.gz"])

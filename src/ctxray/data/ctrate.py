@@ -211,13 +211,13 @@ def read_ctrate(
             if missing == "error":
                 raise FileNotFoundError(f"{path}: volume file not found (listed in {ds / REPORTS_CSV[split]})")
             continue
-        if rel == "v1" and name not in meta:
-            raise ValueError(f"{meta_path}: no row for {name} (v1 volumes need it for spacing and rescale)")
+        if rel == "v1" and name not in meta:  # load_ct_volume refuses it, naming the metadata file
+            log.warning("%s: no row for %s (v1 volumes need it for spacing and rescale)", meta_path, name)
         spacing, slope, inter = meta.get(name, (None, 1.0, 0.0))
         findings, impression = row["Findings_EN"], row["Impressions_EN"]
         lab = labels.get(name)
         if labels and lab is None:
-            raise ValueError(f"{labels_path}: no row for {name}")
+            log.warning("%s: no row for %s; its labels are unknown", labels_path, name)
         records.append(CTRecord(
             volume_name=name, split=split, path=path,
             findings=report_text(findings, ""), impression=report_text("", impression),
@@ -252,6 +252,8 @@ def resolve_ct_raw(record: CTRecord) -> RawVolume:
     Rescale: the metadata's only if :func:`values_are_hu` says the values are not HU yet (on top of
     any NIfTI ``scl_slope``/``scl_inter``, which nibabel's reader reports separately).
     """
+    if record.release == "v1" and record.spacing_zyx is None:
+        raise VolumeReadError(record.path, f"no metadata row for {record.volume_name} (v1 headers lack the spacing)")
     raw = read_nifti_raw(record.path)
     if raw.slope != 1.0 or raw.intercept != 0.0:
         # The header already makes the values HU; the metadata rescale must not be applied again.
