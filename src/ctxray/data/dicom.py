@@ -253,6 +253,39 @@ def read_dicom_raw(path: str | Path, series_uid: str | None = None) -> RawVolume
     return read_series(series[0], path, min_slices=1 if path.is_file() else 3)
 
 
+def _slice_dataset(pixels: np.ndarray, k: int, spacing_zyx: tuple[float, float, float], uids: tuple[str, str],
+                   instance: int, rescale: tuple[float, float], patient: dict[str, str] | None):
+    """One axial CT slice (uint16 pixels already in LPS row/column order) as a pydicom Dataset."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    sz, sy, sx = spacing_zyx
+    h, w = pixels.shape
+    meta = FileMetaDataset()
+    sop = generate_uid()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uids[0], uids[1]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    for tag, value in (patient or {}).items():
+        setattr(ds, tag, value)
+    # LPS: columns run to the patient's left (RAS W reversed), rows to posterior (RAS H reversed).
+    ds.ImagePositionPatient = [-(w - 1) * sx, -(h - 1) * sy, k * sz]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [sy, sx]
+    ds.SliceThickness = sz * 2  # deliberately not the spacing: readers must use positions
+    ds.InstanceNumber = instance
+    ds.Rows, ds.Columns = h, w
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
 def write_ct_series(
     folder: str | Path,
     hu: np.ndarray,
@@ -275,45 +308,24 @@ def write_ct_series(
 
     Returns:
         The written files.
+
+    Raises:
+        ValueError: if the HU do not fit uint16 with this slope/intercept.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sz, sy, sx = (float(s) for s in spacing_zyx)
-    d, h, w = hu.shape
-    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
-    if stored.min() < 0 or stored.max() > 65535:
-        raise ValueError("HU range does not fit uint16 with this slope/intercept")
-    stored = stored.astype(np.uint16)
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    order = np.random.default_rng(seed).permutation(d)
+    spacing = tuple(float(s) for s in spacing_zyx)
+    uids = (series_uid or generate_uid(), generate_uid())
+    order = np.random.default_rng(seed).permutation(hu.shape[0])
     paths = []
-    for k in range(d):
-        meta = FileMetaDataset()
-        sop = generate_uid()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series_uid, study_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        for tag, value in (patient or {}).items():
-            setattr(ds, tag, value)
-        # LPS: columns run to the patient's left (RAS W reversed), rows to posterior (RAS H reversed).
-        ds.ImagePositionPatient = [-(w - 1) * sx, -(h - 1) * sy, k * sz]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [sy, sx]
-        ds.SliceThickness = sz * 2  # deliberately not the spacing: readers must use positions
-        ds.InstanceNumber = int(order[k]) + 1
-        ds.Rows, ds.Columns = h, w
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = np.ascontiguousarray(stored[k, ::-1, ::-1]).tobytes()
+    for k in range(hu.shape[0]):
+        stored = np.rint((np.asarray(hu[k], dtype=np.float64) - intercept) / slope)
+        if stored.min() < 0 or stored.max() > 65535:
+            raise ValueError(f"slice {k}: HU do not fit uint16 with slope {slope} and intercept {intercept}")
+        pixels = stored.astype(np.uint16)[::-1, ::-1]
+        ds = _slice_dataset(pixels, k, spacing, uids, int(order[k]) + 1, (slope, intercept), patient)
         path = folder / f"IM{order[k]:05d}.dcm"
         ds.save_as(str(path), enforce_file_format=True)
         paths.append(path)
