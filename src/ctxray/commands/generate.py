@@ -2,6 +2,7 @@
 
     ctxray generate train --checkpoint RUN --cache C --out G [--ctrate ROOT] [--config F] [--set a.b=c ...]
     ctxray generate run --model G (--cache C [--split valid] | --volumes V ...) --out DIR
+    ctxray generate compare NAME=G [NAME=G ...] [--examples N]
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{train,run}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{train,run,compare}")
     tr = sub.add_parser("train", help="train a decoder on a frozen CT encoder; evaluate it and the trivial baseline")
     tr.add_argument("--checkpoint", required=True, help="a training run or checkpoint folder (ctxray train --out)")
     tr.add_argument("--cache", required=True, help="the volume cache (ctxray preprocess --out)")
@@ -34,6 +35,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rn.add_argument("--max-new-tokens", type=int, default=None, help="longest report in tokens")
     rn.add_argument("--min-new-tokens", type=int, default=None, help="shortest report in tokens")
     rn.add_argument("--length-penalty", type=float, default=None, help="beam score / length ** this")
+
+    cmp = sub.add_parser("compare", help="print a Markdown table of generators and the trivial baseline")
+    cmp.add_argument("runs", nargs="+", metavar="NAME=G", help="display name and generator folder")
+    cmp.add_argument("--examples", type=int, default=0, help="also print N generated/reference pairs per generator")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ctxray.generate.compare import examples, metrics_table
+
+    runs = {}
+    for item in args.runs:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise SystemExit(f"ctxray generate compare: {item!r} is not NAME=FOLDER")
+        runs[name] = folder
+    print(metrics_table(runs))
+    for name, folder in runs.items():
+        if args.examples:
+            print(f"\n### {name}\n\n{examples(folder, args.examples)}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -64,4 +85,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return _train(args) if args.action == "train" else _run(args)
+    return {"train": _train, "run": _run, "compare": _compare}[args.action](args)
