@@ -127,3 +127,12 @@ def test_redact_replaces_every_identifier_form():
     text = "/data/DOE^JANE/PID4711/DOE/scan"
     assert redact(text, {"DOE^JANE", "DOE", "JANE", "PID4711"}) == "/data/[redacted]/[redacted]/[redacted]/scan"
     assert redact("/data/ab/x", {"ab"}) == "/data/ab/x"  # too short to redact safely
+
+
+def test_twelve_bit_pixels_go_through_pydicom_and_agree(tmp_path):
+    hu = phantom_hu((5, 8, 8))
+    for p in write_ct_series(tmp_path / "s", hu, (2.0, 1.0, 1.0)):
+        ds = pydicom.dcmread(p)
+        ds.BitsStored, ds.HighBit = 12, 11  # not the direct 16-bit path
+        ds.save_as(p)
+    np.testing.assert_array_equal(load_volume(tmp_path / "s").hu, hu)

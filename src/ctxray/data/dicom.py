@@ -170,6 +170,25 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     return slices
 
 
+_RAW_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _pixels(ds) -> np.ndarray:
+    """One slice's stored values: plain 16-bit little-endian pixel data directly, anything else via pydicom."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if (syntax in _RAW_SYNTAXES and ds.get("BitsAllocated") == 16 and ds.get("BitsStored") == 16
+            and ds.get("SamplesPerPixel", 1) == 1 and ds.get("PhotometricInterpretation") == "MONOCHROME2"
+            and "PixelData" in ds):
+        dtype = np.dtype("<i2") if ds.get("PixelRepresentation") == 1 else np.dtype("<u2")
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if len(ds.PixelData) >= rows * cols * 2:
+            return np.frombuffer(ds.PixelData, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    try:
+        return ds.pixel_array
+    except Exception as err:
+        raise ValueError(f"cannot decode pixel data (transfer syntax {syntax or 'unknown'}): {err}") from err
+
+
 def _read_pixels(slices: list[SliceHeader]) -> tuple[np.ndarray, float, float]:
     """Stack pixel data (k, row, col); one slope/intercept if shared, else float32 HU with (1, 0)."""
     import pydicom
@@ -180,11 +199,7 @@ def _read_pixels(slices: list[SliceHeader]) -> tuple[np.ndarray, float, float]:
     vol = None
     for k, s in enumerate(slices):
         ds = first if k == 0 else pydicom.dcmread(str(s.path))
-        try:
-            px = ds.pixel_array
-        except Exception as err:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-            raise ValueError(f"cannot decode pixel data (transfer syntax {syntax}): {err}") from err
+        px = _pixels(ds)
         if px.shape != shape[1:]:
             raise ValueError(f"slice {k} has shape {px.shape}, expected {shape[1:]}")
         if vol is None:
