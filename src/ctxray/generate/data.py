@@ -147,10 +147,12 @@ def extract_features(feature_fn: Callable[[torch.Tensor], torch.Tensor], volumes
 
 
 def most_common_report(items: Sequence[ReportItem], label_set: str = "ct") -> ReportItem:
-    """The trivial baseline's report: the most frequent report text of the training set.
+    """The trivial baseline's report: the most common report of the training set, by findings.
 
-    When no text repeats, the first report (in id order) whose labeler label vector is the most
-    common one (usually the all-normal vector) is taken instead.
+    The labeler's most common label vector among the training reports is taken (ties: fewer
+    positive labels, i.e. the normal direction), then the most frequent report text with that vector
+    (ties: first in id order). Grouping by findings first keeps a scan whose several reconstructions
+    share one report from counting as "common".
     """
     from collections import Counter
 
@@ -158,10 +160,10 @@ def most_common_report(items: Sequence[ReportItem], label_set: str = "ct") -> Re
 
     if not items:
         raise ValueError("most_common_report: no reports")
-    counts = Counter(i.report for i in items)
-    text, n = max(sorted(counts.items()), key=lambda kv: kv[1])  # ties: alphabetically first
-    if n > 1:
-        return next(i for i in sorted(items, key=lambda i: i.id) if i.report == text)
     vectors = [tuple(v) for v in label_matrix([i.report for i in items], label_set).tolist()]
-    common = Counter(vectors).most_common(1)[0][0]
-    return min((i for i, v in zip(items, vectors) if v == common), key=lambda i: i.id)
+    counts = Counter(vectors)
+    common = min(counts, key=lambda v: (-counts[v], sum(v), v))
+    group = sorted((i for i, v in zip(items, vectors) if v == common), key=lambda i: i.id)
+    texts = Counter(i.report for i in group)
+    best = max(texts.values())
+    return next(i for i in group if texts[i.report] == best)

@@ -99,7 +99,7 @@ def greedy_decode(decoder: ReportDecoder, visual: torch.Tensor, cfg: DecodeConfi
     for step in range(min(cfg.max_new_tokens, c.max_length - 1)):
         logp = stepper(seqs)
         _constrain(logp, seqs.tolist() if cfg.no_repeat_ngram else [], step, cfg, c.eos_id)
-        nxt = logp.argmax(-1).masked_fill(done, c.pad_id)
+        nxt = logp.argmax(-1).masked_fill(done, c.eos_id)  # finished rows repeat the end token
         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
         done |= nxt == c.eos_id
         if bool(done.all()):
