@@ -211,6 +211,11 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
             raise FileNotFoundError(f"{decoder}: report decoder folder not found")
         check_decoder_spec(decoder, spec_file)
     spec_dict = json.loads(spec_file.read_text())
+    text_cfg = getattr(getattr(config, "model", None), "text", None)
+    external = [str(text_cfg.hf_path)] if getattr(text_cfg, "kind", "") == "hf" and text_cfg.hf_path else []
+    if external:
+        log.warning("the report tower is built from a local Hugging Face folder (%s) that the model folder does "
+                    "not contain; it must exist at that path wherever the model folder is loaded", external[0])
     info = {
         "format": FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -220,6 +225,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         "encoder": model.cfg.encoder,
         "input_shape": list(spec_dict["shape_zyx"]),
         "has_decoder": decoder is not None,
+        "external_paths": external,
         "code_version": dict(getattr(config, "code_version", {}) or {}),
     }
     card = model_card(info, config, spec_dict, thresholds, threshold_note, _read_json_or_none(ckpt / "metrics.json"),
