@@ -132,13 +132,16 @@ def _bad_input_folder(root: Path) -> None:
         _nifti(root / f"{name}.nii.gz", xyz)
     data = (root / "good1.nii.gz").read_bytes()
     (root / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeroed bytes inside the deflate stream
+    (root / "corrupt.nii.gz").write_bytes(bytes(corrupt))
     nan = xyz.astype(np.float32)
     nan[3, 3, 3] = np.nan
     _nifti(root / "nan.nii.gz", nan)
     _nifti(root / "flat.nii.gz", xyz[:, :, :1])
     _nifti(root / "four_d.nii.gz", np.stack([xyz, xyz], axis=-1))
     rows = [[n, "Some finding." if n != "empty_report" else "Not given.", "Not given."] for n in
-            ("good1", "good2", "empty_report", "truncated", "nan", "flat", "four_d", "absent")]
+            ("good1", "good2", "empty_report", "truncated", "corrupt", "nan", "flat", "four_d", "absent")]
     with open(root / "reports.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["VolumeName", "Findings_EN", "Impressions_EN"])
@@ -147,6 +150,7 @@ def _bad_input_folder(root: Path) -> None:
 
 EXPECTED_ERRORS = {
     "truncated.nii.gz": "unreadable NIfTI",
+    "corrupt.nii.gz": "unreadable NIfTI (corrupt or truncated gzip",
     "nan.nii.gz": "1 NaN/inf voxel(s)",
     "flat.nii.gz": "expected a 3D volume, got a flat array",
     "four_d.nii.gz": "expected a 3D volume, got a 4D array",

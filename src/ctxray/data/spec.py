@@ -55,7 +55,8 @@ class PreprocessSpec:
         dtype: dtype of the cached arrays (``uint8`` stores round(255 * x)); ``apply`` returns float32.
         fit: ``crop_pad`` (resample to spacing, centre crop/pad to shape) or ``resize`` (whole field of
             view onto shape).
-        version: spec format version; caches with another version are rebuilt.
+        version: spec format version; a cache with another version is refused.
+        orientation: array orientation, always ``RAS`` (stated so a stored spec says it).
     """
 
     name: str
@@ -66,6 +67,7 @@ class PreprocessSpec:
     dtype: OutDtype = "float16"
     fit: Fit = "crop_pad"
     version: int = SPEC_VERSION
+    orientation: str = "RAS"
 
     def __post_init__(self) -> None:
         if len(self.spacing_zyx) != 3 or any(s <= 0 for s in self.spacing_zyx):
@@ -76,6 +78,8 @@ class PreprocessSpec:
             raise ValueError(f"spec {self.name!r}: hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
         if self.dtype not in ("float16", "float32", "uint8"):
             raise ValueError(f"spec {self.name!r}: dtype must be float16, float32 or uint8, got {self.dtype!r}")
+        if self.orientation != "RAS":
+            raise ValueError(f"spec {self.name!r}: only RAS orientation ((D, H, W) = I->S, P->A, L->R) is supported")
         if self.fit not in ("crop_pad", "resize"):
             raise ValueError(f"spec {self.name!r}: fit must be crop_pad or resize, got {self.fit!r}")
         object.__setattr__(self, "spacing_zyx", tuple(float(s) for s in self.spacing_zyx))
