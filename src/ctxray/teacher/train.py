@@ -232,7 +232,7 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             step += 1
         history.append(float(np.mean(losses)))
         log.info("teacher epoch %d/%d loss %.4f scale %.1f", epoch + 1, cfg.epochs, history[-1],
-                 float(out["logit_scale"]))
+                 out["logit_scale"].detach().item())
     model.eval()
     return history
 
