@@ -260,13 +260,18 @@ def evaluate_teacher(teacher: BuiltinTeacher | object, records: list[XrayRecord]
 def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig | None = None) -> dict:
     """Train the built-in teacher on ``xray_dir``'s train split and write the teacher folder ``out``.
 
+    Args:
+        xray_dir: gallery folder (or a world folder holding ``xray/``).
+        out: teacher folder to write.
+        cfg: settings; None is ``preset("demo", text="minilm")``, the CLI's default.
+
     Returns:
         The metrics written to ``out/metrics.json``.
     """
     from ctxray.utils.io import atomic_write_text
     from ctxray.utils.seed import seed_everything
 
-    cfg = cfg or TeacherTrainConfig()
+    cfg = cfg or preset("demo", text="minilm")
     seed_everything(cfg.seed)
     records = read_xray_gallery(xray_dir)
     train = [r for r in records if r.split == "train"]
