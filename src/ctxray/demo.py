@@ -38,6 +38,7 @@ class DemoSettings:
 
     Args:
         world: synthetic-world preset. spec: preprocessing preset. teacher: teacher-training preset.
+        teacher_text: the teacher's text tower: ``scratch`` or ``minilm`` (the pretrained MiniLM, locked).
         encoder: volume encoder. text_hidden/text_layers: the report tower.
         epochs, batch_size, lr: CT-model training.
         finetune_fraction: label fraction of the linear-probe comparison.
@@ -48,6 +49,7 @@ class DemoSettings:
     world: str
     spec: str
     teacher: str
+    teacher_text: str
     encoder: str
     text_hidden: int
     text_layers: int
@@ -60,10 +62,11 @@ class DemoSettings:
 
 
 PRESETS: dict[str, DemoSettings] = {
-    "tiny": DemoSettings(world="tiny", spec="tiny", teacher="tiny", encoder="vit3d_tiny", text_hidden=32,
-                         text_layers=1, epochs=2, batch_size=8, lr=1e-3, finetune_fraction=0.5, n_boot=50),
-    "demo": DemoSettings(world="demo", spec="demo", teacher="demo", encoder="vit3d_small", text_hidden=128,
-                         text_layers=2, epochs=10, batch_size=16, lr=5e-4),
+    "tiny": DemoSettings(world="tiny", spec="tiny", teacher="tiny", teacher_text="scratch", encoder="vit3d_tiny",
+                         text_hidden=32, text_layers=1, epochs=2, batch_size=8, lr=1e-3, finetune_fraction=0.5,
+                         n_boot=50),
+    "demo": DemoSettings(world="demo", spec="demo", teacher="demo", teacher_text="minilm", encoder="resnet3d_small",
+                         text_hidden=128, text_layers=2, epochs=8, batch_size=16, lr=1e-3),
 }
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
@@ -144,7 +147,7 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     found = stage("discover", lambda: discover(world / "ct-rate"))
     stage("preprocess", lambda: build_cache(found.items, cache, get_preset(settings.spec), workers=workers,
                                             prior_errors=found.errors))
-    tcfg = teacher_preset(settings.teacher)
+    tcfg = teacher_preset(settings.teacher, settings.teacher_text)
     tcfg.seed = seed
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
     quality = stage("retrieve", lambda: retrieve(str(teacher_dir), cache, world / "xray", ret, seed=seed))
