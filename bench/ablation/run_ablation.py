@@ -210,6 +210,8 @@ def table(results: dict[str, dict]) -> str:
     lines = ["| row | setting | pairs | " + " | ".join(c[1] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for key, r in results.items():
+        if not r["runs"]:
+            continue
         cells = []
         for c, _ in cols:
             m, sd = _mean_sd([run[c] for run in r["runs"].values()])
@@ -231,7 +233,7 @@ def diagnostics(results: dict[str, dict], info: dict[str, Any]) -> str:
         parts = [f"{k} {v['jaccard']:.3f}" for k, v in agree.items() if isinstance(v, dict) and "jaccard" in v]
         if parts:
             lines.append(f"retrieval ({pairing}): label Jaccard of CT report vs top-1 X-ray: " + ", ".join(parts))
-    if "b" in results and "e" in results:
+    if results.get("b", {}).get("runs") and results.get("e", {}).get("runs"):
         names = list(next(iter(results["b"]["runs"].values()))["per_label_auroc"])
         deltas = []
         for n in names:
