@@ -39,6 +39,7 @@ class DemoSettings:
     Args:
         world: synthetic-world preset. spec: preprocessing preset. teacher: teacher-training preset.
         teacher_text: the teacher's text tower: ``scratch`` or ``minilm`` (the pretrained MiniLM, locked).
+        teacher_epochs: teacher training epochs (None: the teacher preset's).
         encoder: volume encoder. text_hidden/text_layers: the report tower.
         epochs, batch_size, lr: CT-model training.
         finetune_fraction: label fraction of the linear-probe comparison.
@@ -58,6 +59,7 @@ class DemoSettings:
     lr: float
     finetune_fraction: float = 0.1
     n_boot: int = 200
+    teacher_epochs: int | None = None
     overrides: list[str] = field(default_factory=list)
 
 
@@ -66,7 +68,7 @@ PRESETS: dict[str, DemoSettings] = {
                          text_hidden=32, text_layers=1, epochs=2, batch_size=8, lr=1e-3, finetune_fraction=0.5,
                          n_boot=50),
     "demo": DemoSettings(world="demo", spec="demo", teacher="demo", teacher_text="minilm", encoder="resnet3d_small",
-                         text_hidden=128, text_layers=2, epochs=8, batch_size=16, lr=1e-3),
+                         text_hidden=128, text_layers=2, epochs=5, batch_size=16, lr=1e-3, teacher_epochs=8),
 }
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
@@ -149,6 +151,7 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
                                             prior_errors=found.errors))
     tcfg = teacher_preset(settings.teacher, settings.teacher_text)
     tcfg.seed = seed
+    tcfg.epochs = settings.teacher_epochs or tcfg.epochs
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
     quality = stage("retrieve", lambda: retrieve(str(teacher_dir), cache, world / "xray", ret, seed=seed))
 
