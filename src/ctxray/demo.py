@@ -155,18 +155,21 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
     quality = stage("retrieve", lambda: retrieve(str(teacher_dir), cache, world / "xray", ret, seed=seed))
 
+    # Evaluate the *last* checkpoint: "best" is chosen by validation AUROC, and the demo scores the
+    # validation split, so using "best" would select the model on the split it is scored on.
     results: dict[str, dict] = {}
     for name, extra in RUNS.items():
         cfg = train_config(settings, cache, ret, extra, seed)
+        last = out / "runs" / name / "checkpoints" / "last"
         results[name] = {"train": stage(f"train {name}", lambda cfg=cfg, name=name: train(cfg, out / "runs" / name))}
         results[name]["eval"] = stage(
             f"evaluate {name}",
-            lambda name=name: evaluate_checkpoint(out / "runs" / name, cache, out / "eval" / name, split="valid",
-                                                  n_boot=settings.n_boot, seed=seed),
+            lambda last=last, name=name: evaluate_checkpoint(last, cache, out / "eval" / name, split="valid",
+                                                             n_boot=settings.n_boot, seed=seed),
         )
-    ft = stage("finetune", lambda: finetune_checkpoint(str(out / "runs" / "full"), str(cache), str(out / "finetune"),
-                                                       mode="probe", fractions=(settings.finetune_fraction,),
-                                                       seed=seed))
+    ft = stage("finetune", lambda: finetune_checkpoint(str(out / "runs" / "full" / "checkpoints" / "last"), str(cache),
+                                                       str(out / "finetune"), mode="probe",
+                                                       fractions=(settings.finetune_fraction,), seed=seed))
     summary = _summary(preset, seed, teacher_metrics, quality, results, ft, stage.seconds)
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=float))
     atomic_write_text(out / "summary.md", summary_markdown(summary))
