@@ -68,7 +68,7 @@ PRESETS: dict[str, DemoSettings] = {
                          text_hidden=32, text_layers=1, epochs=2, batch_size=8, lr=1e-3, finetune_fraction=0.5,
                          n_boot=50),
     "demo": DemoSettings(world="demo", spec="demo", teacher="demo", teacher_text="minilm", encoder="resnet3d_small",
-                         text_hidden=128, text_layers=2, epochs=5, batch_size=16, lr=1e-3, teacher_epochs=8),
+                         text_hidden=128, text_layers=2, epochs=12, batch_size=16, lr=1e-3, teacher_epochs=20),
 }
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
@@ -228,6 +228,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     for name, r in runs.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r["zero_shot_macro"].get(k, "n/a")) for k in keys) + " |")
+    lines += ["", "## Linear probe with a label fraction (validation, macro AUROC / F1)", "",
+              "| labels | n train | pretrained (full run) | same encoder from scratch |", "|---|---|---|---|"]
+    for frac, res in summary["finetune"].get("fractions", {}).items():
+        cells = [" / ".join(_fmt(res.get(w, {}).get("macro", {}).get(k, "n/a")) for k in ("auroc", "f1"))
+                 for w in ("pretrained", "scratch")]
+        lines.append(f"| {float(frac):.0%} | {res.get('n_train', 'n/a')} | {cells[0]} | {cells[1]} |")
     lines += ["", "## Report <-> volume retrieval (validation)", "", "| run | metric | value |", "|---|---|---|"]
     for name, r in runs.items():
         lines += [f"| {name} | {k} | {_fmt(v)} |" for k, v in r["retrieval"].items()]
