@@ -55,6 +55,15 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.T
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _load_model(path: Path):
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot load a model from this folder: {err}") from err
+
+
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -76,13 +85,8 @@ class HFClipTeacher(Teacher):
 
     def __init__(self, path: str | Path, batch_size: int = 128) -> None:
         super().__init__()
-        from transformers import AutoModel
-
         self.path = Path(path)
-        try:
-            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{self.path}: cannot load a model from this folder: {err}") from err
+        self.model = _load_model(self.path)
         if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
             raise ValueError(f"{self.path}: {type(self.model).__name__} is not CLIP-style "
                              "(no get_image_features/get_text_features); use a text-only teacher")
@@ -138,13 +142,8 @@ class HFTextTeacher(Teacher):
 
     def __init__(self, path: str | Path, max_length: int = 256, batch_size: int = 128) -> None:
         super().__init__()
-        from transformers import AutoModel
-
         self.path = Path(path)
-        try:
-            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{self.path}: cannot load a model from this folder: {err}") from err
+        self.model = _load_model(self.path)
         self.tokenizer = _load_tokenizer(self.path)
         self.embed_dim = int(self.model.config.hidden_size)
         budget = int(getattr(self.model.config, "max_position_embeddings", max_length))
