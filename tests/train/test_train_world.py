@@ -1,13 +1,14 @@
 """Learning, measured: zero-shot AUROC on held-out pairs, and the whole chain on the tiny synthetic world.
 
-Measured when these tests were written (2 shared CPU cores, 1 thread):
+Measured when these tests were written (2 shared CPU cores, 1 thread each):
 - clean pairs (48 train / 24 validation, 4 findings): validation zero-shot macro AUROC 0.776 / 0.772 / 0.762
   for seeds 0 / 1 / 2 after 8 epochs (~5 s each); the bound below is 0.65.
-- the tiny world (24 train / 12 validation CTs at 16x32x32) is too small to measure zero-shot quality:
-  configs/tiny.yaml (30 epochs) gives 0.69 / 0.73 / 0.29 for seeds 0 / 1 / 2, and even a supervised
-  logistic regression on its voxels reaches only 0.54. So the tiny-world test checks the chain
-  (preprocess -> teacher -> retrieve -> ``ctxray train`` from a config file) and that training learns
-  its pairs, not the AUROC; the demo world is where zero-shot quality is measured (README, Training).
+- the tiny world (160 train / 60 validation CTs, preprocessed with the ``small`` preset at 32x64x64), full
+  method from configs/tiny.yaml (resnet3d_tiny, 10 epochs, tiny teacher): last-epoch validation macro
+  AUROC 0.646 / 0.688 / 0.663 for seeds 0 / 1 / 2, ~26 s of training each; the bound below is 0.60.
+  Calibration (RoCo only, no teacher, 20 epochs): the earlier tiny world (24 train / 12 validation CTs)
+  gave 0.52 / 0.35 / 0.30 with resnet3d_tiny at 32x64x64, and 160 CTs at the coarse 16x32x32 (11 mm voxels)
+  0.49 / 0.48 / 0.57 with vit3d_tiny: too few volumes and too coarse voxels made its zero-shot score noise.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_zero_shot_auroc_clearly_above_chance_on_held_out_pairs(tmp_path):
     assert result["val_auroc"] > 0.65
 
 
-def test_tiny_world_chain_through_the_cli(tiny_world, tmp_path):
+def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_world, tmp_path):
     from ctxray.cli import main
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
@@ -45,26 +46,26 @@ def test_tiny_world_chain_through_the_cli(tiny_world, tmp_path):
 
     found = discover(tiny_world / "ct-rate")
     cache, teacher, ret, run = tmp_path / "cache", tmp_path / "teacher", tmp_path / "retrieval", tmp_path / "run"
-    build_cache(found.items, cache, get_preset("tiny"), workers=1, prior_errors=found.errors)
-    tcfg = teacher_preset("tiny")
-    tcfg.epochs = 2  # teacher quality does not matter here
-    train_teacher(tiny_world / "xray", teacher, tcfg)
+    build_cache(found.items, cache, get_preset("small"), workers=1, prior_errors=found.errors)
+    train_teacher(tiny_world / "xray", teacher, teacher_preset("tiny"))
     retrieve(str(teacher), cache, tiny_world / "xray", ret, seed=0)
 
     args = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
-            "--out", str(run), "--set", "optim.epochs=12"]
+            "--out", str(run)]
     assert main(args) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     vals = [r for r in rows if "val_auroc" in r]
-    assert len(vals) == 12 and all(0.0 <= r["val_auroc"] <= 1.0 for r in vals)
+    assert len(vals) == 10 and all(0.0 <= r["val_auroc"] <= 1.0 for r in vals)
     assert all({"roco", "pkd", "srkd", "lr", "grad_norm", "samples_per_s"} <= set(r) for r in steps)
-    per_epoch = len(steps) // 12
+    per_epoch = len(steps) // 10
     first = sum(r["loss"] for r in steps[:per_epoch]) / per_epoch
     last = sum(r["loss"] for r in steps[-per_epoch:]) / per_epoch
-    assert last < 0.7 * first  # it learns its pairs
+    assert last < 0.8 * first  # it learns its pairs
+    assert vals[-1]["val_n"] == 60
+    assert vals[-1]["val_auroc"] > 0.60  # zero-shot on the 60 validation CTs, clearly above chance
     model, tok, cfg = load_model(run)
-    assert cfg.model.input_shape == (16, 32, 32) and cfg.data.cache == str(cache)
+    assert cfg.model.input_shape == (32, 64, 64) and cfg.data.cache == str(cache)
     best = json.loads((run / "checkpoints" / "best" / "metrics.json").read_text())
     assert best["val_auroc"] == max(r["val_auroc"] for r in vals if not math.isnan(r["val_auroc"]))
     enc = tok(["There is a pleural effusion."], max_length=cfg.model.text.max_length)

@@ -14,13 +14,14 @@ Presets (``get_preset``):
 name     spacing z,y,x mm  shape D,H,W       HU window      convention
 ======== ================= ================= ============== =========================================
 tiny     21.0, 11.0, 11.0  16, 32, 32        [-1000, 1000]  tests; field of view 336 x 352 x 352 mm
+small    10.0, 5.4, 5.4    32, 64, 64        [-1000, 1000]  the tiny world at its own grid (320 x 346 mm)
 demo     7.0, 3.6, 3.6     48, 96, 96        [-1000, 1000]  CPU demo; field of view 336 x 346 x 346 mm
 ctclip   1.5, 0.75, 0.75   240, 480, 480     [-1000, 1000]  CT-CLIP (CT-RATE paper)
 fvlm     3.0, 1.0, 1.0     112, 336, 336     [-1150, 350]   fVLM / HLIP-like (shape ours: 336 mm cube)
 merlin   3.0, 1.5, 1.5     160, 224, 224     [-1000, 1000]  Merlin-like (window ours)
 ======== ================= ================= ============== =========================================
 
-``tiny`` and ``demo`` are chosen so a 300-350 mm adult chest (the synthetic world's ~32x64x64 and
+``tiny``, ``small`` and ``demo`` are chosen so a 300-350 mm adult chest (the synthetic world's ~32x64x64 and
 ~64x128x128 volumes at ~5x2.7x2.7 mm) fits whole: only a few mm of air are cropped or padded.
 """
 
@@ -241,6 +242,7 @@ class PreprocessSpec:
 
 PRESETS: dict[str, PreprocessSpec] = {
     "tiny": PreprocessSpec("tiny", (21.0, 11.0, 11.0), (16, 32, 32)),
+    "small": PreprocessSpec("small", (10.0, 5.4, 5.4), (32, 64, 64)),
     "demo": PreprocessSpec("demo", (7.0, 3.6, 3.6), (48, 96, 96)),
     "ctclip": PreprocessSpec("ctclip", (1.5, 0.75, 0.75), (240, 480, 480)),
     "fvlm": PreprocessSpec("fvlm", (3.0, 1.0, 1.0), (112, 336, 336), hu_min=-1150.0, hu_max=350.0),
