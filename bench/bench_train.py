@@ -16,6 +16,10 @@ step): 28.1 s and 12.7 GB at 240x480x480; 1.16 s and 1.43 GB at 100x200x200.
 Goal: at least 3x its throughput with at most 1/3 of its memory.
 
     .venv/bin/python bench/bench_train.py [--threads 2] [--steps 2] [--warmup 1] [--shapes demo 100x200x200]
+    python bench/bench_train.py --device cuda      # on a GPU: peak = torch.cuda.max_memory_allocated
+
+On a GPU the CTViT comparison columns are left out (the reference is a CPU figure); wall times are taken
+after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -71,30 +75,40 @@ def default_configs(shapes: list[str], demo_batch: int, encoder: str) -> list[Co
     return out
 
 
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
 
-def worker(cfg: Config, steps: int, warmup: int, threads: int) -> dict:
+def worker(cfg: Config, steps: int, warmup: int, threads: int, device: str = "cpu") -> dict:
     """Run the steps in this process; return timings and memory (called in the subprocess)."""
     import torch
 
     torch.set_num_threads(threads)
-    base = _rss_gb()
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    base = 0.0 if gpu else _rss_gb()
     from ctxray.models.registry import create_volume_encoder
 
     kw = {} if cfg.patch is None else {"patch_size": cfg.patch}
-    enc = create_volume_encoder(cfg.encoder, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw)
+    enc = create_volume_encoder(cfg.encoder, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw).to(dev)
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-    x = torch.rand(cfg.batch, 1, *cfg.shape, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(cfg.batch, 1, *cfg.shape, generator=torch.Generator().manual_seed(0)).to(dev)
     walls, cpus = [], []
     for i in range(warmup + steps):
         w0, c0 = time.perf_counter(), time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             emb = enc(x)
         emb.float().pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if gpu:
+            torch.cuda.synchronize()
         if i >= warmup:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
@@ -103,21 +117,22 @@ def worker(cfg: Config, steps: int, warmup: int, threads: int) -> dict:
         tokens = 1
         for s, p in zip(cfg.shape, cfg.patch):
             tokens *= s // p
-    return dict(wall=statistics.median(walls), cpu=statistics.median(cpus), peak_gb=_rss_gb(), base_gb=base,
+    peak = torch.cuda.max_memory_allocated(dev) / 1024**3 if gpu else _rss_gb()
+    return dict(wall=statistics.median(walls), cpu=statistics.median(cpus), peak_gb=peak, base_gb=base,
                 tokens=tokens, params_m=sum(p.numel() for p in enc.parameters()) / 1e6)  # fmt: skip
 
 
-def run_config(cfg: Config, steps: int, warmup: int, threads: int) -> dict:
+def run_config(cfg: Config, steps: int, warmup: int, threads: int, device: str = "cpu") -> dict:
     """Run one configuration in a fresh interpreter and parse its JSON result."""
     cmd = [sys.executable, __file__, "--worker", json.dumps(asdict(cfg)), "--steps", str(steps),
-           "--warmup", str(warmup), "--threads", str(threads)]  # fmt: skip
+           "--warmup", str(warmup), "--threads", str(threads), "--device", device]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def format_row(cfg: Config, res: dict, threads: int) -> str:
+def format_row(cfg: Config, res: dict, threads: int, compare: bool = True) -> str:
     """One table row; where the shape has a reference: memory fraction, then speed-up and goal check by wall
     time and by CPU time / threads (the wall time an unloaded machine would give with perfect scaling)."""
     shape = "x".join(map(str, cfg.shape))
@@ -129,7 +144,7 @@ def format_row(cfg: Config, res: dict, threads: int) -> str:
     vps = cfg.batch / res["wall"]
     row = f"{head} {res['wall']:8.2f} {vps:7.2f} {res['cpu']:8.2f} {res['peak_gb']:7.2f} {res['base_gb']:5.2f}"
     ref = REFERENCE.get(cfg.shape)
-    if ref and cfg.batch == 1:
+    if ref and cfg.batch == 1 and compare:
         mem = res["peak_gb"] / ref[1]
         cells = []
         for seconds in (res["wall"], res["cpu"] / threads):
@@ -148,21 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-batch", type=int, default=8, help="the demo's batch size (TrainConfig default)")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--encoder", default="vit3d_small")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         cfg = Config(**json.loads(args.worker))
         cfg.shape = tuple(cfg.shape)
         cfg.patch = tuple(cfg.patch) if cfg.patch else None
-        print(json.dumps(worker(cfg, args.steps, args.warmup, args.threads)))
+        print(json.dumps(worker(cfg, args.steps, args.warmup, args.threads, args.device)))
         return 0
     t0 = time.perf_counter()
-    print(f"{args.encoder}, {args.threads} threads, {args.warmup} warm-up + {args.steps} timed steps each; "
+    where = args.device if args.device == "cpu" else f"{args.device} ({_gpu_name()}; peak = max allocated GPU memory)"
+    print(f"{args.encoder} on {where}, {args.threads} threads, {args.warmup} warm-up + {args.steps} timed steps each; "
           f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
     print(f"{'shape DxHxW':>12} {'patch':>9} {'tokens':>6} {'B':>3} {'levers':>9} {'s/step':>8} {'vol/s':>7} "
           f"{'cpu s':>8} {'peak GB':>7} {'base':>5}   CTViT ref        mem   speed goal  speed(cpu) goal")  # fmt: skip
     for cfg in default_configs(args.shapes, args.demo_batch, args.encoder):
-        print(format_row(cfg, run_config(cfg, args.steps, args.warmup, args.threads), args.threads), flush=True)
+        res = run_config(cfg, args.steps, args.warmup, args.threads, args.device)
+        print(format_row(cfg, res, args.threads, compare=args.device == "cpu"), flush=True)
     print(f"goal: >= {GOAL_SPEEDUP:.0f}x CTViT's throughput and <= {GOAL_MEMORY:.2f} of its memory at batch 1; "
           f"load average at end: {os.getloadavg()[0]:.2f}; bench took {time.perf_counter() - t0:.0f} s")  # fmt: skip
     return 0
