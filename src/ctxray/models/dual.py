@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,11 +168,14 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
     The folder is the one ``ctxray teacher train`` writes (``ctxray.teacher.builtin.save_builtin``):
     ``config.json`` with a ``text`` section (a ``TextEncoderConfig``), ``model.safetensors`` whose
     text-tower tensors carry the ``text_encoder.`` prefix and its projection ``text_proj.weight``,
-    and the tokenizer in ``tokenizer/``.
+    and the tokenizer in ``tokenizer/``. A pretrained tower (``kind="hf"``, e.g. the default locked
+    MiniLM) is saved as its own Hugging Face folder instead (``hf_path``, relative to the teacher folder):
+    the returned config then points at that folder by its absolute path, so ``DualEncoder`` loads the
+    tower's weights from it, and the state holds the projection only.
 
     Returns:
-        (text config, state dict with ``text_encoder.*`` keys and, if present, ``text_proj.weight``;
-        the same names as in ``DualEncoder``).
+        (text config, state dict with ``text_encoder.*`` keys (none for ``kind="hf"``) and, if present,
+        ``text_proj.weight``; the same names as in ``DualEncoder``).
     """
     from safetensors.torch import load_file
 
@@ -190,6 +193,11 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
         raise ValueError(f"{cfg_path}: no readable 'text' section (a TextEncoderConfig): {err}") from err
     keep = ("text_encoder.", "text_proj.")
     state = {k: v for k, v in load_file(str(weights)).items() if k.startswith(keep)}
+    if text_cfg.kind == "hf":
+        backbone = root / (text_cfg.hf_path or "")
+        if not text_cfg.hf_path or not backbone.is_dir():
+            raise FileNotFoundError(f"{cfg_path}: text tower folder {text_cfg.hf_path!r} not found under {root}")
+        return replace(text_cfg, hf_path=str(backbone.resolve())), state
     if not any(k.startswith("text_encoder.") for k in state):
         raise ValueError(f"{weights}: no 'text_encoder.*' tensors (the teacher's text tower)")
     return text_cfg, state
@@ -202,6 +210,9 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
         ValueError: when the tower's tensors do not match the model's text encoder exactly.
     """
     tower = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
+    if not tower and model.cfg.text.kind == "hf":  # a pretrained tower: its weights came from its own folder
+        _copy_projection(model, state, 0)
+        return
     try:
         missing, unexpected = model.text_encoder.load_state_dict(tower, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -209,11 +220,15 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
     if missing or unexpected:
         raise ValueError(f"teacher text tower does not fit the model's: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    _copy_projection(model, state, len(tower))
+
+
+def _copy_projection(model: DualEncoder, state: dict[str, torch.Tensor], n_tower: int) -> None:
     proj = state.get("text_proj.weight")
     if proj is not None and proj.shape == model.text_proj.weight.shape:
         with torch.no_grad():
             model.text_proj.weight.copy_(proj)
-        log.info("text tower and projection initialised from the teacher (%d tensors)", len(tower) + 1)
+        log.info("text tower and projection initialised from the teacher (%d tensors)", n_tower + 1)
     else:
         log.info("text tower initialised from the teacher (%d tensors); projection kept random "
-                 "(embed_dim differs from the teacher's)", len(tower))
+                 "(embed_dim differs from the teacher's)", n_tower)
