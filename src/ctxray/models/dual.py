@@ -211,7 +211,7 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
     """
     tower = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
     if not tower and model.cfg.text.kind == "hf":  # a pretrained tower: its weights came from its own folder
-        _copy_projection(model, state, 0)
+        _copy_projection(model, state, f"from {model.cfg.text.hf_path}")
         return
     try:
         missing, unexpected = model.text_encoder.load_state_dict(tower, strict=False)
@@ -220,15 +220,15 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
     if missing or unexpected:
         raise ValueError(f"teacher text tower does not fit the model's: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    _copy_projection(model, state, len(tower))
+    _copy_projection(model, state, f"{len(tower)} tensors")
 
 
-def _copy_projection(model: DualEncoder, state: dict[str, torch.Tensor], n_tower: int) -> None:
+def _copy_projection(model: DualEncoder, state: dict[str, torch.Tensor], tower: str) -> None:
     proj = state.get("text_proj.weight")
     if proj is not None and proj.shape == model.text_proj.weight.shape:
         with torch.no_grad():
             model.text_proj.weight.copy_(proj)
-        log.info("text tower and projection initialised from the teacher (%d tensors)", n_tower + 1)
+        log.info("text tower (%s) and projection initialised from the teacher", tower)
     else:
-        log.info("text tower initialised from the teacher (%d tensors); projection kept random "
-                 "(embed_dim differs from the teacher's)", n_tower)
+        log.info("text tower (%s) initialised from the teacher; projection kept random "
+                 "(embed_dim differs from the teacher's)", tower)
