@@ -9,6 +9,7 @@ import torch
 
 from ctxray.models.dual import DualEncoder, DualEncoderConfig, init_text_from_teacher, teacher_text_tower
 from ctxray.models.text import TextEncoderConfig
+from ctxray.train.config import OptimConfig
 from ctxray.train.data import ResumableSampler, shuffled_id_map
 from ctxray.train.optim import (
     build_optimizer,
@@ -159,6 +160,46 @@ def test_pretrained_teacher_text_tower_initialises_the_report_tower(tmp_path):
     with pytest.raises(FileNotFoundError, match="text_backbone"):
         teacher_text_tower(tmp_path / "T")
     assert json.loads((tmp_path / "T" / "config.json").read_text())["text"]["hf_path"] == "text_backbone"
+
+
+def test_text_encoder_learning_rate_groups():
+    model = _model()
+    groups = param_groups(model, 0.1, text_lr=1e-5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(n for n, p in model.named_parameters() if p.requires_grad)  # each once
+    for g in groups:
+        text = {names[id(p)].startswith("text_encoder.") for p in g["params"]}
+        assert text == ({True} if "lr" in g else {False}), g.get("lr")
+    assert [g.get("lr") for g in groups] == [None, None, 1e-5, 1e-5]
+    assert "text_proj.weight" in {names[id(p)] for p in groups[0]["params"]}  # the projection keeps lr
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, text_lr_scale=0.02))
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, pytest.approx(2e-5), pytest.approx(2e-5)]
+    assert len(build_optimizer(_model(), OptimConfig()).param_groups) == 2  # default: the two groups as before
+
+
+def test_text_lr_scale_zero_freezes_the_report_tower(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_train_support import tiny_config, write_cache
+
+    from ctxray.train.loop import train
+
+    cache = write_cache(tmp_path / "c", n_train=8, n_valid=2)
+    cfg = tiny_config(cache, None, **{"optim.text_lr_scale": 0.0, "optim.epochs": 2})
+    run = tmp_path / "run"
+    train(cfg, run, stop_after=1)
+    first = run / "checkpoints" / "last" / "model.safetensors"
+    shutil.copy(first, tmp_path / "step1.safetensors")
+    train(cfg, run, resume=True, stop_after=2)
+    a, b = load_file(str(tmp_path / "step1.safetensors")), load_file(str(first))
+    text = [k for k in a if k.startswith("text_encoder.")]
+    assert text and all(torch.equal(a[k], b[k]) for k in text)  # frozen
+    assert not torch.equal(a["text_proj.weight"], b["text_proj.weight"])  # its projection still learns
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("volume_encoder."))
+    with pytest.raises(ValueError, match="text_lr_scale"):
+        train(tiny_config(cache, None, **{"optim.text_lr_scale": -1.0}), tmp_path / "bad")
 
 
 def test_resumable_sampler_skips_exactly_the_consumed_prefix():

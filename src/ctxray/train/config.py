@@ -65,6 +65,9 @@ class OptimConfig:
         grad_accum: micro-batches per optimiser step (each micro-batch has its own negatives).
         clip_norm: global gradient-norm clip; 0 disables.
         precision: ``auto`` is bf16 autocast on a GPU that supports it, fp32 on CPU.
+        text_lr_scale: learning rate of the report tower's encoder (``text_encoder.*``; its projection
+            keeps ``lr``) as a fraction of ``lr``; 0 freezes it. A pretrained tower (``text_init=teacher``
+            with the MiniLM expert, ``text_init=hf``) is wrecked at a from-scratch rate: use ~0.01-0.05 or 0.
     """
 
     lr: float = 3e-4
@@ -77,6 +80,7 @@ class OptimConfig:
     grad_accum: int = 1
     clip_norm: float = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    text_lr_scale: float = 1.0
 
 
 @dataclass
@@ -164,6 +168,8 @@ class TrainConfig:
             raise ValueError(f"data.batch_size={da.batch_size}: contrastive learning needs at least 2")
         if op.grad_accum < 1 or op.epochs < 1:
             raise ValueError("optim.grad_accum and optim.epochs must be >= 1")
+        if op.text_lr_scale < 0:
+            raise ValueError(f"optim.text_lr_scale={op.text_lr_scale}: must be >= 0 (0 freezes the report tower)")
         if self.text_init == "teacher" and not self.teacher_dir:
             raise ValueError("text_init='teacher' needs teacher_dir")
         if self.text_init == "hf" and self.model.text.kind != "hf":

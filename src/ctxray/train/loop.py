@@ -105,6 +105,8 @@ class Trainer:
             config.code_version = ckpt.code_version()
         self.config = config
         self.model = build_model(config, initialise=not resume).to(rt.device)
+        if config.optim.text_lr_scale == 0:  # the report tower stays as initialised (e.g. the expert's)
+            self.model.text_encoder.requires_grad_(False)
         self._build_optimisation()
         self.state = ckpt.ResumeState(world_size=rt.world_size)
         if resume:
