@@ -15,10 +15,11 @@ subset of N CT-report pairs per seed, and is scored by zero-shot classification 
 c and d add ONE distillation term each to b, so each term's effect is visible alone; e has both.
 Every row trains its report tower (a 2-layer BERT, WordPiece on the reports and prompts) from scratch, as
 ``ctxray demo`` does; ``--text-init teacher`` starts it from the X-ray expert's text tower instead (with the
-default MiniLM teacher that is a 22M-parameter tower fine-tuned at the CT model's learning rate: slow, and
-not what the demo measures). The defaults mirror the demo's CT training (resnet3d_small, batch 16, lr 1e-3,
-the demo teacher with the locked MiniLM text tower) at a quarter of its pairs (100 of 400; row g uses all
-400) and 32x64x64 volumes, with 40 epochs so a 100-pair run takes ~240 optimiser steps (the demo: ~300).
+default MiniLM teacher that is a 22M-parameter tower fine-tuned at the CT model's learning rate, which wrecks
+it; add ``--override optim.text_lr_scale=0`` to keep it frozen; README: both measured). The defaults mirror
+the demo's CT training (resnet3d_small, batch 16, lr 1e-3, the demo teacher with the locked MiniLM text
+tower) at a quarter of its pairs (100 of 400; row g uses all 400) and 32x64x64 volumes, with 40 epochs so a
+100-pair run takes ~240 optimiser steps (the demo: ~300).
 The world, cache, teacher and both retrievals are built once under --work and reused by later runs.
 Thresholds for F1 are Youden-optimal on the evaluated (valid) split itself (optimistic, equally so for
 every row); the last checkpoint of each run is evaluated (no model selection on the valid split).
