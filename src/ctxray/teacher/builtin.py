@@ -84,6 +84,10 @@ class XrayCLIP(nn.Module):
         """Shape: (B, L) ids and mask -> (B, embed_dim), unnormalised."""
         return self.text_proj(self.text_encoder(input_ids, attention_mask))
 
+    def scale(self) -> torch.Tensor:
+        """The clamped, exponentiated logit scale (at most 100)."""
+        return self.logit_scale.clamp(0, math.log(100.0)).exp()
+
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised features of both towers and the clamped, exponentiated logit scale.
@@ -94,7 +98,7 @@ class XrayCLIP(nn.Module):
         return {
             "image": F.normalize(self.encode_image(images), dim=-1),
             "text": F.normalize(self.encode_text(input_ids, attention_mask), dim=-1),
-            "logit_scale": self.logit_scale.clamp(0, math.log(100.0)).exp(),
+            "logit_scale": self.scale(),
         }
 
 

@@ -216,7 +216,7 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             if locked is not None:  # text backbone locked: its features were computed once
                 out = {"image": F.normalize(model.encode_image(x), dim=-1),
                        "text": F.normalize(model.text_proj(locked[group_t[idx]]), dim=-1),
-                       "logit_scale": model.logit_scale.clamp(0, math.log(100.0)).exp()}
+                       "logit_scale": model.scale()}
             else:
                 mask = enc["attention_mask"][idx]
                 width = int(mask.sum(1).max())

@@ -24,7 +24,8 @@ def no_decay_names(model: nn.Module) -> set[str]:
 def param_groups(model: nn.Module, weight_decay: float, text_lr: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups: weight matrices decay; norms, biases, the temperature, 1-D tensors and what a
     module lists in ``no_weight_decay()`` (a ViT's position embedding, CLS token) do not. With ``text_lr``,
-    the report tower's encoder (``text_encoder.*``) gets two more groups at that learning rate.
+    the report tower's encoder (``text_encoder.*``) gets its own groups at that learning rate (none when
+    it is frozen).
 
     Parameters are listed in ``named_parameters`` order, so the grouping (and the optimiser state's
     indices) is the same for every process and every run of one config. Frozen parameters are left out.
@@ -40,16 +41,16 @@ def param_groups(model: nn.Module, weight_decay: float, text_lr: float | None = 
     out = [{"params": groups[(False, True)], "weight_decay": weight_decay},
            {"params": groups[(False, False)], "weight_decay": 0.0}]
     if text_lr is not None:
-        out += [{"params": groups[(True, True)], "weight_decay": weight_decay, "lr": text_lr},
-                {"params": groups[(True, False)], "weight_decay": 0.0, "lr": text_lr}]
+        out += [{"params": groups[(True, decay)], "weight_decay": weight_decay if decay else 0.0, "lr": text_lr}
+                for decay in (True, False) if groups[(True, decay)]]
     return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; the text encoder at ``lr * text_lr_scale`` when that is not 1."""
     text_lr = None if cfg.text_lr_scale == 1.0 else cfg.lr * cfg.text_lr_scale
-    groups = [g for g in param_groups(model, cfg.weight_decay, text_lr) if g["params"] or "lr" not in g]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, text_lr), lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
