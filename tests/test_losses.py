@@ -267,7 +267,7 @@ def test_srkd_single_sample_is_zero_with_graph():
 
 def test_mask_entity_tokens_prefers_entities_and_respects_specials_and_padding():
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 50, (64, 40), generator=g)
+    ids = torch.randint(5, 50, (512, 40), generator=g)  # ~3,300 entity and ~11,500 other tokens
     ids[:, 0] = 1  # [CLS]
     attn = torch.ones_like(ids)
     attn[:, 30:] = 0
@@ -292,8 +292,10 @@ def test_mask_entity_tokens_prefers_entities_and_respects_specials_and_padding()
     other[:, 0] = False
     rate_ent = sel[is_ent].float().mean().item()
     rate_other = sel[other].float().mean().item()
-    assert rate_ent == pytest.approx(0.6, abs=0.05) and rate_other == pytest.approx(0.1, abs=0.02)
-    assert (masked[sel] == 4).float().mean().item() == pytest.approx(0.8, abs=0.05)
+    # tolerances are about 5 binomial standard deviations (0.0085, 0.0028, 0.0063): any RNG stream passes,
+    # a rate off by a few percentage points (e.g. entities at the base rate) does not
+    assert rate_ent == pytest.approx(0.6, abs=0.04) and rate_other == pytest.approx(0.1, abs=0.015)
+    assert (masked[sel] == 4).float().mean().item() == pytest.approx(0.8, abs=0.03)
     assert torch.equal(masked[~sel], ids[~sel])
 
 

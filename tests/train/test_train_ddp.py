@@ -111,11 +111,23 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(two_ranks):
     for key in ("roco", "pkd", "srkd", "loss"):
         assert two_logged[key] == pytest.approx(one_logged[key], rel=1e-5, abs=1e-6), key
     assert set(two_grads) == set(one_grads)
+    # Float32 sums taken in another order (two half-batches, then an all-reduce) differ in the last bits,
+    # by an amount that depends on the CPU's kernels; compare each gradient tensor as a whole, relative to
+    # its norm: summation-order noise is ~1e-7 of it, any real error (a wrong scale, a missing rank's
+    # negatives) is of order 1.
     for name, g in one_grads.items():
-        assert torch.allclose(two_grads[name], g, rtol=1e-4, atol=1e-6), name
+        assert _rel_err(two_grads[name], g) < 1e-4, (name, _rel_err(two_grads[name], g))
     # the check has teeth: with DDP's plain averaging (no world-size factor) gradients are halved
-    some = next(iter(one_grads))
-    assert not torch.allclose(two_grads[some] / 2, one_grads[some], rtol=1e-4, atol=1e-6)
+    for name, g in one_grads.items():
+        if g.norm() > 0:
+            assert _rel_err(two_grads[name] / 2, g) > 0.4, name
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` over the whole tensor (float64), 0 when both are zero."""
+    a, b = a.double(), b.double()
+    scale = b.norm().item()
+    return (a - b).norm().item() / scale if scale > 0 else a.norm().item()
 
 
 @pytest.mark.slow
