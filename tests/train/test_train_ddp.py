@@ -113,21 +113,24 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(two_ranks):
     assert set(two_grads) == set(one_grads)
     # Float32 sums taken in another order (two half-batches, then an all-reduce) differ in the last bits,
     # by an amount that depends on the CPU's kernels; compare each gradient tensor as a whole, relative to
-    # its norm: summation-order noise is ~1e-7 of it, any real error (a wrong scale, a missing rank's
-    # negatives) is of order 1.
+    # its norm (floored at a millionth of the whole gradient's norm, for tensors whose true gradient is
+    # zero, e.g. attention key biases): summation-order noise is ~1e-7 of that, any real error (a wrong
+    # scale, a missing rank's negatives) is of order 1.
+    total = torch.sqrt(sum(g.double().pow(2).sum() for g in one_grads.values())).item()
     for name, g in one_grads.items():
-        assert _rel_err(two_grads[name], g) < 1e-4, (name, _rel_err(two_grads[name], g))
+        err = _rel_err(two_grads[name], g, floor=1e-6 * total)
+        assert err < 1e-4, (name, err)
     # the check has teeth: with DDP's plain averaging (no world-size factor) gradients are halved
-    for name, g in one_grads.items():
-        if g.norm() > 0:
-            assert _rel_err(two_grads[name] / 2, g) > 0.4, name
+    big = [n for n, g in one_grads.items() if g.norm().item() > 1e-3 * total]
+    assert len(big) > 10
+    for name in big:
+        assert _rel_err(two_grads[name] / 2, one_grads[name], floor=1e-6 * total) > 0.4, name
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``|a - b| / |b|`` over the whole tensor (float64), 0 when both are zero."""
+def _rel_err(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
+    """``|a - b| / max(|b|, floor)`` over the whole tensor, in float64."""
     a, b = a.double(), b.double()
-    scale = b.norm().item()
-    return (a - b).norm().item() / scale if scale > 0 else a.norm().item()
+    return (a - b).norm().item() / max(b.norm().item(), floor)
 
 
 @pytest.mark.slow
