@@ -16,6 +16,21 @@ def test_train_configs_differ_only_in_the_method(tmp_path):
     assert plain.model == full.model and plain.optim == full.optim and plain.data == full.data
 
 
+@pytest.mark.parametrize("preset,name", [("demo", "demo.yaml"), ("tiny", "tiny.yaml")])
+def test_config_files_are_the_demo_runs(tmp_path, preset, name):
+    """configs/<preset>.yaml is what the demo's full run trains with (a file that is never read is a lie)."""
+    from pathlib import Path
+
+    from ctxray.config import load_config
+    from ctxray.train.config import TrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    paths = [f"data.cache={tmp_path / 'c'}", f"data.retrieval={tmp_path / 'r'}"]
+    from_file = load_config(TrainConfig, path, paths)
+    demo = train_config(PRESETS[preset], tmp_path / "c", tmp_path / "r", RUNS["full"], seed=0)
+    assert from_file == demo
+
+
 def test_demo_refuses_to_overwrite_and_unknown_presets(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="--overwrite"):

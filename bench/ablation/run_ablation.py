@@ -148,14 +148,21 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
 
 def train_row(work: Path, s: Settings, row: Row, seed: int) -> Path:
     """Train one (row, seed) run; returns its last checkpoint folder (reused when already trained)."""
-    from ctxray.config import load_config
-    from ctxray.train.config import TrainConfig
     from ctxray.train.loop import train
 
     run = work / "runs" / f"{row.key}_seed{seed}"
     last = run / "checkpoints" / "last"
     if (run / "metrics.json").is_file() and (last / "model.safetensors").is_file():
         return last
+    train(row_config(work, s, row, seed), run)
+    return last
+
+
+def row_config(work: Path, s: Settings, row: Row, seed: int):
+    """The ``TrainConfig`` of one (row, seed) run."""
+    from ctxray.config import load_config
+    from ctxray.train.config import TrainConfig
+
     overrides = [
         f"data.cache={work / 'cache'}", f"data.batch_size={s.batch_size}", f"data.max_train={s.pairs * row.pair_mult}",
         "data.val_split=", f"model.encoder={s.encoder}", f"text_init={s.text_init}",
@@ -169,8 +176,7 @@ def train_row(work: Path, s: Settings, row: Row, seed: int) -> Path:
                       f"model.text.heads={max(2, s.text_hidden // 32)}"]
     if row.pairing is not None:
         overrides.append(f"data.retrieval={work / f'retrieval_{row.pairing}'}")
-    train(load_config(TrainConfig, None, overrides), run)
-    return last
+    return load_config(TrainConfig, None, overrides)
 
 
 def evaluate_run(ckpt: Path, cache: Path) -> dict[str, Any]:

@@ -63,10 +63,13 @@ class DemoSettings:
     overrides: list[str] = field(default_factory=list)
 
 
+# Each preset's full run is exactly a config file of configs/ (tests/test_demo.py keeps them equal).
 PRESETS: dict[str, DemoSettings] = {
-    "tiny": DemoSettings(world="tiny", spec="tiny", teacher="tiny", teacher_text="scratch", encoder="vit3d_tiny",
-                         text_hidden=32, text_layers=1, epochs=2, batch_size=8, lr=1e-3, finetune_fraction=0.5,
-                         n_boot=50),
+    "tiny": DemoSettings(world="tiny", spec="small", teacher="tiny", teacher_text="scratch", encoder="resnet3d_tiny",
+                         text_hidden=64, text_layers=1, epochs=10, batch_size=8, lr=1e-3, finetune_fraction=0.5,
+                         n_boot=50, overrides=["model.embed_dim=64", "model.text.dropout=0.0",
+                                               "optim.warmup_steps=5", "optim.precision=fp32",
+                                               "tokenizer_vocab=1000"]),
     "demo": DemoSettings(world="demo", spec="demo", teacher="demo", teacher_text="minilm", encoder="resnet3d_small",
                          text_hidden=128, text_layers=2, epochs=12, batch_size=16, lr=1e-3, teacher_epochs=20),
 }

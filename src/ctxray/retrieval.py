@@ -24,9 +24,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ctxray.rerank import hubness, label_rerank, normal_to_abnormal, report_labels, xray_query, xray_visible_columns
+
 log = logging.getLogger(__name__)
 
 Pairing = Literal["text", "random", "label_oracle"]
+Query = Literal["xray", "report"]
+Rerank = Literal["labels", "none"]
 IndexKind = Literal["exact", "faiss"]
 FaissKind = Literal["ivf", "hnsw"]
 _ID_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy")
@@ -185,6 +189,22 @@ class TeacherTargets:
     def dim(self) -> int:
         return int(self.tensors["top1"].shape[1])
 
+    def centred(self) -> TeacherTargets:
+        """The image targets (``top1``, ``topk_mean``) minus the gallery's mean image embedding, re-normalised.
+
+        The gallery mean is the one retrieval stored (``gallery_mean``); a folder written before it was
+        stored falls back to the mean of its own top-1 targets (logged).
+        """
+        mean = self.tensors.get("gallery_mean")
+        if mean is None:
+            log.warning("teacher targets have no gallery_mean (an older retrieval folder): centring on the mean "
+                        "of the %d top-1 targets instead", len(self.ct_ids))
+            mean = self.tensors["top1"].mean(0, keepdim=True)
+        tensors = dict(self.tensors)
+        for kind in ("top1", "topk_mean"):
+            tensors[kind] = torch.nn.functional.normalize(self.tensors[kind] - mean.reshape(1, -1), dim=-1)
+        return TeacherTargets(self.ct_ids, tensors, self.teacher, self.k, {**self.meta, "centred": True})
+
     def lookup(self, ids: list[str], kind: str = "top1") -> torch.Tensor:
         """Targets for CT ids (file suffixes ignored).
 
@@ -216,7 +236,7 @@ def load_targets(path: str | Path) -> TeacherTargets:
         raise ValueError(f"{path}: cannot read teacher targets ({err})") from err
     n = len(meta["ct_ids"])
     for name, t in tensors.items():
-        if t.shape[0] != n:
+        if name != "gallery_mean" and t.shape[0] != n:
             raise ValueError(f"{data_path}: {name} has {t.shape[0]} rows but targets.json lists {n} CT ids")
     return TeacherTargets(meta["ct_ids"], tensors, meta["teacher"], int(meta["k"]), meta)
 
@@ -239,7 +259,7 @@ def write_pairs_csv(path: Path, ct_ids: list[str], xray_ids: list[str], index: t
 
 def write_targets(out: Path, ct_ids: list[str], index: torch.Tensor, gallery_image: torch.Tensor,
                   ct_text: torch.Tensor, meta: dict) -> None:
-    """Write ``targets.safetensors`` (top1, topk_mean, ct_text; all normalised) and ``targets.json``.
+    """Write ``targets.safetensors`` (top1, topk_mean, ct_text: normalised; gallery_mean) and ``targets.json``.
 
     Shape:
         index (N, k); gallery_image (G, Dt) normalised; ct_text (N, Dt) normalised
@@ -253,6 +273,7 @@ def write_targets(out: Path, ct_ids: list[str], index: torch.Tensor, gallery_ima
         "top1": matched[:, 0].contiguous(),
         "topk_mean": torch.nn.functional.normalize(matched.mean(1), dim=-1).contiguous(),
         "ct_text": ct_text.contiguous(),
+        "gallery_mean": gallery_image.mean(0, keepdim=True).contiguous(),  # (1, Dt), for centring
     }
     atomic_write(out / "targets.safetensors", lambda p: save_file(tensors, str(p)))
     body = {"ct_ids": ct_ids, "k": int(index.shape[1]), "dim": int(gallery_image.shape[1]), **meta}
@@ -332,7 +353,8 @@ def pair(q_match: torch.Tensor, g_match: torch.Tensor, k: int, pairing: Pairing 
 def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, out: str | Path, k: int = 5,
              index: IndexKind = "exact", pairing: Pairing = "text", text_teacher: str | None = None,
              gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
-             faiss_kind: FaissKind = "ivf", center: bool = True) -> dict:
+             faiss_kind: FaissKind = "ivf", center: bool = True, query: Query = "xray",
+             rerank: Rerank = "labels", candidates: int = 64) -> dict:
     """Run the retrieval stage and write ``pairs.csv``, ``targets.safetensors``, ``targets.json``, ``quality.json``.
 
     Args:
@@ -348,6 +370,11 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
         gallery_split: restrict the gallery to one split.
         cache_dir: gallery-embedding cache (default ``out/cache``).
         center: match on mean-centred text embeddings (see ``center_embeddings``).
+        query: what of each CT report is matched: ``xray``, its sentences stating X-ray-visible findings
+            (``ctxray.rerank.xray_query``), or the whole ``report``.
+        rerank: ``labels`` re-ranks the ``candidates`` best text matches by X-ray-visible label agreement
+            (CT side read from the report by the labeler; ``ctxray.rerank.label_rerank``); ``none`` keeps
+            the text order. Text pairing only.
 
     Returns:
         The quality summary (also in ``quality.json``).
@@ -368,23 +395,53 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     gallery = embed_gallery(teacher, gallery_dir, split=gallery_split, cache_dir=cache)
     gallery_rank = gallery if ranker is teacher else embed_gallery(ranker, gallery_dir, gallery_split, cache, False)
     ct_text = embed_texts(teacher, ct.reports, desc="CT reports")
-    q_match = ct_text if ranker is teacher else embed_texts(ranker, ct.reports, desc="CT reports (ranker)")
+    q_texts = ct.reports if query == "report" else [xray_query(r) for r in ct.reports]
+    q_match = ct_text if (ranker is teacher and query == "report") else embed_texts(ranker, q_texts, desc="queries")
     g_match = gallery_rank.text
     if center:
         q_match, g_match = center_embeddings(q_match), center_embeddings(g_match)
-    scores, idx = pair(q_match, g_match, k, pairing, index, faiss_kind, ct.labels, gallery.labels, seed)
+    cols = xray_visible_columns()
+    if pairing == "text" and rerank == "labels":
+        c_scores, c_idx = pair(q_match, g_match, max(k, candidates), "text", index, faiss_kind)
+        gal_labels = _gallery_labels(gallery)
+        scores, idx = label_rerank(c_scores, c_idx, report_labels(ct.reports)[:, cols], gal_labels[:, cols], k, seed)
+    else:
+        scores, idx = pair(q_match, g_match, k, pairing, index, faiss_kind, ct.labels, gallery.labels, seed)
     out.mkdir(parents=True, exist_ok=True)
     write_pairs_csv(out / "pairs.csv", ct.ids, gallery.ids, idx, scores)
     meta = {"teacher": teacher.fingerprint(), "ranker": ranker.fingerprint(), "pairing": pairing,
             "index": index if index == "exact" else f"faiss-{faiss_kind}", "gallery": str(gallery_dir),
-            "gallery_size": len(gallery.ids), "centered": center}
+            "gallery_size": len(gallery.ids), "centered": center, "query": query, "rerank": rerank}
     write_targets(out, ct.ids, idx, gallery.image, ct_text, meta)
-    quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids), "centered": center}
+    quality: dict = {"pairing": pairing, "n_ct": len(ct.ids), "n_gallery": len(gallery.ids), "centered": center,
+                     "query": query, "rerank": rerank if pairing == "text" else "none",
+                     "hubness": hubness(idx, len(gallery.ids))}
     if ct.labels is not None:
         text_index = idx if pairing == "text" else pair(q_match, g_match, 1, "text", index, faiss_kind)[1]
         quality["agreement_top1"] = agreement_table(ct.labels, gallery.labels, text_index, seed)
         quality["agreement_top1"]["written"] = agreement_table(ct.labels, gallery.labels, idx, seed)["text"]
+        quality["normal_to_abnormal"] = normal_to_abnormal(ct.labels, gallery.labels, idx, cols)
+        _warn_if_near_random(quality["agreement_top1"])
     atomic_write_text(out / "quality.json", json.dumps(quality, indent=2))
-    log.info("retrieval: %d CTs -> %d X-rays (%s, %s); agreement %s", len(ct.ids), len(gallery.ids), pairing,
-             index, quality.get("agreement_top1"))
+    log.info("retrieval: %d CTs -> %d X-rays (%s, %s, query %s, rerank %s); agreement %s; hubness %s", len(ct.ids),
+             len(gallery.ids), pairing, index, query, rerank, quality.get("agreement_top1"), quality["hubness"])
     return quality
+
+
+def _gallery_labels(gallery) -> np.ndarray:
+    """The gallery's label columns; rows without labels (NaN) are read from their report by the labeler."""
+    labels = np.asarray(gallery.labels, dtype=np.float32).copy()
+    missing = np.isnan(labels).any(axis=1)
+    if missing.any():
+        log.info("gallery: %d rows without labels; reading them from their reports", int(missing.sum()))
+        labels[missing] = report_labels([gallery.reports[i] for i in np.flatnonzero(missing)])
+    return labels
+
+
+def _warn_if_near_random(table: dict[str, dict[str, float]], margin: float = 0.05) -> None:
+    """Warn when the written pairing agrees with the CTs' own labels hardly better than random pairing."""
+    got, rand = table["written"]["exact"], table["random"]["exact"]
+    if got < rand + margin:
+        log.warning("retrieval: the pairs agree with the CTs' own labels about as often as random pairs (exact "
+                    "X-ray-visible label set %.3f vs %.3f at random; label oracle %.3f): the teacher targets "
+                    "carry little about each CT", got, rand, table["label_oracle"]["exact"])

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="gallery embedding cache (default OUT/cache)")
     parser.add_argument("--no-center", dest="center", action="store_false",
                         help="match on raw cosine instead of mean-centred embeddings")
+    parser.add_argument("--query", choices=["xray", "report"], default="xray",
+                        help="xray: match the report's sentences stating X-ray-visible findings; report: all of it")
+    parser.add_argument("--rerank", choices=["labels", "none"], default="labels",
+                        help="labels: re-rank the best text matches by X-ray-visible label agreement")
+    parser.add_argument("--candidates", type=int, default=64, help="text matches re-ranked per CT")
     parser.add_argument("--seed", type=int, default=0, help="seed of random pairing and tie-breaks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     quality = retrieve(args.teacher, args.ct, args.gallery, args.out, k=args.k, index=args.index,
                        pairing=args.pairing, text_teacher=args.text_teacher, gallery_split=args.gallery_split,
                        cache_dir=args.cache_dir, seed=args.seed,
-                       faiss_kind=args.faiss_kind, center=args.center)
+                       faiss_kind=args.faiss_kind, center=args.center, query=args.query, rerank=args.rerank,
+                       candidates=args.candidates)
     print(json.dumps(quality, indent=2))
     return 0

@@ -34,7 +34,11 @@ class DualEncoderConfig:
         input_shape: (D, H, W) of the model input; filled from the cache's spec when None.
         embed_dim: width E of the shared space.
         teacher_dim: the teacher's width Dt; filled from the retrieval targets; None: no KD head.
-        kd_head: ``linear`` or ``mlp`` (one hidden GELU layer) from the pooled volume feature.
+        kd_head: ``linear`` or ``mlp`` (one hidden GELU layer).
+        kd_from: what the KD head reads: ``embedding``, the shared volume embedding (so what distillation
+            teaches must live in the space that zero-shot and retrieval use), or ``feature``, the pooled
+            volume feature (a parallel branch: a free head can absorb the targets without changing the
+            shared space).
         text: the report tower (``vocab_size`` is filled from the tokenizer).
         mlm_head: add a masked-language-modelling head on the report tower.
         logit_scale_init: initial log temperature multiplier (log(1/0.07), CLIP's).
@@ -47,6 +51,7 @@ class DualEncoderConfig:
     embed_dim: int = 256
     teacher_dim: int | None = None
     kd_head: Literal["linear", "mlp"] = "linear"
+    kd_from: Literal["embedding", "feature"] = "embedding"
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     mlm_head: bool = False
     logit_scale_init: float = math.log(1 / 0.07)
@@ -101,8 +106,10 @@ class DualEncoder(nn.Module):
         self.volume_proj = nn.Linear(self.volume_encoder.out_dim, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
-        self.kd_head = (_kd_head(cfg.kd_head, self.volume_encoder.out_dim, cfg.teacher_dim)
-                        if cfg.teacher_dim else None)
+        if cfg.kd_from not in ("embedding", "feature"):
+            raise ValueError(f"DualEncoderConfig.kd_from={cfg.kd_from!r}: expected 'embedding' or 'feature'")
+        kd_in = cfg.embed_dim if cfg.kd_from == "embedding" else self.volume_encoder.out_dim
+        self.kd_head = _kd_head(cfg.kd_head, kd_in, cfg.teacher_dim) if cfg.teacher_dim else None
         vocab = int(self.text_encoder.backbone.config.vocab_size)
         self.mlm_head = MLMHead(width, vocab) if cfg.mlm_head else None
 
@@ -147,13 +154,10 @@ class DualEncoder(nn.Module):
             has a KD head; ``logit_scale`` (scalar, exponentiated); ``mlm_logits`` (B, L, vocab).
         """
         feat = self.volume_encoder(volume)  # (B, C)
-        out = {
-            "volume": F.normalize(self.volume_proj(feat), dim=-1),
-            "text": self.encode_text(input_ids, attention_mask),
-            "logit_scale": self.scale(),
-        }
+        vol = F.normalize(self.volume_proj(feat), dim=-1)  # (B, E)
+        out = {"volume": vol, "text": self.encode_text(input_ids, attention_mask), "logit_scale": self.scale()}
         if self.kd_head is not None:
-            out["kd"] = F.normalize(self.kd_head(feat), dim=-1)
+            out["kd"] = F.normalize(self.kd_head(vol if self.cfg.kd_from == "embedding" else feat), dim=-1)
         if mlm_input_ids is not None:
             if self.mlm_head is None:
                 raise ValueError("mlm_input_ids given but the model has no MLM head (DualEncoderConfig.mlm_head)")

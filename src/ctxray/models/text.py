@@ -108,6 +108,10 @@ class Tokenizer:
                         return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of ``texts`` without truncation, ``[CLS]`` and ``[SEP]`` included."""
+        return [len(ids) for ids in self._tok(list(texts), truncation=False)["input_ids"]]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
@@ -149,7 +153,10 @@ class TextEncoderConfig:
     Args:
         kind: ``bert`` builds a small BERT from these numbers; ``hf`` loads ``hf_path``.
         hidden, layers, heads: BERT width, depth and attention heads (``bert`` only).
-        max_length: longest token sequence (position embeddings; truncation).
+        max_length: longest token sequence (position embeddings; truncation). The default covers the
+            synthetic CT reports (164-330 tokens with a trained WordPiece vocabulary; CT-RATE's are as
+            long): a 128-token tower never sees the lung section of a CT report. Training logs and
+            records the share of reports it cuts (``data.max_truncated``).
         hf_path: a local Hugging Face model folder (``hf`` only).
         pooling: ``cls`` takes the first token, ``mean`` averages unmasked tokens.
         dropout: hidden and attention dropout (``bert`` only).
@@ -160,7 +167,7 @@ class TextEncoderConfig:
     hidden: int = 256
     layers: int = 4
     heads: int = 4
-    max_length: int = 128
+    max_length: int = 512
     hf_path: str | None = None
     pooling: Literal["cls", "mean"] = "mean"
     dropout: float = 0.1

@@ -27,7 +27,7 @@ TEXT_BACKBONE = "text_backbone"
 
 
 def _default_text() -> TextEncoderConfig:
-    return TextEncoderConfig(kind="bert", hidden=128, layers=2, heads=4, max_length=128, pooling="mean", dropout=0.1)
+    return TextEncoderConfig(kind="bert", hidden=128, layers=2, heads=4, max_length=512, pooling="mean", dropout=0.1)
 
 
 @dataclass
@@ -42,6 +42,9 @@ class XrayCLIPConfig:
         init_temperature: initial softmax temperature (the learnable logit scale starts at its inverse).
         lock_text: keep the text backbone frozen (a pretrained ``hf`` tower, e.g. MiniLM): only the text
             projection and the image tower learn ("locked text" tuning).
+        label_names: labels of a supervised multi-label head on the image tower (trained with
+            ``TeacherTrainConfig.label_weight``; real chest X-ray experts are trained on labels too); empty:
+            no head. The head shapes the image features; the teacher's outputs stay the CLIP embeddings.
     """
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -50,6 +53,7 @@ class XrayCLIPConfig:
     image_size: int = 128
     init_temperature: float = 0.07
     lock_text: bool = False
+    label_names: list[str] = field(default_factory=list)
 
 
 class XrayCLIP(nn.Module):
@@ -67,6 +71,7 @@ class XrayCLIP(nn.Module):
         self.image_proj = nn.Linear(self.image_encoder.width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text_encoder.width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.label_head = nn.Linear(self.image_encoder.width, len(cfg.label_names)) if cfg.label_names else None
         if cfg.lock_text:
             self.text_encoder.requires_grad_(False)
 
@@ -79,6 +84,16 @@ class XrayCLIP(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Shape: (B, 1, H, W) in [0, 1] -> (B, embed_dim), unnormalised."""
         return self.image_proj(self.image_encoder(images))
+
+    def image_and_label_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image embedding (unnormalised) and the supervised head's logits from one pass.
+
+        Shape: (B, 1, H, W) -> (B, embed_dim), (B, len(label_names))
+        """
+        if self.label_head is None:
+            raise ValueError("this teacher has no label head (XrayCLIPConfig.label_names is empty)")
+        feat = self.image_encoder(images)
+        return self.image_proj(feat), self.label_head(feat)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Shape: (B, L) ids and mask -> (B, embed_dim), unnormalised."""

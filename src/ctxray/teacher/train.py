@@ -47,6 +47,8 @@ class TeacherTrainConfig:
         augment: random shift/scale/rotation and brightness/contrast on training images.
         seed: seed of initialisation, shuffling and augmentation.
         eval_split: held-out split for metrics; "auto" takes "test", else "valid", else "val".
+        label_weight: weight of a supervised multi-label loss (BCE) on the image tower over the gallery's
+            X-ray-visible labels, beside the contrastive loss; 0 trains CLIP-style only.
     """
 
     model: XrayCLIPConfig = field(default_factory=XrayCLIPConfig)
@@ -59,6 +61,7 @@ class TeacherTrainConfig:
     augment: bool = True
     seed: int = 0
     eval_split: str = "auto"
+    label_weight: float = 0.0
 
 
 def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
@@ -74,12 +77,12 @@ def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
     if name == "tiny":
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(8, 16, 32), stem_width=8), embed_dim=32,
                                image_size=64)
-        model.text = replace(model.text, hidden=32, layers=1, heads=2, max_length=64)
+        model.text = replace(model.text, hidden=32, layers=1, heads=2, max_length=512)
         cfg = TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400)
     elif name == "demo":
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16), embed_dim=128,
                                image_size=64)
-        model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=96)
+        model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=512)
         cfg = TeacherTrainConfig(model=model, epochs=10)
     elif name == "base":
         cfg = TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
@@ -186,12 +189,18 @@ def _locked_features(model: XrayCLIP, tokenizer: Tokenizer, texts: list[str], cf
 
 
 def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: list[str],
-        cfg: TeacherTrainConfig) -> list[float]:
+        cfg: TeacherTrainConfig, labels: torch.Tensor | None = None) -> list[float]:
     """Train ``model`` in place; returns the mean loss of each epoch.
 
+    Args:
+        labels: 0/1 targets of the model's label head (``cfg.label_weight > 0`` only).
+
     Shape:
-        images: (N, 1, S, S) uint8
+        images: (N, 1, S, S) uint8; labels: (N, len(model.cfg.label_names))
     """
+    supervised = cfg.label_weight > 0
+    if supervised and (labels is None or model.label_head is None):
+        raise ValueError("label_weight > 0 needs a model with a label head and the gallery's labels")
     gen = torch.Generator().manual_seed(cfg.seed)
     enc = tokenize_reports(tokenizer, reports, cfg.model.text.max_length)
     uniq, group = np.unique(np.asarray(reports, dtype=object).astype(str), return_inverse=True)
@@ -213,15 +222,24 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             x = images[idx].float() / 255.0
             if cfg.augment:
                 x = augment(x, gen)
+            head_logits = None
             if locked is not None:  # text backbone locked: its features were computed once
-                out = {"image": F.normalize(model.encode_image(x), dim=-1),
+                if supervised:
+                    image, head_logits = model.image_and_label_logits(x)
+                else:
+                    image = model.encode_image(x)
+                out = {"image": F.normalize(image, dim=-1),
                        "text": F.normalize(model.text_proj(locked[group_t[idx]]), dim=-1),
                        "logit_scale": model.scale()}
             else:
                 mask = enc["attention_mask"][idx]
                 width = int(mask.sum(1).max())
                 out = model(x, enc["input_ids"][idx, :width], mask[:, :width])
+                if supervised:
+                    head_logits = model.label_head(model.image_encoder(x))
             loss = clip_loss(out["image"], out["text"], out["logit_scale"], group_t[idx])
+            if head_logits is not None:
+                loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(head_logits, labels[idx])
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
             opt.zero_grad(set_to_none=True)
@@ -257,6 +275,20 @@ def evaluate_teacher(teacher: BuiltinTeacher | object, records: list[XrayRecord]
     }
 
 
+def _head_labels(records: list[XrayRecord], names: list[str]) -> torch.Tensor:
+    """The label head's targets: the gallery's label columns ``names``.
+
+    Raises:
+        ValueError: a training row without labels (the head needs them all).
+    """
+    cols = [load_labels().index(n) for n in names]
+    labels = np.stack([np.asarray(r.labels, dtype=np.float32)[cols] for r in records])
+    if np.isnan(labels).any():
+        bad = records[int(np.flatnonzero(np.isnan(labels).any(1))[0])]
+        raise ValueError(f"label_weight > 0: gallery row {bad.id} has no labels; fill them or set label_weight=0")
+    return torch.from_numpy((labels > 0.5).astype(np.float32))
+
+
 def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig | None = None) -> dict:
     """Train the built-in teacher on ``xray_dir``'s train split and write the teacher folder ``out``.
 
@@ -284,9 +316,12 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
     else:
         tokenizer = Tokenizer.train([r.report for r in train], vocab_size=cfg.vocab_size)
     cfg = replace(cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab_size=tokenizer.vocab_size)))
+    if cfg.label_weight > 0 and not cfg.model.label_names:
+        cfg = replace(cfg, model=replace(cfg.model, label_names=load_labels().xray_visible_names))
     model = XrayCLIP(cfg.model)
     size = cfg.model.image_size
-    history = fit(model, tokenizer, load_images(train, size), [r.report for r in train], cfg)
+    head_labels = _head_labels(train, cfg.model.label_names) if cfg.label_weight > 0 else None
+    history = fit(model, tokenizer, load_images(train, size), [r.report for r in train], cfg, head_labels)
     seconds = time.time() - t0
     out = Path(out)
     save_builtin(model, tokenizer, out)

@@ -28,6 +28,11 @@ class LossConfig:
         pkd: weight of pair-wise distillation to the retrieved X-ray's teacher embedding.
         pkd_kind: ``cosine`` (1 - cos) or ``mse`` on normalised vectors.
         target: which cached teacher target to distil: the top-1 X-ray or the top-k mean.
+        kd_center: centre both sides of the KD terms: teacher targets on the gallery's mean image
+            embedding, the student's KD outputs on their (global) batch mean. Targets from one expert
+            share a dominant direction (median pairwise cosine ~0.7 on the demo world); uncentred, a
+            student that predicts the mean target scores nearly as well as one that reads the CT, so
+            PKD transfers nothing. Centred, the constant prediction scores exactly 1.
         srkd: weight of semantic-relation distillation (KL of in-batch similarity distributions).
         srkd_tau: temperature of those distributions.
         mlm: weight of masked language modelling on the reports; > 0 adds an MLM head.
@@ -44,6 +49,7 @@ class LossConfig:
     pkd: float = 1.0
     pkd_kind: Literal["cosine", "mse"] = "cosine"
     target: Literal["top1", "topk_mean"] = "top1"
+    kd_center: bool = True
     srkd: float = 1.0
     srkd_tau: float = 0.1
     mlm: float = 0.0
@@ -100,6 +106,9 @@ class DataConfig:
             None: off. Draws depend on (seed, epoch, index) only.
         num_workers: DataLoader worker processes per rank.
         shuffle_targets: control experiment: permute the teacher targets across CTs (seeded).
+        max_truncated: largest share of training reports the report tower may cut at
+            ``model.text.max_length``; above it the run stops with an error (any cut is logged and recorded
+            in ``RUN/report_tokens.json``). A cut report loses its last sections (the lungs, the impression).
     """
 
     cache: str = ""
@@ -112,6 +121,7 @@ class DataConfig:
     augment: dict[str, Any] | None = None
     num_workers: int = 0
     shuffle_targets: bool = False
+    max_truncated: float = 0.01
 
 
 @dataclass

@@ -35,7 +35,9 @@ from ctxray.train.setup import (
     build_data,
     build_model,
     build_tokenizer,
+    check_report_lengths,
     check_resume_config,
+    report_token_stats,
     resolve_config,
     resolve_text,
     stored_config,
@@ -45,6 +47,8 @@ from ctxray.utils.progress import progress
 from ctxray.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
+
+COLLAPSE_COS = 0.95  # mean pairwise cosine of a batch's embeddings above which a tower counts as collapsed
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -96,9 +100,13 @@ class Trainer:
             from ctxray.train.data import read_manifest
 
             rows = read_manifest(config.data.cache, config.data.train_split)
-            tokenizer = build_tokenizer(config, [str(r.get("report", "")) for r in rows])
+            reports = [str(r.get("report", "")) for r in rows]
+            tokenizer = build_tokenizer(config, reports)
         self.tokenizer = tokenizer
         config = config if resume else resolve_text(config)
+        if not resume:
+            self.report_tokens = report_token_stats(tokenizer, reports, config.model.text.max_length)
+            check_report_lengths(self.report_tokens, config.data.max_truncated, str(config.data.cache))
         self.data = build_data(config, tokenizer, rt)
         if not resume:
             config = resolve_config(config, tokenizer, self.data.targets)
@@ -109,11 +117,13 @@ class Trainer:
             self.model.text_encoder.requires_grad_(False)
         self._build_optimisation()
         self.state = ckpt.ResumeState(world_size=rt.world_size)
+        self.collapse: dict[str, int | None] = {"steps": 0, "first_step": None}
         if resume:
             self._restore(last)
         elif rt.main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "config.json")
+            ckpt.write_json(out / "report_tokens.json", self.report_tokens)
         self.logger = RunLogger(out, rt.main, config.tensorboard, self.state.step if resume else None)
         self.ddp = self._wrap()
 
@@ -219,11 +229,30 @@ class Trainer:
                    samples_per_s=samples / max(seconds, 1e-9),
                    eta_s=seconds * (self.total_steps - st.step))
         self.logger.write(row)
+        self._check_collapse(row)
         if st.step % max(1, cfg.log_every) == 0 or st.step == self.total_steps:
             log.info("step %d/%d loss %.4f (%s) %.1f samples/s, eta %.0fs", st.step, self.total_steps, row["loss"],
                      " ".join(f"{k} {row[k]:.4f}" for k in self.objective.active), row["samples_per_s"],
                      row["eta_s"])
         return row
+
+    def _check_collapse(self, row: dict[str, Any]) -> None:
+        """Count (and warn about) steps after warm-up where the contrastive term has collapsed: the loss at
+        ``ln B`` (what uniform logits give, whatever the targets) while one tower maps the whole batch
+        to nearly one point (mean pairwise cosine above ``COLLAPSE_COS``)."""
+        if "roco" not in row or row["step"] <= self.config.optim.warmup_steps:
+            return
+        batch = self.config.data.batch_size * self.rt.world_size
+        cos = max(row.get("volume_cos", 0.0), row.get("text_cos", 0.0))
+        if not (row["roco"] >= 0.98 * math.log(batch) and cos > COLLAPSE_COS):
+            return
+        self.collapse["steps"] += 1
+        self.collapse["first_step"] = self.collapse["first_step"] or row["step"]
+        if self.rt.main and (self.collapse["steps"] in (1, 10) or self.collapse["steps"] % 100 == 0):
+            log.warning("step %d: training has collapsed (%d steps so far): contrastive loss %.3f = ln %d, mean "
+                        "pairwise cosine volume %.4f / report %.4f, gradient norm %.2g; lower optim.lr or raise "
+                        "optim.warmup_steps", row["step"], self.collapse["steps"], row["roco"], batch,
+                        row.get("volume_cos", math.nan), row.get("text_cos", math.nan), row["grad_norm"])
 
     # -- validation and checkpoints ----------------------------------------------------------------
 
@@ -293,6 +322,7 @@ class Trainer:
         result = {"step": st.step, "epoch": st.epoch, "total_steps": self.total_steps,
                   "train_loss": float(sum(epoch_losses) / len(epoch_losses)) if epoch_losses else math.nan,
                   **val, "best_metric": st.best_metric, "best_step": st.best_step,
+                  "collapsed_steps": self.collapse["steps"], "first_collapsed_step": self.collapse["first_step"],
                   "seconds": time.perf_counter() - self.t0, "run_dir": str(self.out)}
         if self.rt.main:
             ckpt.write_json(self.out / "metrics.json", result)

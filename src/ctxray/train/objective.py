@@ -137,6 +137,8 @@ class Objective(nn.Module):
             v, t = gather_features(out["volume"].float()), gather_features(out["text"].float())
             scale = _grad_scaled(out["logit_scale"].float(), 1.0 / world)
             terms["roco"] = self.roco(v, t, scale, equivalent, text_sim)
+        if need_teacher and cfg.kd_center:
+            kd = kd - kd.mean(0, keepdim=True)  # the student's batch mean: a constant output scores 1, not ~0
         if cfg.pkd > 0:
             terms["pkd"] = self.pkd(kd, teacher)
         if cfg.srkd > 0:
@@ -156,4 +158,40 @@ class Objective(nn.Module):
             logged["mlm"] = mlm / world
         logged["loss"] = sum((getattr(cfg, k) * v for k, v in logged.items()), zero.detach())
         logged["logit_scale"] = out["logit_scale"].detach().float()
+        with torch.no_grad():
+            if cfg.pkd > 0:
+                logged.update(kd_controls(self.pkd, kd.detach(), teacher))
+            logged["volume_cos"] = mean_pairwise_cosine(gather_features(out["volume"].detach().float()))
+            logged["text_cos"] = mean_pairwise_cosine(gather_features(out["text"].detach().float()))
         return backward, logged
+
+
+def kd_controls(pkd: PairwiseKDLoss, kd: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two levels PKD must beat to have transferred anything, on the same batch.
+
+    ``pkd_mean``: the loss of predicting the batch's mean target for every CT (what a student that
+    ignores its input reaches). ``pkd_shuffled``: the student's loss against the targets of other CTs
+    (rolled by one), i.e. how well it matches targets in general rather than its own.
+
+    Shape:
+        kd, teacher: (B, Dt) -> scalars
+    """
+    if kd.shape[0] < 2:
+        nan = kd.new_tensor(float("nan"))
+        return {"pkd_mean": nan, "pkd_shuffled": nan}
+    mean = teacher.mean(0, keepdim=True).expand_as(teacher)
+    return {"pkd_mean": pkd(mean, teacher), "pkd_shuffled": pkd(kd, torch.roll(teacher, 1, dims=0))}
+
+
+def mean_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over pairs i != j (near 1: every sample mapped to one point).
+
+    Shape:
+        x: (B, E) -> scalar
+    """
+    b = x.shape[0]
+    if b < 2:
+        return x.new_tensor(float("nan"))
+    x = torch.nn.functional.normalize(x, dim=1)
+    sim = x @ x.T  # (B, B)
+    return (sim.sum() - sim.diagonal().sum()) / (b * (b - 1))

@@ -79,7 +79,8 @@ def _load_targets(config: TrainConfig) -> Any:
         return None
     from ctxray.retrieval import load_targets
 
-    return load_targets(config.data.retrieval)
+    targets = load_targets(config.data.retrieval)
+    return targets.centred() if config.loss.kd_center else targets
 
 
 def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunData:
@@ -119,12 +120,61 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunDat
     return RunData(train_set, loader, sampler, gen, val_loader, collator, targets)
 
 
+def report_token_stats(tokenizer: Tokenizer, reports: list[str], max_length: int) -> dict[str, float]:
+    """Token counts of the training reports against the report tower's ``max_length``.
+
+    Returns:
+        ``n``, ``max``, ``median``, ``p95``, ``max_length``, ``truncated`` (count) and ``truncated_fraction``.
+    """
+    import numpy as np
+
+    lengths = np.asarray(tokenizer.lengths(reports) if reports else [0])
+    cut = int((lengths > max_length).sum())
+    return {"n": len(reports), "max": int(lengths.max()), "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)), "max_length": int(max_length), "truncated": cut,
+            "truncated_fraction": cut / max(1, len(reports))}
+
+
+def check_report_lengths(stats: dict[str, float], max_truncated: float, where: str) -> None:
+    """Log how many training reports the report tower cuts; raise above ``max_truncated`` of them.
+
+    Raises:
+        ValueError: naming the share cut, the longest report and the settings that fix it.
+    """
+    if stats["truncated"] == 0:
+        log.info("%s: report tokens median %.0f, max %d, within max_length %d", where, stats["median"],
+                 stats["max"], stats["max_length"])
+        return
+    msg = (f"{where}: {stats['truncated']} of {stats['n']} training reports ({stats['truncated_fraction']:.1%}) "
+           f"are longer than model.text.max_length={stats['max_length']} tokens (median {stats['median']:.0f}, "
+           f"max {stats['max']}) and would be cut, losing their last sections")
+    if stats["truncated_fraction"] > max_truncated:
+        raise ValueError(msg + f"; raise model.text.max_length (>= {stats['max']}) or accept it with "
+                         f"data.max_truncated={stats['truncated_fraction']:.2f}")
+    log.warning("%s (within data.max_truncated=%g)", msg, max_truncated)
+
+
 def resolve_text(config: TrainConfig) -> TrainConfig:
-    """With ``text_init="teacher"``, the report tower's settings become the teacher's."""
+    """With ``text_init="teacher"``, the report tower's settings become the teacher's.
+
+    A pretrained (``hf``) tower keeps the run's ``max_length`` up to its position embeddings: the
+    expert reads short radiograph reports (and head-and-tail cuts of CT reports for retrieval) at its
+    own budget, but the CT model must read whole CT reports.
+    """
     if config.text_init != "teacher":
         return config
     text, _ = teacher_text_tower(config.teacher_dir)
+    if text.kind == "hf":
+        text = dataclasses.replace(text, max_length=min(config.model.text.max_length, _hf_positions(text.hf_path)))
     return dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+
+
+def _hf_positions(path: str | None) -> int:
+    """``max_position_embeddings`` of a Hugging Face model folder (512 when its config does not say)."""
+    try:
+        return int(json.loads((Path(path or "") / "config.json").read_text()).get("max_position_embeddings", 512))
+    except (OSError, ValueError):
+        return 512
 
 
 def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> TrainConfig:

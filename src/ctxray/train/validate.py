@@ -66,7 +66,9 @@ def validate(model: Any, tokenizer: Any, loader: Any, device: torch.device, chun
 
     Returns:
         ``val_loss`` (plain InfoNCE), ``val_r1`` (volume -> report recall@1 over the whole split),
-        ``val_auroc`` (zero-shot macro AUROC over labels with both classes; NaN if none), ``val_n``.
+        ``val_auroc`` (zero-shot macro AUROC over labels with both classes; NaN if none),
+        ``val_report_auroc`` (the same prompts scoring the validation *reports*: the report tower's ceiling
+        on zero-shot), ``val_n``.
     """
     from ctxray.evaluate.metrics import auroc_per_label, macro
     from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
@@ -81,5 +83,6 @@ def validate(model: Any, tokenizer: Any, loader: Any, device: torch.device, chun
     pos, neg = prompt_embeddings(model, tokenizer, label_set or load_labels())
     probs = zero_shot_probs(volume, pos, neg, scale)
     auroc = macro(auroc_per_label(labels.numpy(), probs.numpy()))
+    report_auroc = macro(auroc_per_label(labels.numpy(), zero_shot_probs(text, pos, neg, scale).numpy()))
     return {"val_loss": clip_loss_in_chunks(volume, text, scale, chunk), "val_r1": r1, "val_auroc": auroc,
-            "val_n": int(len(volume))}
+            "val_report_auroc": report_auroc, "val_n": int(len(volume))}
