@@ -42,6 +42,7 @@ _GAP = re.compile(r"\{gap:(\d+)\}\s*")
 # cue kinds in tie-break order (equal-length cues): uncertainty before negation, post before pre
 _CUE_KINDS = ("pseudo", "post_uncertainty", "bi_uncertainty", "pre_uncertainty", "post_negation", "pre_negation")
 _SENTENCE_END = re.compile(r"[.;:!?](?=\s|$)")
+_WORD_SLASH = re.compile(r"(?<=[a-z]{2})/(?=[a-z])")
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,12 @@ def _get_set(r: LabelerRules, label_set: str) -> _SetRules:
 
 
 def normalise(text: str) -> str:
-    """Lower-case, hyphens and dashes to spaces, collapse whitespace."""
-    return " ".join(re.sub(r"[-\u2010-\u2014]", " ", str(text).lower()).split())
+    """Lower-case, hyphens and dashes to spaces, a slash between words spaced out, collapse whitespace.
+
+    "atelectasis/scarring" becomes "atelectasis / scarring" (two mentions); "r/o" is kept whole.
+    """
+    text = re.sub(r"[-\u2010-\u2014]", " ", str(text).lower())
+    return " ".join(_WORD_SLASH.sub(" / ", text).split())
 
 
 def split_sentences(text: str) -> list[str]:
@@ -238,9 +243,13 @@ def _status(sentence: str, s: int, e: int, cues: list[tuple[int, int, str]], r: 
         return "positive"
     if in_scope[-1][2] == "pre_negation":
         return "negative"
-    # a negation over the hedge, same phrase: "no opacity to suggest pneumonia", "no findings suspicious for"
-    if len(in_scope) > 1 and in_scope[-2][2] == "pre_negation" and "," not in sentence[in_scope[-2][1]:in_scope[-1][0]]:
-        return "negative"
+    # a negation over the hedge(s), same phrase: "no opacity to suggest pneumonia", "no findings
+    # suspicious for", "no line to suggest a or blunting to suggest b"
+    for cs, ce, kind in reversed(in_scope[:-1]):
+        if "," in sentence[ce : in_scope[-1][0]]:
+            break
+        if kind == "pre_negation":
+            return "negative"
     return "uncertain"
 
 
