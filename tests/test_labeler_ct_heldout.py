@@ -210,6 +210,7 @@ HELDOUT_CASES: list[Case] = [
     ("Hiatal hernia is not observed.", {"Hiatal hernia": N}, {}),
     ("Fat-containing Morgagni hernia in the right cardiophrenic angle.", {}, {}),
     ("Questionable small hiatal hernia.", {"Hiatal hernia": U}, {}),
+    ("Small hiatal herniation of the stomach.", {"Hiatal hernia": P}, {}),  # added after the first scoring
     # Lymphadenopathy
     ("Lymph nodes of pathological size are observed in the mediastinum, the largest 18 mm.",
      {"Lymphadenopathy": P}, {}),
@@ -223,6 +224,7 @@ HELDOUT_CASES: list[Case] = [
     ("There is no evidence of emphysema.", {"Emphysema": N}, {}),
     ("Panlobular emphysema predominantly in the lower lobes.", {"Emphysema": P}, {}),
     ("Mediastinal emphysema is noted.", {}, {}),
+    ("Centrilobular emphysema is present in both upper lobes.", {"Emphysema": P}, {}),  # added after scoring
     # Atelectasis
     ("Atelectatic changes in the right middle lobe.", {"Atelectasis": P}, {"Atelectasis": "right"}),
     ("Subsegmental atelectasis in the posterobasal segment of the left lower lobe.", {"Atelectasis": P},
@@ -245,7 +247,8 @@ HELDOUT_CASES: list[Case] = [
     # Fibrotic sequela
     ("Sequelae fibrotic changes in the right lung apex.", {"Pulmonary fibrotic sequela": P},
      {"Pulmonary fibrotic sequela": "right"}),
-    ("Fibrotic band in the left lower lobe.", {"Pulmonary fibrotic sequela": P}, {"Pulmonary fibrotic sequela": "left"}),
+    ("Fibrotic band in the left lower lobe.", {"Pulmonary fibrotic sequela": P},
+     {"Pulmonary fibrotic sequela": "left"}),
     ("No fibrosis.", {"Pulmonary fibrotic sequela": N}, {}),
     ("Honeycombing and reticulation at both lung bases consistent with fibrosis.",
      {"Pulmonary fibrotic sequela": P}, {}),

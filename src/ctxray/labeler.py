@@ -41,7 +41,7 @@ _PRIORITY = {s: i for i, s in enumerate(STATUSES)}
 _GAP = re.compile(r"\{gap:(\d+)\}\s*")
 # cue kinds in tie-break order (equal-length cues): uncertainty before negation, post before pre
 _CUE_KINDS = ("pseudo", "post_uncertainty", "bi_uncertainty", "pre_uncertainty", "post_negation", "pre_negation")
-_SENTENCE_END = re.compile(r"[.;:!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"([.;:!?])(?=\s|$)")
 _WORD_SLASH = re.compile(r"(?<=[a-z]{2})/(?=[a-z])")
 
 
@@ -192,7 +192,14 @@ def normalise(text: str) -> str:
 
 def split_sentences(text: str) -> list[str]:
     """Normalised sentences (split at ``. ; : ! ?`` followed by a space or the end)."""
-    return [s.strip() for s in _SENTENCE_END.split(normalise(text)) if s.strip()]
+    return [s for s, _ in _sentences(text)]
+
+
+def _sentences(text: str) -> list[tuple[str, bool]]:
+    """(sentence, ends with "?") pairs; a question ("effusion?") hedges what it names."""
+    parts = _SENTENCE_END.split(normalise(text))  # [text, end, text, end, ..., text]
+    ends = parts[1::2] + [""]
+    return [(s.strip(), e == "?") for s, e in zip(parts[0::2], ends) if s.strip()]
 
 
 def _find_cues(sentence: str, r: LabelerRules) -> list[tuple[int, int, str]]:
@@ -245,7 +252,7 @@ def _status(sentence: str, s: int, e: int, cues: list[tuple[int, int, str]], r: 
         return "negative"
     # a negation over the hedge(s), same phrase: "no opacity to suggest pneumonia", "no findings
     # suspicious for", "no line to suggest a or blunting to suggest b"
-    for cs, ce, kind in reversed(in_scope[:-1]):
+    for _cs, ce, kind in reversed(in_scope[:-1]):
         if "," in sentence[ce : in_scope[-1][0]]:
             break
         if kind == "pre_negation":
@@ -275,10 +282,12 @@ def find_mentions(text: str, label_set: LabelSetName = "ct", rules: str | None =
     r = load_rules(rules)
     set_rules = _get_set(r, label_set)
     out: list[Mention] = []
-    for sentence in split_sentences(text):
+    for sentence, question in _sentences(text):
         cues = _find_cues(sentence, r)
         for s, e, pat in sorted(_find_spans(sentence, set_rules), key=lambda c: c[0]):
             status = pat.status or _status(sentence, s, e, cues, r)
+            if question and status == "positive":
+                status = "uncertain"
             side = _laterality(sentence, s, e, r)
             out.extend(Mention(label, status, side, sentence, s, e) for label in pat.labels)
     return out
