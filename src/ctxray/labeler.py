@@ -251,9 +251,11 @@ def _status(sentence: str, s: int, e: int, cues: list[tuple[int, int, str]], r: 
     if in_scope[-1][2] == "pre_negation":
         return "negative"
     # a negation over the hedge(s), same phrase: "no opacity to suggest pneumonia", "no findings
-    # suspicious for", "no line to suggest a or blunting to suggest b"
+    # suspicious for", "no line to suggest a or blunting to suggest b"; "to suggest" reaches over the
+    # commas of a negated list ("no effusion, pneumothorax or consolidation to suggest pneumonia")
+    purpose = sentence[: in_scope[-1][0]].endswith("to ")
     for _cs, ce, kind in reversed(in_scope[:-1]):
-        if "," in sentence[ce : in_scope[-1][0]]:
+        if "," in sentence[ce : in_scope[-1][0]] and not purpose:
             break
         if kind == "pre_negation":
             return "negative"
