@@ -29,6 +29,12 @@ under a term the first mapping missed, never to raise a score on the held-out ha
 Left as it is, knowingly: Pneumonia is indexed only when stated (hedged "could represent pneumonia"
 is usually not indexed), so under u=1 Pneumonia precision is bounded by that convention; fractures
 outside the chest (hip, wrist) are not indexed.
+
+Held-out half, macro F1 (u=0 / u=1), scored once before and once after this work: labeler and
+mapping as they were 0.862 / 0.819; after 0.914 / 0.857 (every label >= 0.80 at u=0; at u=1
+Pneumonia 0.55 and Consolidation 0.77 stay under, from hedged diagnoses the indexers do not index).
+Of the gain, the mapping alone gives +0.003 / +0.004 (old labeler, new mapping) and the labeler
+alone +0.037 / +0.023 (new labeler, old mapping).
 """
 
 from __future__ import annotations

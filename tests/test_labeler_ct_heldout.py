@@ -3,9 +3,18 @@
 No real CT report text is available offline, so these sentences were written by hand in chest-CT
 report style (positives, negations, hedges, laterality, look-alikes such as thyroid nodules or
 subcutaneous emphysema) without looking at the synthetic generator's templates
-(``ctxray.synth.reports``); the labeler's rules were then fixed by general vocabulary, never by
-pasting these sentences in. Each case lists the statuses it expects; every other label must be
-"absent" (or at least not positive). Run this file as a script to print the per-label table.
+(``ctxray.synth.reports``). Each case lists the statuses it expects; every other label must be
+"absent" (a negative counts as absent). Run this file as a script to print the per-label tables.
+
+Protocol and figures (macro F1 over the 18 labels, hedges negative / positive; status accuracy):
+- batch A (105 cases) scored first: 0.778 / 0.805 / 0.754 with the labeler as it was; its misses
+  were fixed with general vocabulary and cues (never by pasting the sentences in): now 1.000.
+- batch B (90 cases) written after those fixes and scored once: 0.917 / 0.921 / 0.878 (two answer
+  keys corrected then: "consolidation versus atelectasis" hedges both, a "nodular ground glass" is
+  also a nodule). Its misses were then fixed too (a question mark hedges, "nonspecific" is no hedge,
+  subsolid/hilar masses, coronary atherosclerosis, heart dimensions...), two cases were added, and
+  batch B now reads 1.000 / 1.000 / 0.989; the labeler before this work reads 0.889 / 0.894 / 0.835
+  on it. So the one untouched figure is 0.917: neither batch is held out any more.
 """
 
 from __future__ import annotations
