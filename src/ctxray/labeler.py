@@ -41,7 +41,8 @@ _PRIORITY = {s: i for i, s in enumerate(STATUSES)}
 _GAP = re.compile(r"\{gap:(\d+)\}\s*")
 # cue kinds in tie-break order (equal-length cues): uncertainty before negation, post before pre
 _CUE_KINDS = ("pseudo", "post_uncertainty", "bi_uncertainty", "pre_uncertainty", "post_negation", "pre_negation")
-_SENTENCE_END = re.compile(r"[.;:!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"([.;:!?])(?=\s|$)")
+_WORD_SLASH = re.compile(r"(?<=[a-z]{2})/(?=[a-z])")
 
 
 @dataclass(frozen=True)
@@ -181,13 +182,24 @@ def _get_set(r: LabelerRules, label_set: str) -> _SetRules:
 
 
 def normalise(text: str) -> str:
-    """Lower-case, hyphens and dashes to spaces, collapse whitespace."""
-    return " ".join(re.sub(r"[-\u2010-\u2014]", " ", str(text).lower()).split())
+    """Lower-case, hyphens and dashes to spaces, a slash between words spaced out, collapse whitespace.
+
+    "atelectasis/scarring" becomes "atelectasis / scarring" (two mentions); "r/o" is kept whole.
+    """
+    text = re.sub(r"[-\u2010-\u2014]", " ", str(text).lower())
+    return " ".join(_WORD_SLASH.sub(" / ", text).split())
 
 
 def split_sentences(text: str) -> list[str]:
     """Normalised sentences (split at ``. ; : ! ?`` followed by a space or the end)."""
-    return [s.strip() for s in _SENTENCE_END.split(normalise(text)) if s.strip()]
+    return [s for s, _ in _sentences(text)]
+
+
+def _sentences(text: str) -> list[tuple[str, bool]]:
+    """(sentence, ends with "?") pairs; a question ("effusion?") hedges what it names."""
+    parts = _SENTENCE_END.split(normalise(text))  # [text, end, text, end, ..., text]
+    ends = parts[1::2] + [""]
+    return [(s.strip(), e == "?") for s, e in zip(parts[0::2], ends) if s.strip()]
 
 
 def _find_cues(sentence: str, r: LabelerRules) -> list[tuple[int, int, str]]:
@@ -238,9 +250,15 @@ def _status(sentence: str, s: int, e: int, cues: list[tuple[int, int, str]], r: 
         return "positive"
     if in_scope[-1][2] == "pre_negation":
         return "negative"
-    # a negation over the hedge, same phrase: "no opacity to suggest pneumonia", "no findings suspicious for"
-    if len(in_scope) > 1 and in_scope[-2][2] == "pre_negation" and "," not in sentence[in_scope[-2][1]:in_scope[-1][0]]:
-        return "negative"
+    # a negation over the hedge(s), same phrase: "no opacity to suggest pneumonia", "no findings
+    # suspicious for", "no line to suggest a or blunting to suggest b"; "to suggest" reaches over the
+    # commas of a negated list ("no effusion, pneumothorax or consolidation to suggest pneumonia")
+    purpose = sentence[: in_scope[-1][0]].endswith("to ")
+    for _cs, ce, kind in reversed(in_scope[:-1]):
+        if "," in sentence[ce : in_scope[-1][0]] and not purpose:
+            break
+        if kind == "pre_negation":
+            return "negative"
     return "uncertain"
 
 
@@ -266,10 +284,12 @@ def find_mentions(text: str, label_set: LabelSetName = "ct", rules: str | None =
     r = load_rules(rules)
     set_rules = _get_set(r, label_set)
     out: list[Mention] = []
-    for sentence in split_sentences(text):
+    for sentence, question in _sentences(text):
         cues = _find_cues(sentence, r)
         for s, e, pat in sorted(_find_spans(sentence, set_rules), key=lambda c: c[0]):
             status = pat.status or _status(sentence, s, e, cues, r)
+            if question and status == "positive":
+                status = "uncertain"
             side = _laterality(sentence, s, e, r)
             out.extend(Mention(label, status, side, sentence, s, e) for label in pat.labels)
     return out
