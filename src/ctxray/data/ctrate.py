@@ -18,7 +18,6 @@ applied twice whatever the folder is called.
 from __future__ import annotations
 
 import ast
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,16 +105,11 @@ def dataset_dir(root: str | Path) -> Path:
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV as dicts; errors name the file and the missing columns."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
-        return list(reader)
+    """Rows of a CSV as dicts (encoding detected: :mod:`ctxray.data.csvfile`); errors name the file and the
+    missing columns."""
+    from ctxray.data.csvfile import read_csv_records
+
+    return [row for _, row in read_csv_records(path, required)[1]]
 
 
 def _parse_float(value: str, path: Path, row: str, column: str) -> float:

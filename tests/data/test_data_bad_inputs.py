@@ -1,0 +1,126 @@
+"""A bad-input corpus for `ctxray preprocess`, built in tmp dirs: every case names the file and the reason,
+and one bad row or volume never costs the rest of the batch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_data_ctrate import phantom_hu
+
+from ctxray.cli import main
+from ctxray.data.ingest import discover, safe_id
+from ctxray.data.spec import PreprocessSpec
+
+SPEC = PreprocessSpec("t", (3.0, 1.5, 1.5), (8, 16, 16), dtype="float32")
+XYZ = phantom_hu((10, 14, 16)).transpose(2, 1, 0)
+
+
+def _nifti(path: Path, data: np.ndarray = XYZ, affine: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0]) if affine is None else affine), str(path))
+
+
+def _run(tmp_path: Path, root: Path, *extra: str) -> tuple[int, Path]:
+    spec = tmp_path / "spec.json"
+    SPEC.save(spec)
+    out = tmp_path / "cache"
+    return main(["preprocess", str(root), "--out", str(out), "--spec", str(spec), *extra]), out
+
+
+def _ids(cache: Path) -> list[str]:
+    return sorted(json.loads(line)["id"] for line in (cache / "manifest.jsonl").read_text().splitlines())
+
+
+def _reports_csv(rows: list[list[str]], header=("VolumeName", "Findings_EN", "Impressions_EN", "Lung nodule")) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+ROWS = [["a.nii.gz", "Nodule.", "Not given.", "1"], ["b.nii.gz", "Normal.", "Not given.", "0"],
+        ["c.nii.gz", "Clear.", "Not given.", "0"]]
+
+
+def _three(root: Path) -> None:
+    for name in ("a", "b", "c"):
+        _nifti(root / f"{name}.nii.gz")
+
+
+def test_one_latin1_row_is_read_and_warned_with_its_line(tmp_path, caplog):
+    root = tmp_path / "in"
+    _three(root)
+    rows = [r[:] for r in ROWS]
+    rows[1][1] = "Épanchement pleural modéré."
+    text = _reports_csv(rows)
+    lines = text.splitlines(keepends=True)
+    data = b"".join(line.encode("cp1252" if i == 2 else "utf-8") for i, line in enumerate(lines))
+    (root / "reports.csv").write_bytes(data)
+    with caplog.at_level(logging.WARNING):
+        rc, out = _run(tmp_path, root, "--reports", str(root / "reports.csv"), "--strict")
+    assert rc == 0 and _ids(out) == ["a", "b", "c"]
+    report = {json.loads(x)["id"]: json.loads(x)["report"] for x in (out / "manifest.jsonl").read_text().splitlines()}
+    assert report["b"] == "Épanchement pleural modéré."
+    assert any("reports.csv" in r.message and "line 3" in r.message and "cp1252" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])
+def test_utf16_and_bom_csv_are_detected(tmp_path, encoding):
+    root = tmp_path / "in"
+    _three(root)
+    rows = [r[:] for r in ROWS]
+    rows[0][1] = "Nodule médian, 6 mm."
+    (root / "reports.csv").write_bytes(_reports_csv(rows).encode(encoding))
+    rc, out = _run(tmp_path, root, "--reports", str(root / "reports.csv"), "--strict")
+    assert rc == 0 and _ids(out) == ["a", "b", "c"]
+    entry = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert entry["report"] == "Nodule médian, 6 mm." and entry["labels"][CT_NODULE] == 1.0
+
+
+CT_NODULE = __import__("ctxray.labels", fromlist=["CT_RATE_LABELS"]).CT_RATE_LABELS.index("Lung nodule")
+
+
+def test_a_label_cell_reading_yes_skips_only_that_volume(tmp_path):
+    root = tmp_path / "in"
+    _three(root)
+    rows = [r[:] for r in ROWS]
+    rows[2][3] = "yes"
+    (root / "reports.csv").write_text(_reports_csv(rows))
+    args = ("--reports", str(root / "reports.csv"))
+    rc, out = _run(tmp_path, root, *args)
+    assert rc == 0 and _ids(out) == ["a", "b"]
+    (line,) = (out / "errors.log").read_text().splitlines()
+    assert "c.nii.gz" in line and "reports.csv, line 4" in line and "'Lung nodule' = 'yes' is not a number" in line
+    assert _run(tmp_path, root, *args, "--strict")[0] == 1
+
+
+def test_a_reports_csv_without_a_report_column_exits_2(tmp_path, caplog):
+    root = tmp_path / "in"
+    _three(root)
+    (root / "reports.csv").write_text(_reports_csv([[r[0], r[3]] for r in ROWS], header=("VolumeName", "Lung nodule")))
+    with caplog.at_level(logging.ERROR):
+        rc, out = _run(tmp_path, root, "--reports", str(root / "reports.csv"))
+    assert rc == 2 and not (out / "manifest.jsonl").exists()
+    assert any("reports.csv: no report column" in r.message for r in caplog.records)
+
+
+def test_non_ascii_names_keep_distinct_readable_ids(tmp_path):
+    root = tmp_path / "in"
+    for name in ("Müller", "Möller", "胸部", "腹部", "plain_1"):
+        _nifti(root / f"{name}.nii.gz")
+    rc, out = _run(tmp_path, root)
+    ids = _ids(out)
+    assert rc == 0 and len(ids) == 5
+    assert "plain_1" in ids  # ASCII names keep their id
+    assert {i.rsplit("-", 1)[0] for i in ids if i != "plain_1"} == {"Muller", "Moller", "volume"}
+    assert safe_id("Müller") == safe_id("Mu\u0308ller")  # NFD (macOS) and NFC names give one id
+    assert safe_id("case 01.x") == "case_01.x"
+    assert len(discover(root).items) == 5
