@@ -124,3 +124,111 @@ def test_non_ascii_names_keep_distinct_readable_ids(tmp_path):
     assert safe_id("Müller") == safe_id("Mu\u0308ller")  # NFD (macOS) and NFC names give one id
     assert safe_id("case 01.x") == "case_01.x"
     assert len(discover(root).items) == 5
+
+
+def _rot_z(deg: float) -> np.ndarray:
+    t = np.radians(deg)
+    a = np.eye(4)
+    a[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return a @ np.diag([1.5, 1.5, 3.0, 1.0])
+
+
+def _raw_header_nifti(path: Path, edit) -> None:
+    """A NIfTI whose header fields are set after nibabel (which would refuse or fix them on save)."""
+    img = nib.Nifti1Image(XYZ, np.diag([1.5, 1.5, 3.0, 1.0]))
+    img.header["vox_offset"] = 352
+    edit(img.header)
+    path.write_bytes(img.header.binaryblock + b"\0" * 4 + np.asfortranarray(XYZ.astype(img.get_data_dtype())).tobytes())
+
+
+def _sform(rows: np.ndarray):
+    def edit(h):
+        h["sform_code"], h["qform_code"] = 1, 0
+        h["srow_x"], h["srow_y"], h["srow_z"] = rows[0], rows[1], rows[2]
+    return edit
+
+
+def _no_xform(h):
+    h["sform_code"], h["qform_code"] = 0, 0
+    h["pixdim"][1:4] = 0
+
+
+def _negative_dim(h):
+    h["dim"][2] = -14
+
+
+BAD_VOLUMES = {  # file -> expected reason
+    "zeros.nii.gz": "volume is constant (every voxel 0 HU)",
+    "air.nii.gz": "volume is constant (every voxel -1000 HU)",
+    "oblique45.nii.gz": "oblique voxel grid (45.0 degrees from the nearest axes",
+    "no_xform.nii": "no voxel size: no sform/qform and pixdim (0.0, 0.0, 0.0)",
+    "singular.nii": "singular affine",
+    "nan_affine.nii": "affine (voxel-to-world matrix) has NaN/inf entries",
+    "negative_dim.nii": "invalid NIfTI dimensions [16, -14, 10]",
+    "empty.nii.gz": "empty file (0 bytes)",
+    "huge_spacing.nii.gz": "implausible voxel spacing (3, 1.5, 100) mm",
+}
+
+
+def _bad_volume_folder(root: Path) -> None:
+    _nifti(root / "good.nii.gz")
+    _nifti(root / "tilted1.nii.gz", affine=_rot_z(1.0))  # tiny obliquity: accepted and logged
+    _nifti(root / "zeros.nii.gz", np.zeros_like(XYZ))
+    _nifti(root / "air.nii.gz", np.full(XYZ.shape, -1000.0, np.float32))
+    _nifti(root / "oblique45.nii.gz", affine=_rot_z(45.0))
+    _raw_header_nifti(root / "no_xform.nii", _no_xform)
+    _raw_header_nifti(root / "singular.nii", _sform(np.array([[1.5, 0, 0, 0], [3.0, 0, 0, 0], [0, 0, 3.0, 0]])))
+    _raw_header_nifti(root / "nan_affine.nii", _sform(np.array([[np.nan, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 3, 0]])))
+    _raw_header_nifti(root / "negative_dim.nii", _negative_dim)
+    (root / "empty.nii.gz").write_bytes(b"")
+    _nifti(root / "huge_spacing.nii.gz", affine=np.diag([100.0, 1.5, 3.0, 1.0]))
+
+
+def test_each_bad_volume_is_rejected_with_its_reason(tmp_path, caplog):
+    root = tmp_path / "in"
+    _bad_volume_folder(root)
+    with caplog.at_level(logging.INFO):
+        rc, out = _run(tmp_path, root)
+    assert rc == 0 and _ids(out) == ["good", "tilted1"]
+    lines = (out / "errors.log").read_text().splitlines()
+    assert len(lines) == len(BAD_VOLUMES), lines
+    for name, reason in BAD_VOLUMES.items():
+        assert sum(line.startswith(str(root / name)) and reason in line for line in lines) == 1, (name, lines)
+    assert "np.float64" not in "".join(lines)
+    assert any("tilted1.nii.gz" in r.getMessage() and "1.00 degrees oblique" in r.getMessage() for r in caplog.records)
+
+
+def _scout(folder: Path) -> None:
+    import pydicom
+
+    from ctxray.data.dicom import write_ct_series
+
+    for p in write_ct_series(folder, phantom_hu((4, 16, 16)), (3.0, 1.5, 1.5)):
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(p)
+
+
+def test_a_ct_with_its_scout_is_not_a_failure_under_strict(tmp_path, caplog):
+    from ctxray.data.dicom import write_ct_series
+
+    root = tmp_path / "study"
+    write_ct_series(root / "ct", phantom_hu((8, 16, 16)), (3.0, 1.5, 1.5))
+    _scout(root / "scout")
+    with caplog.at_level(logging.INFO):
+        rc, out = _run(tmp_path, root, "--format", "dicom", "--strict")
+    assert rc == 0 and len(_ids(out)) == 1
+    assert (out / "errors.log").read_text() == ""
+    assert "skipped: localizer (scout) series" in caplog.text
+
+
+def test_a_truncated_dicom_slice_is_named(tmp_path):
+    from ctxray.data.dicom import write_ct_series
+
+    root = tmp_path / "study"
+    files = write_ct_series(root / "ct", phantom_hu((8, 16, 16)), (3.0, 1.5, 1.5))
+    cut = sorted(files)[3]
+    cut.write_bytes(cut.read_bytes()[:-200])
+    rc, out = _run(tmp_path, root, "--format", "dicom")
+    (line,) = (out / "errors.log").read_text().splitlines()
+    assert rc == 0 and str(cut) in line and "unreadable slice" in line, line

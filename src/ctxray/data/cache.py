@@ -40,7 +40,6 @@ from ctxray.utils.progress import progress
 log = logging.getLogger(__name__)
 
 Verify = Literal["checksum", "size"]
-MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 50.0
 
 
 @dataclass
@@ -81,18 +80,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def check_raw(raw: RawVolume, where: str) -> None:
-    """Reject volumes no resampling can save (bad spacing, NaN/inf voxels).
+    """Reject volumes no resampling can save (:func:`ctxray.data.validate.validate_raw`).
 
     Raises:
         VolumeReadError: naming ``where`` and the reason.
     """
-    sp = np.asarray(raw.spacing_zyx, dtype=np.float64)
-    if not np.all(np.isfinite(sp)) or sp.min() < MIN_SPACING_MM or sp.max() > MAX_SPACING_MM:
-        raise VolumeReadError(where, f"implausible voxel spacing {tuple(sp.round(4))} mm")
-    if np.issubdtype(raw.values.dtype, np.floating):
-        bad = sum(int((~np.isfinite(raw.values[i : i + 32])).sum()) for i in range(0, raw.values.shape[0], 32))
-        if bad:
-            raise VolumeReadError(where, f"{bad} NaN/inf voxel(s)")
+    from ctxray.data.validate import validate_raw
+
+    validate_raw(raw, where)
 
 
 def write_npy(path: Path, arr: np.ndarray) -> tuple[str, int]:

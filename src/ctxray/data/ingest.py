@@ -249,8 +249,9 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
 
 
 def discover_dicom(folder: Path) -> Discovery:
-    """One item per valid CT series below ``folder``; rejected series become error lines (redacted)."""
-    from ctxray.data.dicom import check_series, redact, scan_dicom_folder
+    """One item per valid CT series below ``folder``; rejected series become error lines (redacted), localizers
+    are logged as skipped (not errors)."""
+    from ctxray.data.dicom import SkippedSeries, check_series, redact, scan_dicom_folder
 
     items, errors = [], []
     series_list = scan_dicom_folder(folder)
@@ -261,6 +262,9 @@ def discover_dicom(folder: Path) -> Discovery:
         where = redact(str(min(parents)), series.identifiers)
         try:
             check_series(series)
+        except SkippedSeries as err:  # a scout beside its CT is expected, not a failed input
+            log.info("%s: series %s skipped: %s", where, series.id, redact(str(err), series.identifiers))
+            continue
         except ValueError as err:
             errors.append(f"{where}: series {series.id}: {redact(str(err), series.identifiers)}")
             continue
