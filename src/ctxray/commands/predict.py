@@ -15,6 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
     parser.add_argument("--max-voxels", type=int, default=4_000_000,
                         help="voxel budget of the volume embedded in the HTML report")
+    parser.add_argument("--series-uid", default=None,
+                        help="for a DICOM folder with several CT series: the SeriesInstanceUID or dcm- id to read "
+                             "(the error for such a folder lists them; localizers are skipped by themselves)")
+    parser.add_argument("--write-mapping", default=None, metavar="FILE",
+                        help="write 'pseudonym<TAB>input path' lines to FILE (outputs are named by pseudonyms only)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any scan failed")
 
 
@@ -24,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     model = ctxray.load(args.model)
     results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
-                      max_voxels=args.max_voxels)
+                      max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping)
     failed = [r for r in results if r.status == "error"]
-    print(f"{len(results) - len(failed)} scan(s) ok, {len(failed)} failed; results in {args.out}")
+    warned = sum(bool(r.warnings) for r in results)
+    print(f"{len(results) - len(failed)} scan(s) ok ({warned} with field-of-view warnings), {len(failed)} failed; "
+          f"results in {args.out}")
     return 1 if (failed and args.strict) else 0

@@ -26,7 +26,9 @@ from ctxray.data.readers import RawVolume, VolumeReadError, canonical_zyx, spaci
 
 log = logging.getLogger(__name__)
 
-IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")
+IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                   "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName",
+                   "OperatorsName", "StationName")
 _HEADER_TAGS = ["SeriesInstanceUID", "Modality", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
                 "PixelSpacing", "NumberOfFrames", "Rows", "Columns", *IDENTIFIER_TAGS]
 
