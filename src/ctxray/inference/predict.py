@@ -29,7 +29,7 @@ import numpy as np
 from ctxray.data.readers import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.export import make_readable
-from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub
+from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs
 
 __all__ = ["ScanResult", "discover_scans", "predict", "predict_scan", "unique_name"]
 from ctxray.utils.io import atomic_write, atomic_write_text
@@ -160,6 +160,25 @@ def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_d
     return rows, fov.warnings
 
 
+def _predict_one(model: CTModel, path: Path, out: Path, taken: set[str], series_uid: str | None,
+                 errors: list[str], **kw) -> ScanResult:
+    """One scan of :func:`predict`: its outputs, or an error entry (appended to ``errors``) with the reason."""
+    start = time.perf_counter()
+    pseudonym, read = open_scan(path, series_uid)
+    name = unique_name(pseudonym, taken)
+    try:
+        rows, warnings = predict_scan(model, read, name, out / name, **kw)
+        make_readable(out / name)
+        for w in warnings:
+            log.warning("%s: %s", name, w)
+        return ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start, warnings=warnings)
+    except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
+        reason = scrub(f"{type(err).__name__}: {err}", path)
+        log.error("%s: %s", name, reason)
+        errors.append(f"{name}\t{reason}")
+        return ScanResult(str(path), name, "error", error=reason, seconds=time.perf_counter() - start)
+
+
 def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, explain: ExplainMode = "positive",
             html: bool = True, max_voxels: int = 4_000_000, series_uid: str | None = None,
             write_mapping: str | Path | None = None) -> list[ScanResult]:
@@ -187,22 +206,9 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
     results: list[ScanResult] = []
     errors: list[str] = []
     for path in progress(scans, total=len(scans), desc="predict", unit="scan"):
-        start = time.perf_counter()
-        pseudonym, read = open_scan(path, series_uid)
-        name = unique_name(pseudonym, taken)
-        try:
-            rows, warnings = predict_scan(model, read, name, out / name, explain=explain, html=html,
-                                          max_voxels=max_voxels)
-            make_readable(out / name)
-            for w in warnings:
-                log.warning("%s: %s", name, w)
-            results.append(ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start,
-                                      warnings=warnings))
-        except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
-            reason = scrub(f"{type(err).__name__}: {err}", path)
-            log.error("%s: %s", name, reason)
-            errors.append(f"{name}\t{reason}")
-            results.append(ScanResult(str(path), name, "error", error=reason, seconds=time.perf_counter() - start))
+        with scrubbed_logs(path):
+            results.append(_predict_one(model, path, out, taken, series_uid, errors, explain=explain, html=html,
+                                        max_voxels=max_voxels))
     summary = {"model": model.info, "scans": [r.to_dict() for r in results],
                "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors),
                "n_warning": sum(bool(r.warnings) for r in results)}

@@ -9,9 +9,11 @@ still gets a name). The pseudonym -> input mapping is written only where the use
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ctxray.data.readers import RawVolume, VolumeReadError
@@ -84,7 +86,8 @@ def open_scan(path: Path, series_uid: str | None = None) -> tuple[str, Callable[
                 def fail(err: VolumeReadError = err) -> RawVolume:
                     raise err
                 return _pseudonym(str(path.resolve())), fail
-            return _pseudonym(chosen.uid), lambda: read_series(chosen, path, min_slices=1 if path.is_file() else 3)
+            name = _pseudonym(chosen.uid)
+            return name, lambda: read_series(chosen, name, min_slices=1 if path.is_file() else 3)
     elif path.is_file():
         return "scan-" + sha256_file(path)[:12], lambda: read_volume_raw(path)
     return _pseudonym(str(path.resolve())), lambda: read_volume_raw(path, series_uid=series_uid)
@@ -98,6 +101,31 @@ def scrub(text: str, path: Path) -> str:
     for part in sorted({p for p in full.parts[1:] if len(p) >= 3}, key=len, reverse=True):
         text = text.replace(part, "[path]")
     return text
+
+
+class _ScrubFilter(logging.Filter):
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage(), self.path), None
+        return True
+
+
+@contextlib.contextmanager
+def scrubbed_logs(path: Path) -> Iterator[None]:
+    """While reading ``path``, every log line that reaches the root logger's handlers goes through
+    :func:`scrub` (a reader's message, a library's warning), so no log names the input."""
+    handlers = list(logging.getLogger().handlers)
+    filt = _ScrubFilter(path)
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
 
 
 def json_safe(obj):
