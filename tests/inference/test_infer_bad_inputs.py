@@ -172,3 +172,52 @@ def test_no_identifier_reaches_any_output_or_log_line(tiny_model_dir, tmp_path, 
     assert summary["n_ok"] == 1 and summary["n_error"] == 1
     table = mapping.read_text().splitlines()
     assert table[0] == "scan\tinput" and any(line.startswith(expected + "\t") and "HIDDEN" in line for line in table)
+
+
+def test_export_refuses_metrics_measured_on_another_checkpoint(tiny_metrics, tmp_path, caplog):
+    import shutil
+
+    from infer_helpers import make_run
+
+    from ctxray.evaluate.run import checkpoint_identity
+
+    run = make_run(tmp_path / "a")
+    other = make_run(tmp_path / "b", seed=1)
+    shutil.copytree(other / "checkpoints" / "best", run / "checkpoints" / "last")
+    metrics = json.loads(tiny_metrics.read_text())
+    metrics["meta"] = checkpoint_identity(run)  # what `ctxray evaluate --checkpoint RUN` records: best
+    (tmp_path / "E").mkdir()
+    (tmp_path / "E" / "metrics.json").write_text(json.dumps(metrics))
+    args = ["export", "--run", str(run), "--metrics", str(tmp_path / "E" / "metrics.json")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, "--checkpoint", "last", "--out", str(tmp_path / "m_last")]) == 2
+    assert "were measured on" in caplog.text and str(run / "checkpoints" / "best") in caplog.text
+    assert not (tmp_path / "m_last").exists()
+    assert main([*args, "--checkpoint", "best", "--out", str(tmp_path / "m_best")]) == 0
+    info = json.loads((tmp_path / "m_best" / "model.json").read_text())
+    assert info["thresholds_measured_on"]["weights_sha256"] == metrics["meta"]["weights_sha256"]
+
+
+def test_a_tokenizer_asking_for_remote_code_is_a_clean_error(tiny_model_dir, tmp_path, caplog):
+    import shutil
+
+    from ctxray.inference.export import MANIFEST
+    from ctxray.utils.io import sha256_file
+
+    m = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, m)
+    tc = m / "encoder" / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(tc.read_text())
+    cfg["tokenizer_class"], cfg["auto_map"] = "CustomTokenizer", {"AutoTokenizer": ["custom.CustomTokenizer", None]}
+    tc.write_text(json.dumps(cfg))
+    (tc.parent / "custom.py").write_text("raise SystemExit('remote code ran')\n")
+    manifest = json.loads((m / MANIFEST).read_text())
+    manifest["files"]["encoder/tokenizer/tokenizer_config.json"] = sha256_file(tc)
+    (m / MANIFEST).write_text(json.dumps(manifest))
+    write_nifti(tmp_path / "ct.nii.gz", synthetic_ct(), SPACING)
+    with caplog.at_level(logging.ERROR):
+        rc = main(["predict", "--model", str(m), "--input", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "cannot load a tokenizer" in record.getMessage() and "custom code" in record.getMessage()
+    assert record.exc_info is None and "\n" not in record.getMessage()

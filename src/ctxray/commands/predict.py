@@ -1,8 +1,15 @@
-"""``ctxray predict``: run a model folder on scans (findings, report, embedding, heatmaps, HTML)."""
+"""``ctxray predict``: run a model folder on scans (findings, report, embedding, heatmaps, HTML).
+
+Exit status: 0 when the batch completed (failed scans are listed in ``OUT/summary.json`` and
+``OUT/errors.log``), 1 with ``--strict`` when any scan failed, 2 when the model folder cannot be loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     import ctxray
     from ctxray.inference.predict import predict
 
-    model = ctxray.load(args.model)
+    try:
+        model = ctxray.load(args.model)
+    except (OSError, ValueError) as err:  # a broken or untrusted model folder: one clear line, no traceback
+        log.error("cannot load the model folder: %s", " ".join(str(err).split()))
+        return 2
     results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
                       max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping)
     failed = [r for r in results if r.status == "error"]
