@@ -232,3 +232,64 @@ def test_a_truncated_dicom_slice_is_named(tmp_path):
     rc, out = _run(tmp_path, root, "--format", "dicom")
     (line,) = (out / "errors.log").read_text().splitlines()
     assert rc == 0 and str(cut) in line and "unreadable slice" in line, line
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_kill_9_with_workers_leaves_no_worker_and_resume_cleans_temporaries(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "in"
+    for i in range(24):
+        _nifti(root / f"v{i:02d}.nii.gz", phantom_hu((10, 14, 16), seed=i).transpose(2, 1, 0))
+    spec = tmp_path / "spec.json"
+    PreprocessSpec("big", (0.5, 0.5, 0.5), (64, 96, 96), dtype="float32").save(spec)
+    out = tmp_path / "cache"
+    journal = out / "journal" / "all.jsonl"
+    cmd = [sys.executable, "-m", "ctxray.cli", "preprocess", str(root), "--out", str(out), "--spec", str(spec),
+           "--workers", "2"]
+    env = {**os.environ, "CTXRAY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None:
+        workers = [c for c in _children(proc.pid) if "spawn_main" in (Path("/proc") / str(c) / "cmdline").read_text()]
+        if len(workers) >= 2 and journal.is_file() and journal.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode != -signal.SIGKILL or len(workers) < 2:
+        pytest.skip("the run finished before it could be killed with its workers running")
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "worker processes outlived the killed parent"
+    lines = journal.read_text().splitlines()
+    stale, foreign = out / "volumes" / ".v23.abcd_123.tmp.npy", out / "volumes" / ".x99.qwerty12.tmp.npy"
+    stale.write_bytes(b"half a volume")
+    foreign.write_bytes(b"another shard's volume")
+    assert main(["preprocess", str(root), "--out", str(out), "--spec", str(spec), "--verify", "size"]) == 0
+    assert not stale.exists() and foreign.exists()  # only this run's ids are cleaned
+    assert len(_ids(out)) == 24 and len(lines) >= 2
