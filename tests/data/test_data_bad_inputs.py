@@ -293,3 +293,24 @@ def test_kill_9_with_workers_leaves_no_worker_and_resume_cleans_temporaries(tmp_
     assert main(["preprocess", str(root), "--out", str(out), "--spec", str(spec), "--verify", "size"]) == 0
     assert not stale.exists() and foreign.exists()  # only this run's ids are cleaned
     assert len(_ids(out)) == 24 and len(lines) >= 2
+
+
+def test_preprocess_redacts_physician_and_institution_names_from_folder_names(tmp_path, caplog):
+    import pydicom
+
+    from ctxray.data.dicom import write_ct_series
+
+    tags = {"PatientName": "HIDDEN^PATIENT", "ReferringPhysicianName": "WHOOPSIE^DOCTOR",
+            "InstitutionName": "FAKEMOUNT CLINIC"}
+    root = tmp_path / "WHOOPSIE_FAKEMOUNT"
+    files = write_ct_series(root / "bad", phantom_hu((8, 16, 16)), (3.0, 1.5, 1.5), patient=tags)
+    by_z = sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    by_z[4].unlink()  # a missing slice: an error line that quotes the folder
+    write_ct_series(root / "good", phantom_hu((8, 16, 16)), (3.0, 1.5, 1.5), patient=tags)
+    with caplog.at_level(logging.INFO):
+        rc, out = _run(tmp_path, root, "--format", "dicom")
+    assert rc == 0 and len(_ids(out)) == 1
+    text = "".join(p.read_text() for p in (out / "errors.log", out / "manifest.jsonl")) + caplog.text
+    assert "missing slice" in text and "[redacted]" in text
+    for needle in ("WHOOPSIE", "FAKEMOUNT", "HIDDEN"):
+        assert needle not in text, needle
