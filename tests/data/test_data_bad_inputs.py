@@ -93,10 +93,13 @@ def test_a_label_cell_reading_yes_skips_only_that_volume(tmp_path):
     _three(root)
     rows = [r[:] for r in ROWS]
     rows[2][3] = "yes"
+    rows[1][3] = "nan"  # pandas' unknown: read as unknown, not an error
     (root / "reports.csv").write_text(_reports_csv(rows))
     args = ("--reports", str(root / "reports.csv"))
     rc, out = _run(tmp_path, root, *args)
     assert rc == 0 and _ids(out) == ["a", "b"]
+    entry_b = json.loads((out / "manifest.jsonl").read_text().splitlines()[1])
+    assert entry_b["labels"][CT_NODULE] is None
     (line,) = (out / "errors.log").read_text().splitlines()
     assert "c.nii.gz" in line and "reports.csv, line 4" in line and "'Lung nodule' = 'yes' is not a number" in line
     assert _run(tmp_path, root, *args, "--strict")[0] == 1
@@ -173,6 +176,7 @@ BAD_VOLUMES = {  # file -> expected reason
 def _bad_volume_folder(root: Path) -> None:
     _nifti(root / "good.nii.gz")
     _nifti(root / "tilted1.nii.gz", affine=_rot_z(1.0))  # tiny obliquity: accepted and logged
+    nib.save(nib.Nifti2Image(XYZ, np.diag([1.5, 1.5, 3.0, 1.0])), str(root / "nifti2.nii"))  # NIfTI-2 is fine
     _nifti(root / "zeros.nii.gz", np.zeros_like(XYZ))
     _nifti(root / "air.nii.gz", np.full(XYZ.shape, -1000.0, np.float32))
     _nifti(root / "oblique45.nii.gz", affine=_rot_z(45.0))
@@ -189,7 +193,7 @@ def test_each_bad_volume_is_rejected_with_its_reason(tmp_path, caplog):
     _bad_volume_folder(root)
     with caplog.at_level(logging.INFO):
         rc, out = _run(tmp_path, root)
-    assert rc == 0 and _ids(out) == ["good", "tilted1"]
+    assert rc == 0 and _ids(out) == ["good", "nifti2", "tilted1"]
     lines = (out / "errors.log").read_text().splitlines()
     assert len(lines) == len(BAD_VOLUMES), lines
     for name, reason in BAD_VOLUMES.items():

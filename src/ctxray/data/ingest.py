@@ -167,7 +167,7 @@ def _label_vector(row: dict[str, str], columns: list[str]) -> np.ndarray | None:
     vec = np.full(len(CT_RATE_LABELS), np.nan, dtype=np.float32)
     for j, name in enumerate(CT_RATE_LABELS):
         value = (row.get(name) or "").strip()
-        if value == "":
+        if value.lower() in ("", "nan"):  # unknown
             continue
         try:
             vec[j] = float(value)

@@ -152,7 +152,7 @@ def _nifti_header(data: bytes, path: Path):
             raw = klass.from_fileobj(io.BytesIO(data[:size]), check=False)
         except Exception:
             continue
-        if raw["sizeof_hdr"] != size or bytes(raw["magic"]).rstrip(b"\0") not in (b"n+1", b"ni1", b"n+2", b"ni2"):
+        if raw["sizeof_hdr"] != size or bytes(raw["magic"])[:3] not in (b"n+1", b"ni1", b"n+2", b"ni2"):
             continue
         ndim = int(raw["dim"][0])
         dims = [int(n) for n in raw["dim"][1 : 1 + max(0, min(ndim, 7))]]
