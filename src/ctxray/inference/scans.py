@@ -94,12 +94,13 @@ def open_scan(path: Path, series_uid: str | None = None) -> tuple[str, Callable[
 
 
 def scrub(text: str, path: Path) -> str:
-    """``text`` without the input path or any of its folder names (3+ characters), e.g. in an error message."""
+    """``text`` without the input path or any of its folder names as a path component (``/name``), e.g. in an
+    error message that quotes a slice file below a partly redacted folder."""
     full = path.absolute()
     for form in sorted({str(full), str(path), str(path.resolve())}, key=len, reverse=True):
         text = text.replace(form, "<input>")
-    for part in sorted({p for p in full.parts[1:] if len(p) >= 3}, key=len, reverse=True):
-        text = text.replace(part, "[path]")
+    for part in sorted(set(full.parts[1:]) | set(path.resolve().parts[1:]), key=len, reverse=True):
+        text = text.replace("/" + part, "/[path]")
     return text
 
 
