@@ -221,3 +221,14 @@ def test_a_tokenizer_asking_for_remote_code_is_a_clean_error(tiny_model_dir, tmp
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "cannot load a tokenizer" in record.getMessage() and "custom code" in record.getMessage()
     assert record.exc_info is None and "\n" not in record.getMessage()
+
+
+def test_fov_check_flags_a_short_scan_and_a_small_field_of_view():
+    from ctxray.inference.fov import chest_fov_check
+
+    chest, spacing = synth_chest()
+    assert chest_fov_check(chest, spacing).warnings == []
+    short = chest_fov_check(chest, (2.0, spacing[1], spacing[2]))  # 32 slices of 2 mm: 64 mm long
+    assert short.z_extent_mm == 64.0 and any("scan length 64 mm" in w for w in short.warnings)
+    small = chest_fov_check(chest, (spacing[0], 2.0, 2.0))  # 128 mm across
+    assert any("in-plane field of view 128 mm" in w for w in small.warnings) and not small.chest_like

@@ -30,14 +30,16 @@ from ctxray.data.readers import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.export import make_readable
 from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs
-
-__all__ = ["ScanResult", "discover_scans", "predict", "predict_scan", "unique_name"]
 from ctxray.utils.io import atomic_write, atomic_write_text
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ScanResult", "discover_scans", "predict", "predict_scan", "unique_name"]
+
 ExplainMode = Literal["positive", "all", "none"]
+
+
 def unique_name(pseudonym: str, taken: set[str]) -> str:
     """``pseudonym``, suffixed ``_2``, ``_3``... when the same scan is given twice."""
     name, k = pseudonym, 2
