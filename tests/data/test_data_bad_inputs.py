@@ -318,3 +318,29 @@ def test_preprocess_redacts_physician_and_institution_names_from_folder_names(tm
     assert "missing slice" in text and "[redacted]" in text
     for needle in ("WHOOPSIE", "FAKEMOUNT", "HIDDEN"):
         assert needle not in text, needle
+
+
+def test_ctrate_bad_label_cell_and_bad_metadata_row_cost_only_their_volume(tmp_path, caplog):
+    from test_data_ctrate import write_ctrate_fixture
+
+    write_ctrate_fixture(tmp_path / "ct", "v1")
+    ds = tmp_path / "ct" / "dataset"
+    labels = ds / "multi_abnormality_labels" / "valid_predicted_labels.csv"
+    rows = list(csv.reader(labels.open()))
+    col = rows[0].index("Lung nodule")
+    rows[2][col] = "yes"  # valid_1_a_2
+    with labels.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    meta = ds / "metadata" / "validation_metadata.csv"
+    rows = list(csv.reader(meta.open()))
+    rows[3][2] = "1,5 mm"  # valid_2_a_1's ZSpacing
+    with meta.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with caplog.at_level(logging.WARNING):
+        rc, out = _run(tmp_path, tmp_path / "ct")
+    assert rc == 0 and _ids(out) == ["valid_1_a_1", "valid_1_a_2"]
+    entry = json.loads((out / "manifest.jsonl").read_text().splitlines()[1])
+    assert entry["labels"][CT_NODULE] is None and sum(v is not None for v in entry["labels"]) == 17
+    assert "valid_2_a_1.nii.gz: no metadata row" in (out / "errors.log").read_text()
+    assert "valid_predicted_labels.csv, line 3 (valid_1_a_2.nii.gz): label 'Lung nodule' = 'yes'" in caplog.text
+    assert "line 4 of" in caplog.text and "cannot read ZSpacing='1,5 mm'" in caplog.text
