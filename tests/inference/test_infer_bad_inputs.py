@@ -83,6 +83,21 @@ def test_dicom_folder_with_scout_reads_the_ct_and_several_series_can_be_picked(m
                  "--explain", "none", "--no-html", "--strict"]) == 1
 
 
+def test_a_folder_of_localizers_only_is_skipped_not_failed(tiny_model_dir, tmp_path):
+    hu = np.clip(synthetic_ct(), -1024, None)
+    study = tmp_path / "study"
+    write_ct_series(study / "ct", hu, SPACING)
+    (study / "scout").mkdir()
+    _scout(study / "scout", hu)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model_dir), "--input", str(study), "--out", str(out),
+                 "--explain", "none", "--no-html", "--strict"]) == 0
+    summary = _strict_json(out / "summary.json")
+    assert (summary["n_ok"], summary["n_skipped"], summary["n_error"]) == (1, 1, 0)
+    (skipped,) = [s for s in summary["scans"] if s["status"] == "skipped"]
+    assert "only localizer (scout) series" in skipped["error"] and (out / "errors.log").read_text() == ""
+
+
 def head_like(shape=(20, 40, 44), seed: int = 0) -> np.ndarray:
     """A head-like HU volume: a skull shell of bone around brain soft tissue, air outside, no lungs."""
     rng = np.random.default_rng(seed)

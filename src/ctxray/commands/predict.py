@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
                       max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping)
     failed = [r for r in results if r.status == "error"]
+    ok = sum(r.status == "ok" for r in results)
     warned = sum(bool(r.warnings) for r in results)
-    print(f"{len(results) - len(failed)} scan(s) ok ({warned} with field-of-view warnings), {len(failed)} failed; "
-          f"results in {args.out}")
+    print(f"{ok} scan(s) ok ({warned} with field-of-view warnings), {len(results) - ok - len(failed)} skipped "
+          f"(localizers only), {len(failed)} failed; results in {args.out}")
     return 1 if (failed and args.strict) else 0

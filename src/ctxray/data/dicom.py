@@ -268,6 +268,7 @@ def select_series(path: Path, series: list[DicomSeries], series_uid: str | None 
 
     Raises:
         VolumeReadError: no such series, or several candidates (each listed by derived id and slice count).
+        SkippedSeries: nothing but localizers (not a failure: the caller skips the folder).
     """
     if series_uid is not None:
         chosen = [s for s in series if series_uid in (s.uid, s.id)]
@@ -275,16 +276,19 @@ def select_series(path: Path, series: list[DicomSeries], series_uid: str | None 
             asked = series_uid if series_uid.startswith("dcm-") else series_id(series_uid)
             raise VolumeReadError(path, f"no series {asked} here; found {_listing(series)}")
         return chosen[0]
-    candidates = []
+    candidates, skipped = [], []
     for s in series:
         try:
             check_series(s)
         except SkippedSeries as err:
             log.info("series %s skipped: %s", s.id, err)
+            skipped.append(s)
             continue
         except ValueError:
             pass  # a broken series stays a candidate so reading it reports its reason
         candidates.append(s)
+    if not candidates and skipped:
+        raise SkippedSeries(f"only localizer (scout) series here: {_listing(skipped)}")
     if len(candidates) > 1:
         raise VolumeReadError(path, f"{len(candidates)} series found (localizers skipped): {_listing(candidates)}; "
                                     "pick one with --series-uid (its UID or the dcm- id)")
@@ -309,7 +313,10 @@ def read_dicom_raw(path: str | Path, series_uid: str | None = None) -> RawVolume
     series = scan_dicom_folder(path)
     if not series:
         raise VolumeReadError(path, "no DICOM files found")
-    chosen = select_series(path, series, series_uid)
+    try:
+        chosen = select_series(path, series, series_uid)
+    except SkippedSeries as err:
+        raise VolumeReadError(path, str(err)) from None
     return read_series(chosen, path, min_slices=1 if path.is_file() else 3)
 
 

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from ctxray.data.dicom import SkippedSeries
 from ctxray.data.readers import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.export import make_readable
@@ -55,14 +56,15 @@ def label_slug(label: str) -> str:
 
 @dataclass
 class ScanResult:
-    """What predict produced for one scan (``error`` set when it failed; ``warnings`` from the field-of-view check).
+    """What predict produced for one scan (``error`` set when it failed, or why it was skipped: a folder of
+    localizers only; ``warnings`` from the field-of-view check).
 
     ``input`` stays in memory for the caller; it is never written to ``summary.json``.
     """
 
     input: str
     name: str
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "skipped"]
     error: str | None = None
     findings: list[dict] | None = None
     seconds: float = 0.0
@@ -174,6 +176,9 @@ def _predict_one(model: CTModel, path: Path, out: Path, taken: set[str], series_
         for w in warnings:
             log.warning("%s: %s", name, w)
         return ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start, warnings=warnings)
+    except SkippedSeries as err:  # a folder of localizers only: not a failure
+        log.info("%s: skipped: %s", name, err)
+        return ScanResult(str(path), name, "skipped", error=f"skipped: {err}", seconds=time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
         reason = scrub(f"{type(err).__name__}: {err}", path)
         log.error("%s: %s", name, reason)
@@ -213,6 +218,7 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
                                         max_voxels=max_voxels))
     summary = {"model": model.info, "scans": [r.to_dict() for r in results],
                "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors),
+               "n_skipped": sum(r.status == "skipped" for r in results),
                "n_warning": sum(bool(r.warnings) for r in results)}
     atomic_write_text(out / "summary.json", _dumps(summary))
     atomic_write_text(out / "errors.log", "".join(e + "\n" for e in errors))

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ctxray.data.readers import RawVolume, VolumeReadError
+from ctxray.data.readers import RawVolume
 from ctxray.utils.io import sha256_file
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz")
@@ -82,8 +82,8 @@ def open_scan(path: Path, series_uid: str | None = None) -> tuple[str, Callable[
         if series:
             try:
                 chosen = select_series(path, series, series_uid)
-            except VolumeReadError as err:
-                def fail(err: VolumeReadError = err) -> RawVolume:
+            except ValueError as err:  # several series, or only localizers (SkippedSeries): raised when read
+                def fail(err: ValueError = err) -> RawVolume:
                     raise err
                 return _pseudonym(str(path.resolve())), fail
             name = _pseudonym(chosen.uid)
