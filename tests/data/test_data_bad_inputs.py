@@ -251,6 +251,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_text()
+    except OSError:  # exited meanwhile
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -278,7 +285,7 @@ def test_kill_9_with_workers_leaves_no_worker_and_resume_cleans_temporaries(tmp_
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, workers = time.time() + 120, []
     while time.time() < deadline and proc.poll() is None:
-        workers = [c for c in _children(proc.pid) if "spawn_main" in (Path("/proc") / str(c) / "cmdline").read_text()]
+        workers = [c for c in _children(proc.pid) if "spawn_main" in _cmdline(c)]
         if len(workers) >= 2 and journal.is_file() and journal.read_text().count("\n") >= 2:
             break
         time.sleep(0.01)
