@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def test_evaluate_command_writes_the_documented_outputs(run_and_cache, tmp_path)
         assert {"R@1", "R@5", "R@10", "median_rank"} <= set(m["retrieval"][d])
         assert m["retrieval"][d]["n"] == 8
     assert m["meta"]["n_volumes"] == 8 and m["meta"]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
+    best = run / "checkpoints" / "best"  # which weights were measured, so export can refuse others
+    assert m["meta"]["checkpoint_resolved"] == str(best.resolve())
+    assert m["meta"]["weights_sha256"] == hashlib.sha256((best / "model.safetensors").read_bytes()).hexdigest()
     rows = list(csv.DictReader(open(out / "per_label.csv")))
     assert [r["label"] for r in rows[:2]] == ["Medical material", "Arterial wall calcification"]
     ids = [r["id"] for r in csv.DictReader(open(out / "scores.csv"))]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -40,10 +42,13 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
     model = ctxray.load(tiny_model_dir)
     missing = root / "does_not_exist.nii.gz"
     results = predict(model, [root, missing], tmp_path / "out", explain="all")
-    by_name = {r.name: r for r in results}
-    assert by_name["broken"].status == "error" and "broken.nii.gz" in by_name["broken"].error
-    assert by_name["does_not_exist"].status == "error" and "not found" in by_name["does_not_exist"].error
-    nii, dcm = by_name["case_a"], by_name["case_a_dicom"]
+    by_input = {Path(r.input).name: r for r in results}
+    assert all(re.fullmatch(r"scan-[0-9a-f]{12}", r.name) for r in results)  # pseudonyms, not input names
+    assert by_input["broken.nii.gz"].status == "error" and "unreadable NIfTI" in by_input["broken.nii.gz"].error
+    assert "broken" not in by_input["broken.nii.gz"].error  # the reason, without the input path
+    gone = by_input["does_not_exist.nii.gz"]
+    assert gone.status == "error" and "not found" in gone.error
+    nii, dcm = by_input["case_a.nii.gz"], by_input["case_a_dicom"]
     assert nii.status == dcm.status == "ok"
     p_nii = np.array([f["probability"] for f in nii.findings])
     p_dcm = np.array([f["probability"] for f in dcm.findings])
@@ -53,11 +58,11 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_ok"] == 2 and summary["n_error"] == 2
-    assert "broken.nii.gz" in (out / "errors.log").read_text()
-    for path in [out / "summary.json", *out.glob("case_a_dicom/*.*")]:  # no DICOM identifier leaks
+    assert by_input["broken.nii.gz"].name in (out / "errors.log").read_text()
+    for path in [out / "summary.json", *out.glob(f"{dcm.name}/*.*")]:  # no DICOM identifier leaks
         text = path.read_bytes()
         assert b"ID12345" not in text and b"TEST^PATIENT" not in text, path
-    for name, source in (("case_a", root / "case_a.nii.gz"), ("case_a_dicom", None)):
+    for name, source in ((nii.name, root / "case_a.nii.gz"), (dcm.name, None)):
         d = out / name
         doc = json.loads((d / "findings.json").read_text())
         assert [f["label"] for f in doc["findings"]] == model.labels
@@ -76,8 +81,8 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
         data = np.asarray(heat.dataobj)
         assert 0 <= data.min() and data.max() == pytest.approx(1.0, abs=1e-5)
     # the DICOM volume reads to the same array as the NIfTI one, so the maps agree too
-    a = np.asarray(nib.load(out / "case_a" / "heatmaps" / "emphysema.nii.gz").dataobj)
-    b = np.asarray(nib.load(out / "case_a_dicom" / "heatmaps" / "emphysema.nii.gz").dataobj)
+    a = np.asarray(nib.load(out / nii.name / "heatmaps" / "emphysema.nii.gz").dataobj)
+    b = np.asarray(nib.load(out / dcm.name / "heatmaps" / "emphysema.nii.gz").dataobj)
     assert np.abs(a - b).max() < 0.05
 
 
@@ -86,9 +91,9 @@ def test_predict_cli_positive_maps_only(tiny_model_dir, scans, tmp_path):
     out = tmp_path / "cli"
     rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "case_a.nii.gz"), "--out", str(out)])
     assert rc == 0
-    doc = json.loads((out / "case_a" / "findings.json").read_text())
-    maps = {p.name for p in (out / "case_a" / "heatmaps").glob("*.nii.gz")} if (out / "case_a" / "heatmaps").exists() \
-        else set()
+    (scan,) = [p for p in out.iterdir() if p.is_dir()]
+    doc = json.loads((scan / "findings.json").read_text())
+    maps = {p.name for p in (scan / "heatmaps").glob("*.nii.gz")} if (scan / "heatmaps").exists() else set()
     expected = {f["heatmap"].split("/")[-1] for f in doc["findings"] if f["decision"]}
     assert expected and len(expected) < len(doc["findings"])  # the fixture model has some of each
     assert maps == expected
@@ -104,5 +109,5 @@ def test_failing_decoder_keeps_the_findings(tiny_model_dir, scans, tmp_path):
     model.decoder_dir = tmp_path / "not_a_generator"  # as if decoder/ were unusable
     (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "out", explain="none", html=False)
     assert res.status == "ok" and len(res.findings) == 18
-    text = (tmp_path / "out" / "case_a" / "report.txt").read_text()
+    text = (tmp_path / "out" / res.name / "report.txt").read_text()
     assert "report decoder failed" in text and "FileNotFoundError" in text

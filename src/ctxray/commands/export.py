@@ -1,8 +1,15 @@
-"""``ctxray export``: write a self-describing model folder from a training run."""
+"""``ctxray export``: write a self-describing model folder from a training run.
+
+Exit status: 0 on success, 2 when an input is unusable (no checkpoint, metrics measured on another
+checkpoint, an untrusted tokenizer...), with the reason on one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctxray.inference.export import export_model
 
-    out = export_model(args.run, args.out, decoder=args.decoder, metrics=args.metrics, spec=args.spec,
-                       prefer=args.checkpoint, overwrite=args.overwrite)
+    try:
+        out = export_model(args.run, args.out, decoder=args.decoder, metrics=args.metrics, spec=args.spec,
+                           prefer=args.checkpoint, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:  # a wrong input: one clear line, no traceback
+        log.error("%s", " ".join(str(err).split()))
+        return 2
     print(out)
     return 0

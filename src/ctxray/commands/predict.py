@@ -1,8 +1,15 @@
-"""``ctxray predict``: run a model folder on scans (findings, report, embedding, heatmaps, HTML)."""
+"""``ctxray predict``: run a model folder on scans (findings, report, embedding, heatmaps, HTML).
+
+Exit status: 0 when the batch completed (failed scans are listed in ``OUT/summary.json`` and
+``OUT/errors.log``), 1 with ``--strict`` when any scan failed, 2 when the model folder cannot be loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
     parser.add_argument("--max-voxels", type=int, default=4_000_000,
                         help="voxel budget of the volume embedded in the HTML report")
+    parser.add_argument("--series-uid", default=None,
+                        help="for a DICOM folder with several CT series: the SeriesInstanceUID or dcm- id to read "
+                             "(the error for such a folder lists them; localizers are skipped by themselves)")
+    parser.add_argument("--write-mapping", default=None, metavar="FILE",
+                        help="write 'pseudonym<TAB>input path' lines to FILE (outputs are named by pseudonyms only)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any scan failed")
 
 
@@ -22,9 +34,16 @@ def run(args: argparse.Namespace) -> int:
     import ctxray
     from ctxray.inference.predict import predict
 
-    model = ctxray.load(args.model)
+    try:
+        model = ctxray.load(args.model)
+    except (OSError, ValueError) as err:  # a broken or untrusted model folder: one clear line, no traceback
+        log.error("cannot load the model folder: %s", " ".join(str(err).split()))
+        return 2
     results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
-                      max_voxels=args.max_voxels)
+                      max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping)
     failed = [r for r in results if r.status == "error"]
-    print(f"{len(results) - len(failed)} scan(s) ok, {len(failed)} failed; results in {args.out}")
+    ok = sum(r.status == "ok" for r in results)
+    warned = sum(bool(r.warnings) for r in results)
+    print(f"{ok} scan(s) ok ({warned} with field-of-view warnings), {len(results) - ok - len(failed)} skipped "
+          f"(localizers only), {len(failed)} failed; results in {args.out}")
     return 1 if (failed and args.strict) else 0

@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,7 +41,6 @@ from ctxray.utils.progress import progress
 log = logging.getLogger(__name__)
 
 Verify = Literal["checksum", "size"]
-MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 50.0
 
 
 @dataclass
@@ -81,18 +81,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def check_raw(raw: RawVolume, where: str) -> None:
-    """Reject volumes no resampling can save (bad spacing, NaN/inf voxels).
+    """Reject volumes no resampling can save (:func:`ctxray.data.validate.validate_raw`).
 
     Raises:
         VolumeReadError: naming ``where`` and the reason.
     """
-    sp = np.asarray(raw.spacing_zyx, dtype=np.float64)
-    if not np.all(np.isfinite(sp)) or sp.min() < MIN_SPACING_MM or sp.max() > MAX_SPACING_MM:
-        raise VolumeReadError(where, f"implausible voxel spacing {tuple(sp.round(4))} mm")
-    if np.issubdtype(raw.values.dtype, np.floating):
-        bad = sum(int((~np.isfinite(raw.values[i : i + 32])).sum()) for i in range(0, raw.values.shape[0], 32))
-        if bad:
-            raise VolumeReadError(where, f"{bad} NaN/inf voxel(s)")
+    from ctxray.data.validate import validate_raw
+
+    validate_raw(raw, where)
 
 
 def write_npy(path: Path, arr: np.ndarray) -> tuple[str, int]:
@@ -178,8 +174,18 @@ def _work(task: tuple[WorkItem, dict | None, PreprocessSpec, Path, Verify]) -> t
         return "error", " ".join(msg.split())
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Worker side: exit as soon as the parent is gone (``kill -9`` of ``preprocess`` must not leave workers
+    running for hours); the worker is re-parented then, so its parent pid changes."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def run_tasks(tasks: list, workers: int) -> Iterator[tuple[str, dict | str]]:
@@ -193,8 +199,8 @@ def run_tasks(tasks: list, workers: int) -> Iterator[tuple[str, dict | str]]:
     todo = list(reversed(tasks))
     ctx = mp.get_context("spawn")
     while todo:
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,),
-                                    max_tasks_per_child=64) as ex:
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(threads, os.getpid()), max_tasks_per_child=64) as ex:
             running: dict[cf.Future, tuple] = {}
             broken = False
             while (todo or running) and not broken:
@@ -241,6 +247,18 @@ def prepare_cache(cache_dir: Path, spec: PreprocessSpec) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _remove_stale_temporaries(cache_dir: Path, ids: set[str]) -> None:
+    """Delete ``volumes/.{id}.XXXX.tmp.npy`` left by a killed run, for this run's ids only (a concurrent
+    shard writes other ids, so its temporaries are left alone)."""
+    n = 0
+    for tmp in (cache_dir / "volumes").glob(".*.tmp.npy"):
+        if tmp.name[1:].removesuffix(".tmp.npy").rsplit(".", 1)[0] in ids:
+            tmp.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("%s: removed %d temporary file(s) of an interrupted run", cache_dir / "volumes", n)
+
+
 def build_cache(
     items: list[WorkItem],
     cache_dir: str | Path,
@@ -274,6 +292,7 @@ def build_cache(
     journal = cache_dir / "journal" / f"{tag}.jsonl"
     for p in (manifest, errors_path, journal):
         p.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache_dir, {it.id for it in items})
     known = _known_entries(cache_dir)
     tasks = [(it, known.get(it.id), spec, cache_dir, verify) for it in sorted(items, key=lambda i: i.id)]
     entries: dict[str, dict] = {}
@@ -292,8 +311,9 @@ def build_cache(
                 log.warning("%s", payload)
                 continue
             entries[payload["id"]] = payload
-            jf.write(json.dumps(payload) + "\n")
-            jf.flush()
+            if status == "written":  # a reused entry is already where it was found: the journal does not grow
+                jf.write(json.dumps(payload) + "\n")
+                jf.flush()
     lines = "".join(json.dumps(entries[i]) + "\n" for i in sorted(entries))
     atomic_write_text(manifest, lines)
     journal.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ applied twice whatever the folder is called.
 from __future__ import annotations
 
 import ast
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,16 +105,11 @@ def dataset_dir(root: str | Path) -> Path:
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV as dicts; errors name the file and the missing columns."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
-        return list(reader)
+    """Rows of a CSV as dicts (encoding detected: :mod:`ctxray.data.csvfile`); errors name the file and the
+    missing columns."""
+    from ctxray.data.csvfile import read_csv_records
+
+    return [row for _, row in read_csv_records(path, required)[1]]
 
 
 def _parse_float(value: str, path: Path, row: str, column: str) -> float:
@@ -125,33 +119,58 @@ def _parse_float(value: str, path: Path, row: str, column: str) -> float:
         raise ValueError(f"{path}: {row}: cannot read {column}={value!r} as a number") from None
 
 
+def _metadata_row(row: dict[str, str], path: Path, name: str) -> tuple[tuple[float, float, float], float, float]:
+    try:
+        xy = ast.literal_eval(row["XYSpacing"].strip())
+        sy, sx = (float(xy[0]), float(xy[1])) if isinstance(xy, list | tuple) else (float(xy), float(xy))
+    except (ValueError, SyntaxError, TypeError, IndexError):
+        raise ValueError(f"{path}: {name}: cannot read XYSpacing={row['XYSpacing']!r}") from None
+    sz = _parse_float(row["ZSpacing"], path, name, "ZSpacing")
+    slope_raw = row["RescaleSlope"].strip()
+    inter_raw = row["RescaleIntercept"].strip()
+    slope = _parse_float(slope_raw, path, name, "RescaleSlope") if slope_raw else 1.0
+    inter = _parse_float(inter_raw, path, name, "RescaleIntercept") if inter_raw else 0.0
+    return (sz, sy, sx), slope, inter
+
+
 def read_metadata(path: Path) -> dict[str, tuple[tuple[float, float, float], float, float]]:
-    """``VolumeName -> (spacing_zyx, slope, intercept)`` from a CT-RATE metadata CSV."""
+    """``VolumeName -> (spacing_zyx, slope, intercept)`` from a CT-RATE metadata CSV.
+
+    A row with an unreadable value is left out with a warning naming the file, line and value (its volume
+    is then refused when it needs the metadata, as a volume without a row is), so one bad row never
+    costs the others.
+    """
+    from ctxray.data.csvfile import read_csv_records
+
     out = {}
-    for row in read_csv_rows(path, METADATA_COLUMNS):
+    for line, row in read_csv_records(path, METADATA_COLUMNS)[1]:
         name = row["VolumeName"]
         try:
-            xy = ast.literal_eval(row["XYSpacing"].strip())
-            sy, sx = (float(xy[0]), float(xy[1])) if isinstance(xy, list | tuple) else (float(xy), float(xy))
-        except (ValueError, SyntaxError, TypeError, IndexError):
-            raise ValueError(f"{path}: {name}: cannot read XYSpacing={row['XYSpacing']!r}") from None
-        sz = _parse_float(row["ZSpacing"], path, name, "ZSpacing")
-        slope_raw = row["RescaleSlope"].strip()
-        inter_raw = row["RescaleIntercept"].strip()
-        slope = _parse_float(slope_raw, path, name, "RescaleSlope") if slope_raw else 1.0
-        inter = _parse_float(inter_raw, path, name, "RescaleIntercept") if inter_raw else 0.0
-        out[name] = ((sz, sy, sx), slope, inter)
+            out[name] = _metadata_row(row, path, name)
+        except ValueError as err:
+            log.warning("line %d of %s; row left out", line, err)
     return out
 
 
 def read_labels_csv(path: Path) -> dict[str, np.ndarray]:
-    """``VolumeName -> (18,) float32`` in ``labels.json`` order from a CT-RATE labels CSV."""
-    rows = read_csv_rows(path, ("VolumeName", *CT_RATE_LABELS))
+    """``VolumeName -> (18,) float32`` in ``labels.json`` order from a CT-RATE labels CSV.
+
+    A cell that is not a number (e.g. ``yes``) is read as unknown (NaN) with a warning naming the file,
+    line, column and value; the row's other labels are kept.
+    """
+    from ctxray.data.csvfile import read_csv_records
+
     out = {}
-    for row in rows:
-        out[row["VolumeName"]] = np.array(
-            [_parse_float(row[n], path, row["VolumeName"], n) for n in CT_RATE_LABELS], dtype=np.float32
-        )
+    for line, row in read_csv_records(path, ("VolumeName", *CT_RATE_LABELS))[1]:
+        vec = np.full(len(CT_RATE_LABELS), np.nan, dtype=np.float32)
+        for j, n in enumerate(CT_RATE_LABELS):
+            value = (row[n] or "").strip()
+            try:
+                vec[j] = float(value) if value else np.nan
+            except ValueError:
+                log.warning("%s, line %d (%s): label %r = %r is not a number; read as unknown", path, line,
+                            row["VolumeName"], n, value)
+        out[row["VolumeName"]] = vec
     return out
 
 

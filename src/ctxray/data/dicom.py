@@ -26,9 +26,15 @@ from ctxray.data.readers import RawVolume, VolumeReadError, canonical_zyx, spaci
 
 log = logging.getLogger(__name__)
 
-IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")
+IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                   "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName",
+                   "OperatorsName", "StationName")
 _HEADER_TAGS = ["SeriesInstanceUID", "Modality", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
                 "PixelSpacing", "NumberOfFrames", "Rows", "Columns", *IDENTIFIER_TAGS]
+
+
+class SkippedSeries(ValueError):
+    """A series that is not a failure but not a volume either (a localizer/scout): skipped and logged."""
 
 
 def series_id(uid: str) -> str:
@@ -139,7 +145,7 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     if series.modality != "CT":
         raise ValueError(f"modality {series.modality or 'missing'} is not CT")
     if "LOCALIZER" in series.image_types or "SCOUT" in series.image_types:
-        raise ValueError("localizer (scout) series")
+        raise SkippedSeries("localizer (scout) series")
     if series.problems:
         raise ValueError(series.problems[0])
     slices = series.slices
@@ -193,15 +199,22 @@ def _read_pixels(slices: list[SliceHeader]) -> tuple[np.ndarray, float, float]:
     """Stack pixel data (k, row, col); one slope/intercept if shared, else float32 HU with (1, 0)."""
     import pydicom
 
-    first = pydicom.dcmread(str(slices[0].path))
+    def read(path: Path):
+        try:
+            ds = pydicom.dcmread(str(path))
+            return ds, _pixels(ds)
+        except Exception as err:  # truncated or corrupt file: name it, not only the series
+            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            raise ValueError(f"{path}: unreadable slice ({reason})") from None
+
+    first, px = read(slices[0].path)
     shape = (len(slices), int(first.Rows), int(first.Columns))
     params = []
     vol = None
     for k, s in enumerate(slices):
-        ds = first if k == 0 else pydicom.dcmread(str(s.path))
-        px = _pixels(ds)
+        ds, px = (first, px) if k == 0 else read(s.path)
         if px.shape != shape[1:]:
-            raise ValueError(f"slice {k} has shape {px.shape}, expected {shape[1:]}")
+            raise ValueError(f"{s.path}: slice {k} has shape {px.shape}, expected {shape[1:]}")
         if vol is None:
             vol = np.empty(shape, dtype=px.dtype)
         vol[k] = px
@@ -242,12 +255,54 @@ def read_series(series: DicomSeries, where: str | Path, min_slices: int = 3) -> 
     except ValueError as err:
         raise VolumeReadError(f"{label} [series {series.id}]", redact(str(err), series.identifiers)) from None
     affine = series_affine_ras(slices)
+    from ctxray.data.validate import check_affine
+
+    check_affine(affine, f"{label} [series {series.id}]")
     zyx, canon = canonical_zyx(values.transpose(2, 1, 0), affine)  # stored (k, row, col) -> (col, row, k)
     return RawVolume(zyx, spacing_from_affine(canon), canon, series.id, slope, intercept)
 
 
+def select_series(path: Path, series: list[DicomSeries], series_uid: str | None = None) -> DicomSeries:
+    """The series to read from a folder: ``series_uid`` (a SeriesInstanceUID or its derived ``dcm-`` id), else
+    the one series left once localizers are skipped.
+
+    Raises:
+        VolumeReadError: no such series, or several candidates (each listed by derived id and slice count).
+        SkippedSeries: nothing but localizers (not a failure: the caller skips the folder).
+    """
+    if series_uid is not None:
+        chosen = [s for s in series if series_uid in (s.uid, s.id)]
+        if not chosen:
+            asked = series_uid if series_uid.startswith("dcm-") else series_id(series_uid)
+            raise VolumeReadError(path, f"no series {asked} here; found {_listing(series)}")
+        return chosen[0]
+    candidates, skipped = [], []
+    for s in series:
+        try:
+            check_series(s)
+        except SkippedSeries as err:
+            log.info("series %s skipped: %s", s.id, err)
+            skipped.append(s)
+            continue
+        except ValueError:
+            pass  # a broken series stays a candidate so reading it reports its reason
+        candidates.append(s)
+    if not candidates and skipped:
+        raise SkippedSeries(f"only localizer (scout) series here: {_listing(skipped)}")
+    if len(candidates) > 1:
+        raise VolumeReadError(path, f"{len(candidates)} series found (localizers skipped): {_listing(candidates)}; "
+                                    "pick one with --series-uid (its UID or the dcm- id)")
+    return (candidates or series)[0]
+
+
+def _listing(series: list[DicomSeries]) -> str:
+    return ", ".join(f"{s.id} ({len(s.slices)} slices{', localizer' if 'LOCALIZER' in s.image_types else ''})"
+                     for s in series)
+
+
 def read_dicom_raw(path: str | Path, series_uid: str | None = None) -> RawVolume:
-    """Read a DICOM folder holding one CT series (or ``series_uid``), or one DICOM file as a 1-slice volume.
+    """Read a DICOM folder holding one CT series (localizers skipped) or ``series_uid``, or one DICOM file as a
+    1-slice volume.
 
     Raises:
         VolumeReadError: no DICOM found, several series and no ``series_uid``, or a rejected series.
@@ -258,14 +313,11 @@ def read_dicom_raw(path: str | Path, series_uid: str | None = None) -> RawVolume
     series = scan_dicom_folder(path)
     if not series:
         raise VolumeReadError(path, "no DICOM files found")
-    if series_uid is not None:
-        series = [s for s in series if s.uid == series_uid]
-        if not series:
-            raise VolumeReadError(path, f"no series with the requested SeriesInstanceUID (id {series_id(series_uid)})")
-    elif len(series) > 1:
-        ids = ", ".join(s.id for s in series)
-        raise VolumeReadError(path, f"{len(series)} series found ({ids}); preprocess the folder or pass series_uid")
-    return read_series(series[0], path, min_slices=1 if path.is_file() else 3)
+    try:
+        chosen = select_series(path, series, series_uid)
+    except SkippedSeries as err:
+        raise VolumeReadError(path, str(err)) from None
+    return read_series(chosen, path, min_slices=1 if path.is_file() else 3)
 
 
 def _slice_dataset(pixels: np.ndarray, k: int, spacing_zyx: tuple[float, float, float], uids: tuple[str, str],

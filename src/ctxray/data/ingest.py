@@ -8,8 +8,10 @@ goes on. Reading volumes happens in :mod:`ctxray.data.cache`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,18 @@ class Discovery:
 
 
 def safe_id(text: str) -> str:
-    return _SAFE.sub("_", text).strip("_") or "volume"
+    """A filesystem-safe id for a name: unchanged rules for ASCII names; others ASCII-folded plus a hash.
+
+    A non-ASCII name is folded (``Müller`` -> ``Muller``) and gets ``-`` + 8 hex digits of the SHA-256
+    of its NFC form, so names that differ only in non-ASCII characters (``Müller``/``Möller``,
+    ``胸部1``/``腹部1``) stay distinct, and an NFD file name (macOS) gives the same id as its NFC twin.
+    """
+    if text.isascii():
+        return _SAFE.sub("_", text).strip("_") or "volume"
+    nfc = unicodedata.normalize("NFC", text)
+    folded = unicodedata.normalize("NFKD", nfc).encode("ascii", "ignore").decode()
+    stem = _SAFE.sub("_", folded).strip("_") or "volume"
+    return f"{stem}-{hashlib.sha256(nfc.encode()).hexdigest()[:8]}"
 
 
 def detect_kind(path: Path) -> str:
@@ -143,15 +156,37 @@ def discover_radchest(folder: Path) -> Discovery:
 
 
 def _label_vector(row: dict[str, str], columns: list[str]) -> np.ndarray | None:
+    """The row's 18 labels (NaN where empty) or None without label columns.
+
+    Raises:
+        ValueError: a cell that is not a number (names the column and the value).
+    """
     present = [n for n in CT_RATE_LABELS if n in columns]
     if not present:
         return None
     vec = np.full(len(CT_RATE_LABELS), np.nan, dtype=np.float32)
     for j, name in enumerate(CT_RATE_LABELS):
         value = (row.get(name) or "").strip()
-        if value != "":
+        if value.lower() in ("", "nan"):  # unknown
+            continue
+        try:
             vec[j] = float(value)
+        except ValueError:
+            raise ValueError(f"label {name!r} = {value!r} is not a number (expected 0, 1 or empty)") from None
+        if not np.isfinite(vec[j]):
+            raise ValueError(f"label {name!r} = {value!r} is not a finite number")
     return vec
+
+
+_REPORT_COLUMNS = ("report", "Findings_EN", "Impressions_EN", "findings", "impression")
+
+
+def _row_report(row: dict[str, str], columns: list[str]) -> tuple[str, dict]:
+    if "report" in columns:
+        return report_text(row["report"], ""), {}
+    findings = report_text(row.get("Findings_EN", row.get("findings", "")), "")
+    impression = report_text(row.get("Impressions_EN", row.get("impression", "")), "")
+    return report_text(findings, impression), {"findings": findings, "impression": impression}
 
 
 def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool) -> Discovery:
@@ -161,7 +196,7 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
     to ``folder`` or a file name) and a report (``report``, or ``Findings_EN``/``Impressions_EN``, or
     ``findings``/``impression``); optional ``split`` and any of the 18 label columns.
     """
-    from ctxray.data.ctrate import read_csv_rows
+    from ctxray.data.csvfile import read_csv_records
 
     files = sorted(p for p in folder.rglob("*") if p.name.endswith((".nii", ".nii.gz")))
     by_rel = {p.relative_to(folder).as_posix(): p for p in files}
@@ -177,14 +212,19 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
 
     if reports_csv is None:
         return Discovery([WorkItem(id=make_id(p), kind="nifti", source=str(p), payload=p) for p in files], [])
-    rows = read_csv_rows(reports_csv, ())
-    columns = list(rows[0]) if rows else []
+    columns, records = read_csv_records(reports_csv)
     file_col = next((c for c in _FILE_COLUMNS if c in columns), None)
     if file_col is None:
         raise ValueError(f"{reports_csv}: no file column (one of {list(_FILE_COLUMNS)}); found {columns}")
+    if not any(c in columns for c in _REPORT_COLUMNS):
+        raise ValueError(f"{reports_csv}: no report column (one of {list(_REPORT_COLUMNS)}); found {columns}")
     items, errors = [], []
-    for row in rows:
-        ref = row[file_col].strip()
+    for line, row in records:
+        ref = (row.get(file_col) or "").strip()
+        where = f"{reports_csv}, line {line}"
+        if not ref:
+            errors.append(f"{where}: empty {file_col} cell; row skipped")
+            continue
         path = by_rel.get(ref) or (Path(ref) if Path(ref).is_absolute() and Path(ref).is_file() else None)
         if path is None:
             cands = by_name.get(Path(ref).name, [])
@@ -193,26 +233,25 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
                 continue
             path = cands[0] if cands else None
         if path is None:
-            errors.append(f"{folder / ref}: volume file not found (listed in {reports_csv})")
+            errors.append(f"{folder / ref}: volume file not found (listed in {where})")
             continue
-        extra = {}
-        if "report" in columns:
-            report = report_text(row["report"], "")
-        else:
-            findings = report_text(row.get("Findings_EN", row.get("findings", "")), "")
-            impression = report_text(row.get("Impressions_EN", row.get("impression", "")), "")
-            report, extra = report_text(findings, impression), {"findings": findings, "impression": impression}
+        try:
+            labels = _label_vector(row, columns)
+        except ValueError as err:
+            errors.append(f"{path}: {where}: {err}; volume skipped")
+            continue
+        report, extra = _row_report(row, columns)
         item = WorkItem(id=make_id(path) if path in files else safe_id(path.name), kind="nifti", source=str(path),
-                        payload=path, split=(row.get("split") or None), report=report,
-                        labels=_label_vector(row, columns), extra=extra)
+                        payload=path, split=(row.get("split") or None), report=report, labels=labels, extra=extra)
         if _check_report(item, require_report, errors):
             items.append(item)
     return Discovery(items, errors)
 
 
 def discover_dicom(folder: Path) -> Discovery:
-    """One item per valid CT series below ``folder``; rejected series become error lines (redacted)."""
-    from ctxray.data.dicom import check_series, redact, scan_dicom_folder
+    """One item per valid CT series below ``folder``; rejected series become error lines (redacted), localizers
+    are logged as skipped (not errors)."""
+    from ctxray.data.dicom import SkippedSeries, check_series, redact, scan_dicom_folder
 
     items, errors = [], []
     series_list = scan_dicom_folder(folder)
@@ -223,6 +262,9 @@ def discover_dicom(folder: Path) -> Discovery:
         where = redact(str(min(parents)), series.identifiers)
         try:
             check_series(series)
+        except SkippedSeries as err:  # a scout beside its CT is expected, not a failed input
+            log.info("%s: series %s skipped: %s", where, series.id, redact(str(err), series.identifiers))
+            continue
         except ValueError as err:
             errors.append(f"{where}: series {series.id}: {redact(str(err), series.identifiers)}")
             continue

@@ -133,16 +133,53 @@ def _nifti_bytes(path: Path) -> bytes:
     return data
 
 
+def _nifti_header(data: bytes, path: Path):
+    """The NIfTI-1/2 header of a file's bytes, after checks nibabel would silently "fix".
+
+    nibabel's checked reader turns a zero voxel size into 1 mm; a header without sform/qform and with
+    zero pixdim has no voxel size at all, so it is refused here, as are negative or zero dimensions.
+
+    Raises:
+        VolumeReadError: naming the file and the reason.
+    """
+    import nibabel as nib
+
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        if len(data) < size:
+            continue
+        try:
+            raw = klass.from_fileobj(io.BytesIO(data[:size]), check=False)
+        except Exception:
+            continue
+        if raw["sizeof_hdr"] != size or bytes(raw["magic"])[:3] not in (b"n+1", b"ni1", b"n+2", b"ni2"):
+            continue
+        ndim = int(raw["dim"][0])
+        dims = [int(n) for n in raw["dim"][1 : 1 + max(0, min(ndim, 7))]]
+        if not 1 <= ndim <= 7 or any(n < 1 for n in dims):
+            raise VolumeReadError(path, f"invalid NIfTI dimensions {dims} (dim[0] = {ndim}): every size must be "
+                                        ">= 1")
+        pix = [float(v) for v in raw["pixdim"][1:4]]
+        no_xform = int(raw["sform_code"]) == 0 and int(raw["qform_code"]) == 0
+        if no_xform and not all(np.isfinite(pix) & (np.abs(pix) > 0)):
+            raise VolumeReadError(path, f"no voxel size: no sform/qform and pixdim {tuple(round(v, 4) for v in pix)}"
+                                        " (zero or not finite)")
+        try:
+            return klass.from_fileobj(io.BytesIO(data[:size]), check=True)
+        except Exception as err:
+            raise VolumeReadError(path, f"unreadable NIfTI header ({type(err).__name__}: {err})") from err
+    raise VolumeReadError(path, "unreadable NIfTI (no valid NIfTI-1/2 header)")
+
+
 def read_nifti_raw(path: str | Path) -> RawVolume:
     """Read a NIfTI-1/2 file (``.nii`` / ``.nii.gz``) without converting its stored dtype.
 
     The file is decompressed once and the array is a read-only view on those bytes (no copy).
 
     Raises:
-        VolumeReadError: missing file, truncated or corrupt gzip, not NIfTI, too little data, not 3D.
+        VolumeReadError: missing or empty file, truncated or corrupt gzip, not NIfTI, bad dimensions, no voxel
+            size, too little data, not 3D, an affine that is not finite, singular or oblique.
     """
-    import nibabel as nib
-
     path = Path(path)
     if not path.is_file():
         raise VolumeReadError(path, "file not found")
@@ -150,15 +187,9 @@ def read_nifti_raw(path: str | Path) -> RawVolume:
         data = _nifti_bytes(path)
     except (OSError, EOFError, zlib.error) as err:
         raise VolumeReadError(path, f"unreadable NIfTI (corrupt or truncated gzip: {err})") from err
-    header = None
-    for klass in (nib.Nifti1Header, nib.Nifti2Header):
-        try:
-            header = klass.from_fileobj(io.BytesIO(data[: klass.template_dtype.itemsize]), check=True)
-            break
-        except Exception:
-            continue
-    if header is None:
-        raise VolumeReadError(path, "unreadable NIfTI (no valid NIfTI-1/2 header)")
+    if not data:
+        raise VolumeReadError(path, "empty file (0 bytes)")
+    header = _nifti_header(data, path)
     shape = tuple(int(n) for n in header.get_data_shape())
     dtype = header.get_data_dtype()
     offset = int(header.get_data_offset())
@@ -171,7 +202,11 @@ def read_nifti_raw(path: str | Path) -> RawVolume:
     slope, intercept = header.get_slope_inter()
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
-    zyx, affine = canonical_zyx(arr, header.get_best_affine())
+    from ctxray.data.validate import check_affine
+
+    best = header.get_best_affine()
+    check_affine(best, path)
+    zyx, affine = canonical_zyx(arr, best)
     return RawVolume(zyx, spacing_from_affine(affine), affine, str(path), slope, intercept)
 
 

@@ -202,6 +202,16 @@ def write_outputs(out: Path, metrics: dict, emb: SplitEmbeddings, y: np.ndarray,
     plot_roc(out / "roc_per_scan.png", y_scan, s_scan, names, "zero-shot, per scan")
 
 
+def checkpoint_identity(checkpoint: str | Path, prefer: str = "best") -> dict[str, str]:
+    """Which checkpoint a run folder or checkpoint folder resolves to, and the SHA-256 of its weights (so
+    ``ctxray export`` can refuse thresholds measured on another checkpoint)."""
+    from ctxray.train.checkpoint import MODEL_FILE, resolve_checkpoint
+    from ctxray.utils.io import sha256_file
+
+    ckpt = resolve_checkpoint(checkpoint, prefer)
+    return {"checkpoint_resolved": str(ckpt.resolve()), "weights_sha256": sha256_file(ckpt / MODEL_FILE)}
+
+
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Path, split: str | None = "valid",
                         labels: str | Path | None = None, threshold_split: str | None = None,
                         batch_size: int = 4, n_boot: int = 1000, seed: int = 0, device: str = "auto",
@@ -240,7 +250,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
                                 batch_size, max_length, desc=f"embed {threshold_split} (thresholds)", workers=workers)
     metrics, y, probs = evaluate_embeddings(model, tokenizer, emb, label_set, thr_emb, n_boot, seed, max_length)
     metrics["zero_shot"]["thresholds"]["split"] = threshold_split or split
-    metrics["meta"] = {"checkpoint": str(checkpoint), "cache": str(cache), "split": split,
+    metrics["meta"] = {"checkpoint": str(checkpoint), **checkpoint_identity(checkpoint), "cache": str(cache),
+                       "split": split,
                        "label_file": label_set.source, "n_volumes": len(emb.ids),
                        "logit_scale": logit_scale_of(model), "seconds": round(time.time() - t0, 1)}
     write_outputs(Path(out), metrics, emb, y, probs, label_set.names)

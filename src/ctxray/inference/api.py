@@ -100,19 +100,27 @@ class CTModel:
         self._generator: Any = None
 
     # ---- inputs --------------------------------------------------------------------------------
-    def read(self, volume: Any, spacing: tuple[float, float, float] | None = None):
-        """The input as a ``ctxray.data.readers.Volume`` (HU, spacing, affine, source).
+    def read(self, volume: Any, spacing: tuple[float, float, float] | None = None, series_uid: str | None = None):
+        """The input as a ``ctxray.data.readers.Volume`` (HU, spacing, affine, source), checked as ``preprocess``
+        checks volumes (:mod:`ctxray.data.validate`: NaN voxels, constant volumes, bad grids are refused).
+
+        Args:
+            series_uid: for a DICOM folder with several CT series, which one (UID or ``dcm-`` id).
 
         Raises:
             ValueError: an array without ``spacing``, or of the wrong rank.
-            ctxray.data.readers.VolumeReadError: a file or folder that cannot be read (names it).
+            ctxray.data.readers.VolumeReadError: a file or folder that cannot be read or fails a check (names it).
         """
-        from ctxray.data.readers import Volume, load_volume
+        from ctxray.data.readers import Volume, read_volume_raw
+        from ctxray.data.validate import check_values, validate_raw
 
         if isinstance(volume, Volume):
+            check_values(volume.hu, volume.source)
             return volume
         if isinstance(volume, str | Path):
-            return load_volume(volume)
+            raw = read_volume_raw(volume, series_uid=series_uid)
+            validate_raw(raw, volume)
+            return raw.to_volume()
         arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
         if arr.ndim != 3:
             raise ValueError(f"a volume array must be (D, H, W) HU on the RAS grid, got shape {arr.shape}")
@@ -120,6 +128,7 @@ class CTModel:
             raise ValueError("an array input needs its spacing=(sz, sy, sx) in mm")
         sp = tuple(float(s) for s in spacing)
         affine = np.diag([sp[2], sp[1], sp[0], 1.0])
+        check_values(arr, "array")
         return Volume(arr.astype(np.float32, copy=False), sp, affine, "array")
 
     def preprocess(self, volume: Any, spacing: tuple[float, float, float] | None = None) -> torch.Tensor:

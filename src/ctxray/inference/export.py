@@ -53,6 +53,37 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_metrics_checkpoint(metrics_path: str | Path, ckpt: Path) -> dict | None:
+    """Refuse an evaluation's ``metrics.json`` that measured another checkpoint than ``ckpt``.
+
+    ``ctxray evaluate`` records the SHA-256 of the weights it measured (``meta.weights_sha256``); a file
+    without it (older evaluate, another tool) cannot be checked and is accepted with a warning.
+
+    Returns:
+        What the metrics say they measured (``checkpoint_resolved``, ``weights_sha256``), or None.
+
+    Raises:
+        ValueError: the metrics were measured on other weights (names both checkpoints).
+    """
+    from ctxray.train.checkpoint import MODEL_FILE
+
+    path = Path(metrics_path)
+    try:
+        meta = json.loads(path.read_text()).get("meta") or {}
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: cannot read evaluation metrics: {err}") from err
+    measured = meta.get("weights_sha256")
+    if not measured:
+        log.warning("%s records no checkpoint fingerprint (meta.weights_sha256): cannot check that its thresholds "
+                    "were measured on %s", path, ckpt)
+        return None
+    if measured != sha256_file(ckpt / MODEL_FILE):
+        raise ValueError(f"{path}: its thresholds and metrics were measured on {meta.get('checkpoint_resolved', '?')} "
+                         f"(weights {measured[:12]}...), not on the checkpoint being exported ({ckpt}); evaluate "
+                         "this checkpoint, or export the one that was evaluated (--checkpoint)")
+    return {"checkpoint_resolved": meta.get("checkpoint_resolved"), "weights_sha256": measured}
+
+
 def read_thresholds(metrics_path: str | Path | None, names: list[str]) -> tuple[dict[str, float], str]:
     """Decision thresholds per label from an evaluation's ``metrics.json``.
 
@@ -203,6 +234,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
     model, _tokenizer, config = load_model(ckpt)  # proves the checkpoint loads before we write anything
     label_set, labels_text = _label_set(config)
     spec_file = _spec_path(config, spec)
+    measured_on = check_metrics_checkpoint(metrics, ckpt) if metrics else None
     thresholds, threshold_note = read_thresholds(metrics, label_set.names)
     if decoder is not None:
         from ctxray.inference.report import check_decoder_spec
@@ -221,6 +253,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "ctxray_version": _version(),
         "source_checkpoint": str(ckpt.resolve()),
+        "thresholds_measured_on": measured_on,
         "embed_dim": int(model.cfg.embed_dim),
         "encoder": model.cfg.encoder,
         "input_shape": list(spec_dict["shape_zyx"]),

@@ -47,7 +47,8 @@ class ReportPage:
         report_source: one line on where ``report`` comes from.
         limits: the model card's limits section.
         method: how the heatmaps were computed.
-        provenance: model, software version, input path.
+        provenance: model, software version, the scan's pseudonym.
+        warnings: shown above the page's banner (e.g. the scan does not look like a chest CT).
 
     Shape:
         hu and every map: (D, H, W) of a RAS+ volume.
@@ -63,6 +64,7 @@ class ReportPage:
     limits: str = ""
     method: str = ""
     provenance: str = ""
+    warnings: Sequence[str] = ()
 
 
 def display_grid(shape: Sequence[int], max_voxels: int) -> tuple[int, int, int]:
@@ -121,7 +123,8 @@ def page_data(page: ReportPage, max_voxels: int = 4_000_000) -> dict:
         "subtitle": f"{n_pos} of {len(findings)} findings above threshold; "
         f"volume {tuple(page.hu.shape)} voxels at {tuple(round(float(s), 3) for s in page.spacing_zyx)} mm "
         f"(z, y, x), shown on {shape}",
-        "banner": "Research use only. Not a medical device. Not for diagnosis or treatment decisions.",
+        "banner": "".join(f"WARNING: {w} " for w in page.warnings)
+        + "Research use only. Not a medical device. Not for diagnosis or treatment decisions.",
         "shape": list(shape),
         "spacing": spacing,
         "volume": _b64(hu),

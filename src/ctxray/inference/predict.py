@@ -1,5 +1,11 @@
 """``ctxray predict``: a model folder on one scan, a DICOM folder, or a folder of scans.
 
+Each scan is named by a pseudonym (``scan-`` + 12 hex digits, :mod:`ctxray.inference.scans`): no output,
+folder name or default log line carries the input path, which may hold patient identifiers; the
+pseudonym -> input mapping is written only with ``write_mapping``. Each volume passes the checks of
+``preprocess`` (:mod:`ctxray.data.validate`) and a chest field-of-view check (:mod:`ctxray.inference.fov`)
+whose warnings go into ``findings.json``, ``summary.json`` and the HTML.
+
 For each scan ``OUT/<scan>/`` gets ``findings.json`` (label, probability, threshold, decision),
 ``report.txt``, ``embedding.npy`` (E,), ``heatmaps/<label>.nii.gz`` (relevance maps on the input's grid
 with the input's affine) and ``report.html`` (self-contained). ``OUT/summary.json`` lists every scan
@@ -13,74 +19,33 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from ctxray.data.dicom import SkippedSeries
+from ctxray.data.readers import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.export import make_readable
+from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs
 from ctxray.utils.io import atomic_write, atomic_write_text
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ScanResult", "discover_scans", "predict", "predict_scan", "unique_name"]
+
 ExplainMode = Literal["positive", "all", "none"]
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz")
 
 
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicom_dir(path: Path) -> bool:
-    return any(p.is_file() and _is_dicom_file(p) for p in path.iterdir())
-
-
-def discover_scans(inputs: Sequence[str | Path], max_depth: int = 4) -> list[Path]:
-    """Expand the inputs into scans: NIfTI / ``.npz`` files and DICOM folders (one series each).
-
-    A folder holding DICOM files is one scan; any other folder is searched (to ``max_depth``) for
-    volume files and DICOM folders. Paths that do not exist are kept so they get an error entry.
-    """
-    scans: list[Path] = []
-
-    def walk(p: Path, depth: int) -> None:
-        if p.is_dir():
-            if _is_dicom_dir(p):
-                scans.append(p)
-            elif depth < max_depth:
-                for child in sorted(p.iterdir()):
-                    if child.is_dir() or child.name.lower().endswith(VOLUME_SUFFIXES):
-                        walk(child, depth + 1)
-        else:
-            scans.append(p)
-
-    for item in inputs:
-        walk(Path(item), 0)
-    return scans
-
-
-def scan_name(path: Path, taken: set[str]) -> str:
-    """A file-system-safe, unique output folder name for a scan."""
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "scan"
-    base, k = name, 2
+def unique_name(pseudonym: str, taken: set[str]) -> str:
+    """``pseudonym``, suffixed ``_2``, ``_3``... when the same scan is given twice."""
+    name, k = pseudonym, 2
     while name in taken:
-        name, k = f"{base}_{k}", k + 1
+        name, k = f"{pseudonym}_{k}", k + 1
     taken.add(name)
     return name
 
@@ -91,14 +56,28 @@ def label_slug(label: str) -> str:
 
 @dataclass
 class ScanResult:
-    """What predict produced for one scan (``error`` set when it failed)."""
+    """What predict produced for one scan (``error`` set when it failed, or why it was skipped: a folder of
+    localizers only; ``warnings`` from the field-of-view check).
+
+    ``input`` stays in memory for the caller; it is never written to ``summary.json``.
+    """
 
     input: str
     name: str
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "skipped"]
     error: str | None = None
     findings: list[dict] | None = None
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The summary entry: everything but the input path."""
+        return {"scan": self.name, "status": self.status, "error": self.error, "warnings": self.warnings,
+                "findings": self.findings, "seconds": round(self.seconds, 3)}
+
+
+def _dumps(obj) -> str:
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
 def _write_nifti(path: Path, map_zyx: np.ndarray, affine: np.ndarray) -> None:
@@ -126,20 +105,35 @@ def _report_text(model: CTModel, x, findings: list[Finding]) -> tuple[str, str]:
                 f"Zero-shot findings above threshold: {listed}.", "report decoder failed; see the log")
 
 
-def predict_scan(model: CTModel, path: Path, out_dir: Path, explain: ExplainMode = "positive",
-                 html: bool = True, max_voxels: int = 4_000_000) -> list[dict]:
-    """Run the model on one scan and write its outputs; returns the findings rows.
+def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_dir: Path,
+                 explain: ExplainMode = "positive", html: bool = True,
+                 max_voxels: int = 4_000_000) -> tuple[list[dict], list[str]]:
+    """Run the model on one scan and write its outputs.
+
+    Args:
+        read: reads the scan (from :func:`ctxray.inference.scans.open_scan`).
+        name: the scan's pseudonym (the only name any output carries).
+
+    Returns:
+        (the findings rows, the field-of-view warnings).
 
     Raises:
-        Whatever reading or the model raises; :func:`predict` turns it into an error entry.
+        Whatever reading, validation or the model raises; :func:`predict` turns it into an error entry.
     """
+    from ctxray.data.validate import validate_raw
     from ctxray.inference.card import limits_section
+    from ctxray.inference.fov import chest_fov_check
     from ctxray.inference.html import ReportPage, write_report_html
 
-    vol = model.read(path)
+    raw = read()
+    validate_raw(raw, name)
+    vol = raw.to_volume()
+    fov = chest_fov_check(vol.hu, vol.spacing_zyx)
     x = model.preprocess(vol)
     emb = model.embed_input(x)[0]
     findings = model.findings_from_embedding(emb)
+    if not all(np.isfinite(f.probability) for f in findings):
+        raise ValueError("the model gave non-finite probabilities for this scan; no findings reported")
     rows = [f.to_dict() for f in findings]
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "embedding.npy", lambda p: np.save(p, emb.numpy().astype(np.float32)))
@@ -152,24 +146,50 @@ def predict_scan(model: CTModel, path: Path, out_dir: Path, explain: ExplainMode
     for row in rows:
         row["heatmap"] = f"heatmaps/{label_slug(row['label'])}.nii.gz" if row["label"] in maps else None
     report, source = _report_text(model, x, findings)
+    if fov.warnings:
+        report = "WARNING: " + " ".join(fov.warnings) + "\n\n" + report
     atomic_write_text(out_dir / "report.txt", report + "\n")
-    doc = {"input": str(path), "source": vol.source, "shape_zyx": list(vol.hu.shape),
-           "spacing_zyx": list(vol.spacing_zyx), "heatmap_method": method or None, "findings": rows}
-    atomic_write_text(out_dir / "findings.json", json.dumps(doc, indent=2) + "\n")
+    doc = {"scan": name, "shape_zyx": list(vol.hu.shape), "spacing_zyx": list(vol.spacing_zyx),
+           "field_of_view": fov.to_dict(), "warnings": fov.warnings, "heatmap_method": method or None,
+           "findings": rows}
+    atomic_write_text(out_dir / "findings.json", _dumps(doc))
     if html:
-        page = ReportPage(scan=out_dir.name, hu=vol.hu, spacing_zyx=vol.spacing_zyx, findings=rows, maps=maps,
+        page = ReportPage(scan=name, hu=vol.hu, spacing_zyx=vol.spacing_zyx, findings=rows, maps=maps,
                           report=report, report_source=source, limits=limits_section(model.card),
                           method=f"Heatmaps: {method}" if maps else "No heatmaps (no finding above threshold "
-                          "or --explain none).",
-                          provenance=f"Input: {path}. Model: {model.info.get('encoder')} "
+                          "or --explain none).", warnings=fov.warnings,
+                          provenance=f"Input: {name} (pseudonym). Model: {model.info.get('encoder')} "
                           f"(ctxray {model.info.get('ctxray_version')}, exported {model.info.get('created')}).")
         write_report_html(out_dir / "report.html", page, max_voxels=max_voxels)
-    return rows
+    return rows, fov.warnings
+
+
+def _predict_one(model: CTModel, path: Path, out: Path, taken: set[str], series_uid: str | None,
+                 errors: list[str], **kw) -> ScanResult:
+    """One scan of :func:`predict`: its outputs, or an error entry (appended to ``errors``) with the reason."""
+    start = time.perf_counter()
+    pseudonym, read = open_scan(path, series_uid)
+    name = unique_name(pseudonym, taken)
+    try:
+        rows, warnings = predict_scan(model, read, name, out / name, **kw)
+        make_readable(out / name)
+        for w in warnings:
+            log.warning("%s: %s", name, w)
+        return ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start, warnings=warnings)
+    except SkippedSeries as err:  # a folder of localizers only: not a failure
+        log.info("%s: skipped: %s", name, err)
+        return ScanResult(str(path), name, "skipped", error=f"skipped: {err}", seconds=time.perf_counter() - start)
+    except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
+        reason = scrub(f"{type(err).__name__}: {err}", path)
+        log.error("%s: %s", name, reason)
+        errors.append(f"{name}\t{reason}")
+        return ScanResult(str(path), name, "error", error=reason, seconds=time.perf_counter() - start)
 
 
 def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, explain: ExplainMode = "positive",
-            html: bool = True, max_voxels: int = 4_000_000) -> list[ScanResult]:
-    """Run the model on every scan found in ``inputs``, writing ``out/<scan>/...`` and ``out/summary.json``.
+            html: bool = True, max_voxels: int = 4_000_000, series_uid: str | None = None,
+            write_mapping: str | Path | None = None) -> list[ScanResult]:
+    """Run the model on every scan found in ``inputs``, writing ``out/<pseudonym>/...`` and ``out/summary.json``.
 
     Args:
         model: a loaded model folder (``ctxray.load``).
@@ -178,6 +198,8 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
         explain: relevance maps for positive findings, all labels, or none.
         html: write ``report.html`` per scan.
         max_voxels: display-grid budget of the HTML viewer.
+        series_uid: the series to read from a DICOM folder holding several CT series (UID or ``dcm-`` id).
+        write_mapping: a TSV file to write ``pseudonym<TAB>input path`` to (nothing is written without it).
 
     Returns:
         One :class:`ScanResult` per scan, in input order.
@@ -186,27 +208,25 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
     out.mkdir(parents=True, exist_ok=True)
     scans = discover_scans(inputs)
     if not scans:
-        raise ValueError(f"no scans found in {list(map(str, inputs))}")
+        raise ValueError(f"no scans found in the {len(inputs)} input(s) given")
     taken: set[str] = set()
     results: list[ScanResult] = []
     errors: list[str] = []
     for path in progress(scans, total=len(scans), desc="predict", unit="scan"):
-        name = scan_name(path, taken)
-        start = time.perf_counter()
-        try:
-            rows = predict_scan(model, path, out / name, explain=explain, html=html, max_voxels=max_voxels)
-            make_readable(out / name)
-            results.append(ScanResult(str(path), name, "ok", findings=rows, seconds=time.perf_counter() - start))
-        except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
-            reason = f"{type(err).__name__}: {err}"
-            log.error("%s: %s", path, reason)
-            errors.append(f"{path}\t{reason}")
-            results.append(ScanResult(str(path), name, "error", error=reason, seconds=time.perf_counter() - start))
-    summary = {"model": model.info, "scans": [r.__dict__ for r in results],
-               "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors)}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        with scrubbed_logs(path):
+            results.append(_predict_one(model, path, out, taken, series_uid, errors, explain=explain, html=html,
+                                        max_voxels=max_voxels))
+    summary = {"model": model.info, "scans": [r.to_dict() for r in results],
+               "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors),
+               "n_skipped": sum(r.status == "skipped" for r in results),
+               "n_warning": sum(bool(r.warnings) for r in results)}
+    atomic_write_text(out / "summary.json", _dumps(summary))
     atomic_write_text(out / "errors.log", "".join(e + "\n" for e in errors))
     make_readable(out / "summary.json")
     make_readable(out / "errors.log")
-    log.info("predict: %d scan(s) ok, %d error(s) -> %s", summary["n_ok"], len(errors), out)
+    if write_mapping is not None:
+        atomic_write_text(Path(write_mapping), "scan\tinput\n" + "".join(f"{r.name}\t{r.input}\n" for r in results))
+        log.info("pseudonym -> input mapping written to the file given with --write-mapping")
+    log.info("predict: %d scan(s) ok (%d with field-of-view warnings), %d error(s)", summary["n_ok"],
+             summary["n_warning"], len(errors))
     return results
