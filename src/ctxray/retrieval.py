@@ -354,7 +354,7 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
              index: IndexKind = "exact", pairing: Pairing = "text", text_teacher: str | None = None,
              gallery_split: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
              faiss_kind: FaissKind = "ivf", center: bool = True, query: Query = "xray",
-             rerank: Rerank = "labels", candidates: int = 64) -> dict:
+             rerank: Rerank = "labels", candidates: int = 256) -> dict:
     """Run the retrieval stage and write ``pairs.csv``, ``targets.safetensors``, ``targets.json``, ``quality.json``.
 
     Args:

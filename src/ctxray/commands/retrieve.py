@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="xray: match the report's sentences stating X-ray-visible findings; report: all of it")
     parser.add_argument("--rerank", choices=["labels", "none"], default="labels",
                         help="labels: re-rank the best text matches by X-ray-visible label agreement")
-    parser.add_argument("--candidates", type=int, default=64, help="text matches re-ranked per CT")
+    parser.add_argument("--candidates", type=int, default=256, help="text matches re-ranked per CT")
     parser.add_argument("--seed", type=int, default=0, help="seed of random pairing and tie-breaks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 

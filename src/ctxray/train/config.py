@@ -28,11 +28,13 @@ class LossConfig:
         pkd: weight of pair-wise distillation to the retrieved X-ray's teacher embedding.
         pkd_kind: ``cosine`` (1 - cos) or ``mse`` on normalised vectors.
         target: which cached teacher target to distil: the top-1 X-ray or the top-k mean.
-        kd_center: centre both sides of the KD terms: teacher targets on the gallery's mean image
-            embedding, the student's KD outputs on their (global) batch mean. Targets from one expert
-            share a dominant direction (median pairwise cosine ~0.7 on the demo world); uncentred, a
-            student that predicts the mean target scores nearly as well as one that reads the CT, so
-            PKD transfers nothing. Centred, the constant prediction scores exactly 1.
+        kd_center: centre the teacher targets on the gallery's mean image embedding (then re-normalise).
+            Targets from one expert share a dominant direction (median pairwise cosine ~0.7 on the demo
+            world); uncentred, a student that predicts the mean target scores nearly as well as one that
+            reads the CT, so PKD transfers nothing. Centred, any constant prediction scores ~1 (the
+            centred targets average to ~0). The student is not centred: centring a nearly collapsed batch
+            and re-normalising it blows its gradient up by 1/|x| (measured: gradient norms ~200 that the
+            clip turned into a frozen contrastive term).
         srkd: weight of semantic-relation distillation (KL of in-batch similarity distributions).
         srkd_tau: temperature of those distributions.
         mlm: weight of masked language modelling on the reports; > 0 adds an MLM head.

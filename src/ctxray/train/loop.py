@@ -37,6 +37,7 @@ from ctxray.train.setup import (
     build_tokenizer,
     check_report_lengths,
     check_resume_config,
+    kd_mean_level,
     report_token_stats,
     resolve_config,
     resolve_text,
@@ -48,7 +49,11 @@ from ctxray.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
-COLLAPSE_COS = 0.95  # mean pairwise cosine of a batch's embeddings above which a tower counts as collapsed
+# A step counts as collapsed when the contrastive loss sits at ln B (uniform logits), one tower maps the whole
+# batch to nearly one point and the gradient has all but vanished (the demo's plain run once sat there for
+# ~150 steps: loss ln 16, cosine 0.9997, gradient norm 0.003). Healthy early steps have a large gradient.
+COLLAPSE_COS = 0.99
+COLLAPSE_GRAD = 0.05
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -112,6 +117,7 @@ class Trainer:
             config = resolve_config(config, tokenizer, self.data.targets)
             config.code_version = ckpt.code_version()
         self.config = config
+        self.kd_mean_level = kd_mean_level(self.data, config)
         self.model = build_model(config, initialise=not resume).to(rt.device)
         if config.optim.text_lr_scale == 0:  # the report tower stays as initialised (e.g. the expert's)
             self.model.text_encoder.requires_grad_(False)
@@ -157,14 +163,16 @@ class Trainer:
 
     def fit(self, stop_after: int | None) -> dict[str, Any]:
         cfg, st = self.config, self.state
-        done_now, val, epoch_losses = 0, {}, []
+        done_now, val, epoch_losses, self.epoch_rows = 0, {}, [], []
         log.info("training %d steps (%d epochs x %d), global batch %d, terms %s", self.total_steps,
                  cfg.optim.epochs, self.steps_per_epoch,
                  cfg.data.batch_size * self.rt.world_size * cfg.optim.grad_accum, self.objective.active)
         while st.epoch < cfg.optim.epochs:
-            epoch_losses = [] if st.step_in_epoch == 0 else epoch_losses
+            if st.step_in_epoch == 0:
+                epoch_losses, self.epoch_rows = [], []
             for row in self._epoch_steps():
                 epoch_losses.append(row["loss"])
+                self.epoch_rows.append(row)
                 done_now += 1
                 if stop_after is not None and done_now >= stop_after:
                     self._save(val)
@@ -239,12 +247,13 @@ class Trainer:
     def _check_collapse(self, row: dict[str, Any]) -> None:
         """Count (and warn about) steps after warm-up where the contrastive term has collapsed: the loss at
         ``ln B`` (what uniform logits give, whatever the targets) while one tower maps the whole batch
-        to nearly one point (mean pairwise cosine above ``COLLAPSE_COS``)."""
+        to nearly one point (mean pairwise cosine above ``COLLAPSE_COS``) and the gradient norm is below
+        ``COLLAPSE_GRAD``."""
         if "roco" not in row or row["step"] <= self.config.optim.warmup_steps:
             return
         batch = self.config.data.batch_size * self.rt.world_size
         cos = max(row.get("volume_cos", 0.0), row.get("text_cos", 0.0))
-        if not (row["roco"] >= 0.98 * math.log(batch) and cos > COLLAPSE_COS):
+        if not (row["roco"] >= 0.98 * math.log(batch) and cos > COLLAPSE_COS and row["grad_norm"] < COLLAPSE_GRAD):
             return
         self.collapse["steps"] += 1
         self.collapse["first_step"] = self.collapse["first_step"] or row["step"]
@@ -317,12 +326,24 @@ class Trainer:
         self.state = saved
         log.info("resumed %s at step %d (epoch %d, step %d of it)", last, saved.step, saved.epoch, saved.step_in_epoch)
 
+    def _kd_summary(self) -> dict[str, float]:
+        """PKD over the last epoch beside the two levels it must beat to have transferred anything: the
+        best constant prediction (the mean training target; ``kd_mean_level``) and the student against
+        other CTs' targets (``pkd_shuffled``)."""
+        rows = [r for r in getattr(self, "epoch_rows", []) if "pkd" in r]
+        if not rows:
+            return {}
+        mean = {k: float(sum(r[k] for r in rows) / len(rows)) for k in ("pkd", "pkd_shuffled")}
+        return {"pkd_last_epoch": mean["pkd"], "pkd_shuffled_last_epoch": mean["pkd_shuffled"],
+                "pkd_mean_level": self.kd_mean_level}
+
     def _final(self, epoch_losses: list[float], val: dict[str, float]) -> dict[str, Any]:
         st = self.state
         result = {"step": st.step, "epoch": st.epoch, "total_steps": self.total_steps,
                   "train_loss": float(sum(epoch_losses) / len(epoch_losses)) if epoch_losses else math.nan,
                   **val, "best_metric": st.best_metric, "best_step": st.best_step,
                   "collapsed_steps": self.collapse["steps"], "first_collapsed_step": self.collapse["first_step"],
+                  **self._kd_summary(),
                   "seconds": time.perf_counter() - self.t0, "run_dir": str(self.out)}
         if self.rt.main:
             ckpt.write_json(self.out / "metrics.json", result)

@@ -154,6 +154,19 @@ def check_report_lengths(stats: dict[str, float], max_truncated: float, where: s
     log.warning("%s (within data.max_truncated=%g)", msg, max_truncated)
 
 
+def kd_mean_level(data: RunData, config: TrainConfig) -> float:
+    """PKD of the best constant prediction on this run's training targets: the loss a student that ignores
+    its CT reaches (NaN without PKD). Centred targets put it near 1; uncentred, near ``1 - |mean|``."""
+    if data.targets is None or config.loss.pkd <= 0:
+        return float("nan")
+    from ctxray.losses import PairwiseKDLoss
+
+    ids = [str(data.train_set.dataset.entries[i]["id"]) for i in data.train_set.indices]
+    t = data.targets.lookup(ids, config.loss.target)  # (N, Dt)
+    mean = t.mean(0, keepdim=True).expand_as(t)
+    return float(PairwiseKDLoss(config.loss.pkd_kind)(mean, t))
+
+
 def resolve_text(config: TrainConfig) -> TrainConfig:
     """With ``text_init="teacher"``, the report tower's settings become the teacher's.
 
