@@ -40,16 +40,25 @@ def test_demo_refuses_to_overwrite_and_unknown_presets(tmp_path):
         run_demo(tmp_path / "new", preset="huge")
 
 
+MIN_AUROC = 0.57
+
+
 @pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--workers", "1"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["runs"]) == {"plain", "full"}
+    # The smoke preset learns (it used to score chance: plain 0.515, full 0.477). Measured on the tiny world
+    # with these settings (seeds 0 / 1, this machine): full 0.620 / 0.646, plain 0.670; the bound is ~2
+    # standard deviations of a 60-volume macro AUROC above chance, not a tuned figure.
     for run in summary["runs"].values():
-        macro = run["zero_shot_macro"]
-        assert 0.0 <= macro["auroc"] <= 1.0 and 0.0 <= macro["f1"] <= 1.0
+        assert run["zero_shot_macro"]["auroc"] > MIN_AUROC
+        assert run["train"]["collapsed_steps"] == 0
         assert 0.0 <= run["retrieval"]["volume_to_report.R@10"] <= 1.0
+    # its retrieval finds X-rays that agree with the CT (measured 0.705 exact vs 0.141 at random)
+    agree = summary["retrieval_quality"]["agreement_top1"]
+    assert agree["written"]["exact"] > agree["random"]["exact"] + 0.3
     assert summary["seconds"]["train full"] > 0 and summary["total_seconds"] > 0
     text = (out / "summary.md").read_text()
     assert "| full |" in text and "| plain |" in text

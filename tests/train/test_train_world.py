@@ -5,7 +5,13 @@ Measured when these tests were written (2 shared CPU cores, 1 thread each):
   for seeds 0 / 1 / 2 after 8 epochs (~5 s each); the bound below is 0.65.
 - the tiny world (160 train / 60 validation CTs, preprocessed with the ``small`` preset at 32x64x64), full
   method from configs/tiny.yaml (resnet3d_tiny, 10 epochs, tiny teacher): last-epoch validation macro
-  AUROC 0.646 / 0.688 / 0.663 for seeds 0 / 1 / 2, ~26 s of training each; the bound below is 0.60.
+  AUROC 0.646 / 0.688 / 0.663 for seeds 0 / 1 / 2, ~26 s of training each, before the claim work. Since
+  (whole reports, centred targets, KD head on the shared embedding, label-re-ranked retrieval): 0.620 /
+  0.646 for seeds 0 / 1 (shuffled targets 0.657 / 0.645, plain CLIP 0.670 for seed 0): distillation that
+  now acts on the shared space costs the tiny world a little zero-shot. A 60-volume macro AUROC has an
+  SD of ~0.03, so the bound below is 0.57 (about 2 SD above chance), not a figure tuned to one machine.
+  PKD on those runs (last epoch, real / shuffled-in-batch / best constant): seed 0 0.860 / 0.940 / 0.913,
+  seed 1 0.874 / 0.931 / 0.913; with shuffled targets 0.910 and 0.914 against 0.913.
   Calibration (RoCo only, no teacher, 20 epochs): the earlier tiny world (24 train / 12 validation CTs)
   gave 0.52 / 0.35 / 0.30 with resnet3d_tiny at 32x64x64, and 160 CTs at the coarse 16x32x32 (11 mm voxels)
   0.49 / 0.48 / 0.57 with vit3d_tiny: too few volumes and too coarse voxels made its zero-shot score noise.
@@ -17,6 +23,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from test_train_support import tiny_config, write_cache, write_targets
 
@@ -34,21 +41,34 @@ def test_zero_shot_auroc_clearly_above_chance_on_held_out_pairs(tmp_path):
     assert result["val_auroc"] > 0.65
 
 
-def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_world, tmp_path):
-    from ctxray.cli import main
+@pytest.fixture(scope="module")
+def tiny_chain(tiny_world, tmp_path_factory):
+    """The tiny world preprocessed (small preset), its tiny expert and the default retrieval."""
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
     from ctxray.data.spec import get_preset
     from ctxray.retrieval import retrieve
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
-    from ctxray.train.checkpoint import load_model
 
+    root = tmp_path_factory.mktemp("chain")
     found = discover(tiny_world / "ct-rate")
-    cache, teacher, ret, run = tmp_path / "cache", tmp_path / "teacher", tmp_path / "retrieval", tmp_path / "run"
+    cache, teacher, ret = root / "cache", root / "teacher", root / "retrieval"
     build_cache(found.items, cache, get_preset("small"), workers=1, prior_errors=found.errors)
     train_teacher(tiny_world / "xray", teacher, teacher_preset("tiny"))
     retrieve(str(teacher), cache, tiny_world / "xray", ret, seed=0)
+    return cache, teacher, ret
+
+
+PKD_GAP = 0.025  # real targets end >= 0.039 below the constant level on seeds 0 and 1; shuffled ones within 0.003
+
+
+def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path):
+    from ctxray.cli import main
+    from ctxray.train.checkpoint import load_model
+
+    cache, teacher, ret = tiny_chain
+    run = tmp_path / "run"
 
     args = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
             "--out", str(run)]
@@ -63,7 +83,13 @@ def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_world, tmp_path)
     last = sum(r["loss"] for r in steps[-per_epoch:]) / per_epoch
     assert last < 0.8 * first  # it learns its pairs
     assert vals[-1]["val_n"] == 60
-    assert vals[-1]["val_auroc"] > 0.60  # zero-shot on the 60 validation CTs, clearly above chance
+    assert vals[-1]["val_auroc"] > 0.57  # zero-shot on the 60 validation CTs, ~2 SD above chance (see top)
+    result = json.loads((run / "metrics.json").read_text())
+    # distillation reads the CT: PKD with its own retrieved targets ends below the best constant prediction
+    # and below the same student scored against other CTs' targets
+    assert result["pkd_last_epoch"] < result["pkd_mean_level"] - PKD_GAP
+    assert result["pkd_last_epoch"] < result["pkd_shuffled_last_epoch"] - PKD_GAP
+    assert result["collapsed_steps"] == 0
     model, tok, cfg = load_model(run)
     assert cfg.model.input_shape == (32, 64, 64) and cfg.data.cache == str(cache)
     best = json.loads((run / "checkpoints" / "best" / "metrics.json").read_text())
@@ -82,3 +108,15 @@ def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_world, tmp_path)
     _, tok_t, cfg_t = load_model(tmp_path / "run_t")
     assert cfg_t.model.text == teacher_text_tower(teacher)[0]
     assert tok_t.vocab_size == cfg_t.model.text.vocab_size != tok.vocab_size
+
+
+def test_tiny_world_shuffled_targets_stay_at_the_constant_prediction_level(tiny_chain, tmp_path):
+    """The control: with every CT given another CT's target, PKD cannot go below what a constant reaches."""
+    from ctxray.cli import main
+
+    cache, _, ret = tiny_chain
+    run = tmp_path / "shuffled"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
+                 "--out", str(run), "--set", "data.shuffle_targets=true"]) == 0
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["pkd_last_epoch"] > result["pkd_mean_level"] - PKD_GAP

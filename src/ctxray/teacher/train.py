@@ -83,7 +83,7 @@ def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16), embed_dim=128,
                                image_size=64)
         model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=512)
-        cfg = TeacherTrainConfig(model=model, epochs=10)
+        cfg = TeacherTrainConfig(model=model, epochs=10, label_weight=1.0)
     elif name == "base":
         cfg = TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
     else:
