@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     where = "peak = max allocated GPU memory" if args.device != "cpu" else "peak = process max RSS"
     print(f"{', '.join(args.encoders)} on {args.device} ({where}), {args.threads} threads, {args.warmup} warm-up + "
           f"{args.steps} timed steps each")  # fmt: skip
+    if "bf16" in args.levers and args.device == "cpu" and not here["cpu_native_bf16"]:
+        print("NOTE: this CPU has no native bf16: the bf16 rows measure emulated bf16 (can be many times slower)")
     for line in describe_reference(ref, here) if ref else ["no --reference: no ratios printed"]:
         print(line)
     cols = "   reference s, GB, tokens    mem   speed(wall) goal   speed(cpu) goal" if ref else ""
