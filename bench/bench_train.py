@@ -35,7 +35,7 @@ on a 2-core AMD EPYC (2 threads, fp32, batch 1), not by this project. Goal there
 with at most 1/3 of its memory.
 
     python bench/bench_train.py [--threads 1] [--steps 2] [--warmup 1] [--shapes demo 100x200x200]
-        [--encoders vit3d_small vit3d_axial_small] [--levers fp32 ckpt bf16] [--patches main coarse]
+        [--encoders vit3d_small vit3d_axial_small] [--levers fp32 ckpt bf16] [--patches main coarse ctvit]
         [--reference bench/reference_ctvit_amd_epyc.json] [--save this_run.json]
     python bench/bench_train.py --device cuda      # on a GPU: peak = torch.cuda.max_memory_allocated
 
@@ -70,6 +70,8 @@ SHAPES = {
 MAIN_PATCH = {"demo": (16, 16, 16), "160x224x224": (16, 16, 16), "100x200x200": (10, 20, 20),
               "240x480x480": (16, 32, 32)}  # fmt: skip
 COARSE_PATCH = {"100x200x200": (20, 20, 20), "240x480x480": (20, 40, 40)}
+# CT-CLIP's CTViT tokenisation (10 slices x 20 x 20 pixels): 1,000 tokens at 100x200x200 (= MAIN_PATCH), 13,824 at 240^3
+CTVIT_PATCH = {"240x480x480": (10, 20, 20)}
 LEVERS = ("fp32", "ckpt", "bf16")
 
 
@@ -92,7 +94,8 @@ class Config:
 def default_configs(shapes: list[str], demo_batch: int, encoders: list[str], levers: tuple[str, ...] = LEVERS,
                     patches: tuple[str, ...] = ("main", "coarse")) -> list[Config]:  # fmt: skip
     """The benchmark grid. Per shape and encoder (encoders adjacent, so they read side by side): the main patch
-    with each lever, then the coarser patch in fp32. The levers run at the demo batch on the demo shape."""
+    with each lever, then the coarser patch and CTViT's own patch (where it differs from the main one) in fp32.
+    The levers run at the demo batch on the demo shape."""
     out: list[Config] = []
     for name in shapes:
         shape = SHAPES[name]
@@ -109,6 +112,8 @@ def default_configs(shapes: list[str], demo_batch: int, encoders: list[str], lev
                     out.append(Config(shape, patch, batches[-1], bf16=True, encoder=encoder))
             if vit and "coarse" in patches and name in COARSE_PATCH:
                 out.append(Config(shape, COARSE_PATCH[name], 1, encoder=encoder))
+            if vit and "ctvit" in patches and name in CTVIT_PATCH:
+                out.append(Config(shape, CTVIT_PATCH[name], 1, encoder=encoder))
     return out
 
 
@@ -252,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--encoders", "--encoder", nargs="+", default=["vit3d_small"], help="run side by side")
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
-    p.add_argument("--patches", nargs="+", default=["main", "coarse"], choices=["main", "coarse"])
+    p.add_argument("--patches", nargs="+", default=["main", "coarse"], choices=["main", "coarse", "ctvit"],
+                   help="ctvit: CTViT's 10x20x20 patch at 240x480x480 (13,824 tokens; slow with full attention)")
     p.add_argument("--reference", help="reference JSON with its machine (schema above); ratios only against it")
     p.add_argument("--save", help="write this run's rows and machine as a reference JSON")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
