@@ -48,8 +48,9 @@ class Runtime:
             torch.distributed.barrier()
 
 
-# what emulated bf16 costs, measured (issue 18): vit3d_small, 240x480x480, fwd+bwd+AdamW, 2-core AMD EPYC (AVX2 only)
-EMULATED_BF16_COST = "measured 30x slower than fp32 per training step (186 s vs 6 s, vit3d_small at 240x480x480)"
+# what emulated bf16 costs per training step of vit3d_small (fwd+bwd+AdamW) on 2-core AMD EPYCs with AVX2 only:
+# 21.5 vs 1.5 CPU s at 100x200x200, 1 thread (bench/bench_train.py here); 186 vs 6 s at 240x480x480 (issue 18)
+EMULATED_BF16_COST = "measured 14-30x slower than fp32 per training step of vit3d_small on an AVX2-only AMD EPYC"
 
 
 def resolve_precision(precision: str, use_cuda: bool, warn: bool = True) -> torch.dtype | None:

@@ -57,8 +57,8 @@ def cpu_flags(path: Path = CPUINFO) -> frozenset[str]:
 def cpu_has_native_bf16(path: Path = CPUINFO) -> bool:
     """True when the CPU executes bf16 arithmetic natively (AVX512-BF16, AMX-BF16 or ARM BF16).
 
-    Without it, bf16 autocast on the CPU is emulated by conversions around fp32 arithmetic: measured 30x slower
-    than fp32 per training step of ``vit3d_small`` at 240x480x480 on a 2-core AMD EPYC with AVX2 only.
+    Without it, bf16 autocast on the CPU is emulated by conversions around fp32 arithmetic: measured 14x (100x200x200)
+    to 30x (240x480x480) slower than fp32 per training step of ``vit3d_small`` on 2-core AMD EPYCs with AVX2 only.
     """
     return bool(cpu_flags(path) & NATIVE_BF16_FLAGS)
 
