@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxray.utils.machine import describe_machine
+
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 
 
@@ -56,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from ctxray.data.dataset import Augment, CTCacheDataset
 
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared: absolute rates vary)")
+    print(describe_machine())  # 1 torch thread; other processes may share the cores: absolute rates vary
     for name, shape, n in (("demo", (48, 96, 96), args.n_demo), ("merlin", (160, 224, 224), args.n_merlin)):
         with tempfile.TemporaryDirectory() as d:
             cache = make_cache(Path(d), shape, n)

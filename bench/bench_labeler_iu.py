@@ -44,6 +44,7 @@ import math
 import time
 
 from ctxray.generate.iu_validation import validate_on_iu
+from ctxray.utils.machine import describe_machine
 
 
 def _f(x: float) -> str:
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--half", default="heldout", choices=["heldout", "dev", "all"])
     parser.add_argument("--tgz", default=None, help="NLMCXR_reports.tgz (default: from the torchxrayvision wheel)")
     args = parser.parse_args()
+    print(describe_machine())
     t0 = time.perf_counter()
     rows1, n = validate_on_iu(args.half, uncertain_as=1.0, tgz=args.tgz)
     rows0, _ = validate_on_iu(args.half, uncertain_as=0.0, tgz=args.tgz)

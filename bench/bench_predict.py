@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxray.utils.machine import describe_machine
+
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 
 # input scans written as DICOM: (shape D, H, W), spacing (z, y, x) mm
@@ -143,8 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs visible, load average "
-          f"{os.getloadavg()[0]:.1f} (other processes share these CPUs: figures scale with it)")
+    print(describe_machine() + " (other processes may share these CPUs: figures scale with the load)")
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             res = bench(preset, args.n, Path(tmp))

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxray.utils.machine import describe_machine
+
 GALLERY, QUERIES = 227_000, 50_000
 
 
@@ -90,6 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    print(describe_machine())
     n, q = int(GALLERY * args.scale), int(QUERIES * args.scale)
     data_mib = (n + q) * args.dim * 4 / 2**20
     print(f"gallery {n:,} x queries {q:,} x dim {args.dim}, k={args.k}, threads={args.threads}, "

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             result = bench(Path(tmp), args.preset, args.workers)
+    from ctxray.utils.machine import describe_machine, machine_info
+
+    result["machine"] = machine_info()
+    print(describe_machine(result["machine"]))
     print(json.dumps(result, indent=2))
     print(f"{result['preset']}: {result['wall_s']} s wall ({result['cpu_s']} CPU-s, {args.workers} worker(s)), "
           f"{result['bytes_total'] / 2**20:.0f} MiB on disk "

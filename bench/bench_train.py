@@ -1,25 +1,47 @@
-"""Training throughput and peak memory of the default volume encoder (``vit3d_small``) on this CPU.
+"""Training throughput and peak memory of volume encoders (default ``vit3d_small``) on this machine.
 
-One training step = forward + backward + AdamW step of the volume encoder alone (the cost CT-CLIP's CTViT
-reference below measures), on random input. Every configuration runs in a fresh subprocess so that its peak
-memory (``getrusage(RUSAGE_SELF).ru_maxrss``: the process's peak resident set, which includes the ~0.3 GB
-of Python + torch itself, printed as ``base``) is its own. Each configuration does ``--warmup`` untimed steps,
-then ``--steps`` timed ones; the median wall time and the median process CPU time per step are printed.
-CPU time is shown because the machine is shared: under load, wall time grows but CPU time much less
-(with N threads and no contention, wall ~= CPU / N).
+One training step = forward + backward + AdamW step of the volume encoder alone, on random input. Every
+configuration runs in a fresh subprocess so that its peak memory (``getrusage(RUSAGE_SELF).ru_maxrss``: the
+process's peak resident set, which includes the ~0.3 GB of Python + torch itself, printed as ``base``) is its
+own. Each configuration does ``--warmup`` untimed steps, then ``--steps`` timed ones; the median wall time and
+the median process CPU time per step are printed. CPU time is shown because the machine may be shared: under
+load, wall time grows but CPU time much less (with N threads and no contention, wall ~= CPU / N). The machine
+(CPU model, cores, torch threads, GPU) is printed first; figures mean nothing without it.
 
 Shapes are (D, H, W). The ViT needs each axis divisible by its patch, and attention cost grows with the
 square of the token count, so large volumes take larger patches (printed per row, with the token count).
+Several ``--encoders`` run side by side at the same patches, hence the same token counts.
 
-Reference (CT-CLIP's CTViT image encoder, measured on this machine: 2 threads, fp32, batch 1, per training
-step): 28.1 s and 12.7 GB at 240x480x480; 1.16 s and 1.43 GB at 100x200x200.
-Goal: at least 3x its throughput with at most 1/3 of its memory.
+No figure from another machine is built in. Ratios are printed only against a reference the user supplies,
+``--reference ref.json``, and that reference's machine is printed beside them; when it differs from this
+machine the ratios compare two machines, and a note says so. Schema (``--save`` writes the same format from
+this run, so a run here can be the reference of a later run here; the ``#`` notes are not part of the file)::
 
-    .venv/bin/python bench/bench_train.py [--threads 2] [--steps 2] [--warmup 1] [--shapes demo 100x200x200]
+    {
+      "schema": "ctxray-bench-train-reference/1",
+      "encoder": "what was measured (free text)",
+      "source": "who measured it, when, how (free text)",
+      "method": "fwd+bwd+AdamW, batch 1, fp32 (free text)",
+      "machine": {"cpu_model": "AMD EPYC", "cores": 2, "torch_threads": 2, "gpu": null},   # all required
+      "rows": [                                                                             # one per shape
+        {"shape": [100, 200, 200], "batch": 1, "tokens": 1000,        # batch (default 1), tokens optional
+         "s_per_step": [1.57, 2.06],                                  # seconds, a number or [min, max]
+         "peak_gb": 1.31}                                             # peak memory, GB
+      ]
+    }
+
+``bench/reference_ctvit_amd_epyc.json`` holds CT-CLIP's CTViT image encoder as measured by an outside review
+on a 2-core AMD EPYC (2 threads, fp32, batch 1), not by this project. Goal there: at least 3x its throughput
+with at most 1/3 of its memory.
+
+    python bench/bench_train.py [--threads 1] [--steps 2] [--warmup 1] [--shapes demo 100x200x200]
+        [--encoders vit3d_small vit3d_axial_small] [--levers fp32 ckpt bf16] [--patches main coarse ctvit]
+        [--reference bench/reference_ctvit_amd_epyc.json] [--save this_run.json]
     python bench/bench_train.py --device cuda      # on a GPU: peak = torch.cuda.max_memory_allocated
 
-On a GPU the CTViT comparison columns are left out (the reference is a CPU figure); wall times are taken
-after ``torch.cuda.synchronize()``.
+bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / AMX / ARM BF16; the machine line says
+"CPU bf16 emulated") is emulated and can be many times slower than fp32; leave ``bf16`` out of ``--levers``
+there unless that is what you measure. On a GPU wall times are taken after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -33,9 +55,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-# CTViT reference per training step at batch 1: (seconds, peak GB); keys are (D, H, W)
-REFERENCE = {(240, 480, 480): (28.1, 12.7), (100, 200, 200): (1.16, 1.43)}
+from ctxray.utils.machine import describe_machine, machine_info
+
+SCHEMA = "ctxray-bench-train-reference/1"
 GOAL_SPEEDUP, GOAL_MEMORY = 3.0, 1.0 / 3.0
 SHAPES = {
     "demo": (48, 96, 96),
@@ -43,6 +67,12 @@ SHAPES = {
     "100x200x200": (100, 200, 200),
     "240x480x480": (240, 480, 480),
 }
+MAIN_PATCH = {"demo": (16, 16, 16), "160x224x224": (16, 16, 16), "100x200x200": (10, 20, 20),
+              "240x480x480": (16, 32, 32)}  # fmt: skip
+COARSE_PATCH = {"100x200x200": (20, 20, 20), "240x480x480": (20, 40, 40)}
+# CT-CLIP's CTViT tokenisation (10 slices x 20 x 20 pixels): 1,000 tokens at 100x200x200 (= MAIN_PATCH), 13,824 at 240^3
+CTVIT_PATCH = {"240x480x480": (10, 20, 20)}
+LEVERS = ("fp32", "ckpt", "bf16")
 
 
 @dataclass
@@ -56,29 +86,87 @@ class Config:
     bf16: bool = False
     encoder: str = "vit3d_small"
 
+    @property
+    def levers(self) -> str:
+        return "+".join(n for n, on in (("ckpt", self.ckpt), ("bf16", self.bf16)) if on) or "fp32"
 
-def default_configs(shapes: list[str], demo_batch: int, encoder: str) -> list[Config]:
-    """The benchmark grid: per shape, a main patch with and without the levers, plus a coarser patch."""
-    main = {"demo": (16, 16, 16), "160x224x224": (16, 16, 16), "100x200x200": (10, 20, 20),
-            "240x480x480": (16, 32, 32)}  # fmt: skip
-    coarse = {"100x200x200": (20, 20, 20), "240x480x480": (20, 40, 40)}
+
+def default_configs(shapes: list[str], demo_batch: int, encoders: list[str], levers: tuple[str, ...] = LEVERS,
+                    patches: tuple[str, ...] = ("main", "coarse")) -> list[Config]:  # fmt: skip
+    """The benchmark grid. Per shape and encoder (encoders adjacent, so they read side by side): the main patch
+    with each lever, then the coarser patch and CTViT's own patch (where it differs from the main one) in fp32.
+    The levers run at the demo batch on the demo shape."""
     out: list[Config] = []
     for name in shapes:
-        shape, patch = SHAPES[name], main[name] if encoder.startswith("vit3d") else None
-        batches = [1, demo_batch] if name == "demo" else [1]
-        lever_batch = batches[-1]
-        out += [Config(shape, patch, b, encoder=encoder) for b in batches]
-        out += [Config(shape, patch, lever_batch, ckpt=True, encoder=encoder)]
-        out += [Config(shape, patch, lever_batch, bf16=True, encoder=encoder)]
-        if name in coarse and encoder.startswith("vit3d"):
-            out.append(Config(shape, coarse[name], 1, encoder=encoder))
+        shape = SHAPES[name]
+        for encoder in encoders:
+            vit = encoder.startswith("vit3d")
+            batches = [1, demo_batch] if name == "demo" else [1]
+            if "main" in patches or not vit:
+                patch = MAIN_PATCH[name] if vit else None
+                if "fp32" in levers:
+                    out += [Config(shape, patch, b, encoder=encoder) for b in batches]
+                if "ckpt" in levers:
+                    out.append(Config(shape, patch, batches[-1], ckpt=True, encoder=encoder))
+                if "bf16" in levers:
+                    out.append(Config(shape, patch, batches[-1], bf16=True, encoder=encoder))
+            if vit and "coarse" in patches and name in COARSE_PATCH:
+                out.append(Config(shape, COARSE_PATCH[name], 1, encoder=encoder))
+            if vit and "ctvit" in patches and name in CTVIT_PATCH:
+                out.append(Config(shape, CTVIT_PATCH[name], 1, encoder=encoder))
     return out
 
 
-def _gpu_name() -> str:
-    import torch
+def load_reference(path: str | Path) -> dict:
+    """Read and check a reference JSON (schema in the module docstring).
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"
+    Returns:
+        the parsed file, with ``rows`` keyed by ``(shape, batch)`` under ``by_key`` (the first row of each key)
+        and every ``s_per_step`` as a ``(min, max)`` pair.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        ref = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
+    machine = ref.get("machine") if isinstance(ref, dict) else None
+    need = ("cpu_model", "cores", "torch_threads", "gpu")
+    if not isinstance(machine, dict) or any(k not in machine for k in need):
+        raise ValueError(f"{path}: a reference must record its machine: 'machine' with keys {', '.join(need)}")
+    if not isinstance(ref.get("rows"), list) or not ref["rows"]:
+        raise ValueError(f"{path}: 'rows' must be a non-empty list")
+    ref["by_key"] = {}
+    for i, row in enumerate(ref["rows"]):
+        try:
+            shape = tuple(int(v) for v in row["shape"])
+            s = row["s_per_step"]
+            lo, hi = (float(s), float(s)) if isinstance(s, (int, float)) else (float(s[0]), float(s[-1]))
+            peak = float(row["peak_gb"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}: rows[{i}] needs shape [D, H, W], s_per_step and peak_gb ({err!r})") from err
+        if len(shape) != 3 or lo <= 0 or hi < lo or peak <= 0:
+            raise ValueError(f"{path}: rows[{i}]: shape must be 3 sizes, s_per_step > 0 (min <= max), peak_gb > 0")
+        key = (shape, int(row.get("batch", 1)))  # the first row of a (shape, batch) is the one compared against
+        ref["by_key"].setdefault(key, {**row, "s_per_step": (lo, hi), "peak_gb": peak})
+    return ref
+
+
+def describe_reference(ref: dict, here: dict) -> list[str]:
+    """Lines naming the reference and its machine, and a note when that machine is not this one."""
+    m = ref["machine"]
+    lines = [f"reference: {ref.get('encoder', '?')} ({ref.get('source', 'source not given')}); "
+             f"method: {ref.get('method', 'not given')}",
+             f"reference machine: {m['cpu_model']}, {m['cores']} cores, {m['torch_threads']} thread(s), "
+             f"GPU: {m['gpu'] or 'none'}"]  # fmt: skip
+    same = (m["cpu_model"], m["cores"], m["torch_threads"], m["gpu"]) == (
+        here["cpu_model"], here["cores"], here["torch_threads"], here["gpu"])  # fmt: skip
+    if not same:
+        lines.append("NOTE: the reference machine (or thread count) differs from this run's: the ratios compare "
+                     "two machines, not two encoders; measure both here for an encoder comparison")  # fmt: skip
+    return lines
 
 
 def _rss_gb() -> float:
@@ -132,27 +220,32 @@ def run_config(cfg: Config, steps: int, warmup: int, threads: int, device: str =
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def format_row(cfg: Config, res: dict, threads: int, compare: bool = True) -> str:
-    """One table row; where the shape has a reference: memory fraction, then speed-up and goal check by wall
-    time and by CPU time / threads (the wall time an unloaded machine would give with perfect scaling)."""
+def _ratio(lo: float, hi: float) -> str:
+    return f"{lo:.2f}x" if abs(hi - lo) < 0.005 else f"{lo:.2f}-{hi:.2f}x"
+
+
+def format_row(cfg: Config, res: dict, threads: int, ref: dict | None = None) -> str:
+    """One table row; where the reference has the shape and batch: its figures, our memory fraction, then the
+    speed-up and goal check by wall time and by CPU time / threads (the wall time an unloaded machine would give
+    with perfect scaling). A reference given as a range gives a range of ratios; the goal needs all of it."""
     shape = "x".join(map(str, cfg.shape))
     patch = "x".join(map(str, cfg.patch)) if cfg.patch else "-"
-    levers = "+".join(n for n, on in (("ckpt", cfg.ckpt), ("bf16", cfg.bf16)) if on) or "fp32"
-    head = f"{shape:>12} {patch:>9} {res.get('tokens') or '-':>6} {cfg.batch:>3} {levers:>9}"
+    head = f"{cfg.encoder:>18} {shape:>12} {patch:>9} {res.get('tokens') or '-':>6} {cfg.batch:>3} {cfg.levers:>9}"
     if "error" in res:
         return f"{head}  FAILED: {res['error']}"
     vps = cfg.batch / res["wall"]
     row = f"{head} {res['wall']:8.2f} {vps:7.2f} {res['cpu']:8.2f} {res['peak_gb']:7.2f} {res['base_gb']:5.2f}"
-    ref = REFERENCE.get(cfg.shape)
-    if ref and cfg.batch == 1 and compare:
-        mem = res["peak_gb"] / ref[1]
-        cells = []
-        for seconds in (res["wall"], res["cpu"] / threads):
-            speed = ref[0] / seconds
-            ok = "yes" if speed >= GOAL_SPEEDUP and mem <= GOAL_MEMORY else "no"
-            cells.append(f"{speed:5.1f}x {ok:>3}")
-        row += f"   {ref[0]:5.2f} s {ref[1]:5.2f} GB  {mem:5.2f}  " + "  ".join(cells)
-    return row
+    r = (ref or {}).get("by_key", {}).get((tuple(cfg.shape), cfg.batch))
+    if r is None:
+        return row
+    lo, hi = r["s_per_step"]
+    mem = res["peak_gb"] / r["peak_gb"]
+    ref_s = f"{lo:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
+    cells = [f"{ref_s:>9} s {r['peak_gb']:5.2f} GB {r.get('tokens', '?'):>6}  {mem:5.2f}"]
+    for seconds in (res["wall"], res["cpu"] / threads):
+        ok = "yes" if lo / seconds >= GOAL_SPEEDUP and mem <= GOAL_MEMORY else "no"
+        cells.append(f"{_ratio(lo / seconds, hi / seconds):>12} {ok:>3}")
+    return row + "   " + "  ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--demo-batch", type=int, default=8, help="the demo's batch size (TrainConfig default)")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--encoder", default="vit3d_small")
+    p.add_argument("--encoders", "--encoder", nargs="+", default=["vit3d_small"], help="run side by side")
+    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
+    p.add_argument("--patches", nargs="+", default=["main", "coarse"], choices=["main", "coarse", "ctvit"],
+                   help="ctvit: CTViT's 10x20x20 patch at 240x480x480 (13,824 tokens; slow with full attention)")
+    p.add_argument("--reference", help="reference JSON with its machine (schema above); ratios only against it")
+    p.add_argument("--save", help="write this run's rows and machine as a reference JSON")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -172,17 +270,50 @@ def main(argv: list[str] | None = None) -> int:
         cfg.patch = tuple(cfg.patch) if cfg.patch else None
         print(json.dumps(worker(cfg, args.steps, args.warmup, args.threads, args.device)))
         return 0
+    import torch
+
+    torch.set_num_threads(args.threads)  # so that the machine line shows the workers' thread count
+    here = machine_info()
+    ref = None
+    if args.reference:
+        try:
+            ref = load_reference(args.reference)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
-    where = args.device if args.device == "cpu" else f"{args.device} ({_gpu_name()}; peak = max allocated GPU memory)"
-    print(f"{args.encoder} on {where}, {args.threads} threads, {args.warmup} warm-up + {args.steps} timed steps each; "
-          f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'shape DxHxW':>12} {'patch':>9} {'tokens':>6} {'B':>3} {'levers':>9} {'s/step':>8} {'vol/s':>7} "
-          f"{'cpu s':>8} {'peak GB':>7} {'base':>5}   CTViT ref        mem   speed goal  speed(cpu) goal")  # fmt: skip
-    for cfg in default_configs(args.shapes, args.demo_batch, args.encoder):
+    print(describe_machine(here))
+    where = "peak = max allocated GPU memory" if args.device != "cpu" else "peak = process max RSS"
+    print(f"{', '.join(args.encoders)} on {args.device} ({where}), {args.threads} threads, {args.warmup} warm-up + "
+          f"{args.steps} timed steps each")  # fmt: skip
+    if "bf16" in args.levers and args.device == "cpu" and not here["cpu_native_bf16"]:
+        print("NOTE: this CPU has no native bf16: the bf16 rows measure emulated bf16 (can be many times slower)")
+    for line in describe_reference(ref, here) if ref else ["no --reference: no ratios printed"]:
+        print(line)
+    cols = "   reference s, GB, tokens    mem   speed(wall) goal   speed(cpu) goal" if ref else ""
+    print(f"{'encoder':>18} {'shape DxHxW':>12} {'patch':>9} {'tokens':>6} {'B':>3} {'levers':>9} {'s/step':>8} "
+          f"{'vol/s':>7} {'cpu s':>8} {'peak GB':>7} {'base':>5}{cols}")  # fmt: skip
+    rows = []
+    configs = default_configs(args.shapes, args.demo_batch, args.encoders, tuple(args.levers), tuple(args.patches))
+    for cfg in configs:
         res = run_config(cfg, args.steps, args.warmup, args.threads, args.device)
-        print(format_row(cfg, res, args.threads, compare=args.device == "cpu"), flush=True)
-    print(f"goal: >= {GOAL_SPEEDUP:.0f}x CTViT's throughput and <= {GOAL_MEMORY:.2f} of its memory at batch 1; "
-          f"load average at end: {os.getloadavg()[0]:.2f}; bench took {time.perf_counter() - t0:.0f} s")  # fmt: skip
+        print(format_row(cfg, res, args.threads, ref), flush=True)
+        if "error" not in res:
+            rows.append({"encoder": cfg.encoder, "shape": list(cfg.shape), "patch": cfg.patch, "batch": cfg.batch,
+                         "levers": cfg.levers, "tokens": res["tokens"], "s_per_step": round(res["wall"], 3),
+                         "cpu_s_per_step": round(res["cpu"], 3), "peak_gb": round(res["peak_gb"], 3),
+                         "params_m": round(res["params_m"], 2)})  # fmt: skip
+    end = f"load average at end: {os.getloadavg()[0]:.2f}; bench took {time.perf_counter() - t0:.0f} s"
+    if ref:
+        end = f"goal: >= {GOAL_SPEEDUP:.0f}x the reference's throughput, <= {GOAL_MEMORY:.2f} of its memory; " + end
+    print(end)
+    if args.save:
+        out = {"schema": SCHEMA, "encoder": ", ".join(args.encoders),
+               "source": f"bench/bench_train.py, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+               "method": f"fwd+bwd+AdamW on {args.device}, median of {args.steps} steps after {args.warmup}",
+               "machine": here, "rows": rows}  # fmt: skip
+        Path(args.save).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.save} ({len(rows)} rows; as a --reference, rows are matched by shape and batch)")
     return 0
 
 

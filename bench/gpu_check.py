@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device visible: nothing to check", file=sys.stderr)
         return 2
     torch.set_num_threads(args.cpu_threads)
+    from ctxray.utils.machine import describe_machine
+
+    print(describe_machine(), flush=True)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, bf16 supported: "
           f"{torch.cuda.is_bf16_supported()}", flush=True)
     root = Path(args.out)

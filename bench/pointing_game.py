@@ -36,6 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
+    from ctxray.utils.machine import describe_machine
+
+    print(describe_machine())
 
     import ctxray
     from ctxray.inference.pointing import collect_cases, format_table, pointing_game, read_ground_truth

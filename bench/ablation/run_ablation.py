@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(2)
+    from ctxray.utils.machine import describe_machine
+
+    print(describe_machine(), flush=True)
     fields = {k: getattr(args, k) for k in asdict(Settings()) if k not in ("seeds", "overrides")}
     s = Settings(**fields, seeds=tuple(int(x) for x in args.seeds.split(",")), overrides=tuple(args.override))
     work, t0 = Path(args.work), time.perf_counter()

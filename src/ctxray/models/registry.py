@@ -1,8 +1,8 @@
 """Registry of 3D volume encoders, timm-style: ``@register_encoder`` and ``create_volume_encoder(name)``.
 
 Every encoder maps a CT volume ``(B, 1, D, H, W)`` float in ``[0, 1]`` to one embedding per volume and exposes
-its last spatial feature map (for heatmaps and the report decoder). Families live in ``vit3d.py`` and
-``resnet3d.py``; each registers a ``*_tiny`` variant for tests.
+its last spatial feature map (for heatmaps and the report decoder). Families live in ``vit3d.py``,
+``vit3d_axial.py`` (factorised attention) and ``resnet3d.py``; each registers a ``*_tiny`` variant for tests.
 
 Example::
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, Callable[..., VolumeEncoder]] = {}
-_BUILTIN_FAMILIES = ("ctxray.models.vit3d", "ctxray.models.resnet3d")
+_BUILTIN_FAMILIES = ("ctxray.models.vit3d", "ctxray.models.vit3d_axial", "ctxray.models.resnet3d")
 
 
 class VolumeEncoder(nn.Module):

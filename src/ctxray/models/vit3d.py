@@ -86,8 +86,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shape: x (B, N, C) -> (B, N, C)."""
+    def forward(self, x: torch.Tensor, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Full attention over all N tokens (``grid`` is unused here; factorised blocks need it).
+
+        Shape: x (B, N, C) -> (B, N, C).
+        """
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -147,9 +150,13 @@ class ViT3D(VolumeEncoder):
             self.register_buffer("pos_embed", sincos_pos_embed_3d(grid, embed_dim)[None], persistent=False)
         self.register_buffer("pos_grid", torch.tensor(grid, dtype=torch.long))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "cls" else None
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = self._make_blocks(embed_dim, depth, num_heads, mlp_ratio)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
+
+    def _make_blocks(self, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
+        """The transformer blocks (full attention here; subclasses factorise it)."""
+        return nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
 
     def _init_weights(self) -> None:
         if isinstance(self.pos_embed, nn.Parameter):
@@ -202,9 +209,9 @@ class ViT3D(VolumeEncoder):
             t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)  # (B, 1+N, C)
         for block in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                t = checkpoint(block, t, use_reentrant=False)
+                t = checkpoint(block, t, grid, use_reentrant=False)
             else:
-                t = block(t)
+                t = block(t, grid)
         return self.norm(t), grid
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:

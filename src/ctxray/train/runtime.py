@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ctxray.train import distributed as D
+from ctxray.utils.machine import cpu_has_native_bf16, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,54 @@ class Runtime:
             torch.distributed.barrier()
 
 
+# what emulated bf16 costs per training step of vit3d_small (fwd+bwd+AdamW) on 2-core AMD EPYCs with AVX2 only:
+# 21.5 vs 1.5 CPU s at 100x200x200, 1 thread (bench/bench_train.py here); 186 vs 6 s at 240x480x480 (issue 18)
+EMULATED_BF16_COST = "measured 14-30x slower than fp32 per training step of vit3d_small on an AVX2-only AMD EPYC"
+
+
+def resolve_precision(precision: str, use_cuda: bool, warn: bool = True) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on this machine.
+
+    ``auto`` is bf16 on a GPU that supports it and fp32 everywhere else: never bf16 on a CPU without native bf16
+    (AVX512-BF16, AMX-BF16, ARM BF16), where it is emulated and much slower, and not on a CPU with it either,
+    because no gain has been measured there (ask for ``bf16`` explicitly). An explicit ``bf16`` on a CPU without
+    native bf16 is honoured with a warning.
+
+    Args:
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        use_cuda: the run is on a GPU.
+        warn: log the emulated-bf16 warning (rank 0 only).
+
+    Returns:
+        ``torch.bfloat16``, ``torch.float16``, or None for fp32.
+
+    Raises:
+        ValueError: for an unknown precision, or fp16 without a GPU.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if not use_cuda and not cpu_has_native_bf16() and warn:
+            log.warning("precision='bf16' on a CPU without native bf16 (%s; no AVX512-BF16/AMX/ARM BF16): autocast "
+                        "is emulated there and much slower than fp32 (%s); use precision=fp32 or auto on this CPU",
+                        cpu_model(), EMULATED_BF16_COST)  # fmt: skip
+        return torch.bfloat16
+    if precision == "fp16":
+        if not use_cuda:
+            raise ValueError("precision='fp16' needs a GPU; use bf16 or fp32 on CPU")
+        return torch.float16
+    raise ValueError(f"precision={precision!r}: expected auto, fp32, bf16 or fp16")
+
+
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Join the process group when launched by torchrun, pick the device and autocast dtype.
 
     Args:
         device: ``auto`` (the local rank's GPU if there is one), ``cpu`` or ``cuda``.
-        precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16``, ``fp16``.
+        precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16``, ``fp16``;
+            see :func:`resolve_precision`.
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
@@ -64,18 +107,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    if precision == "auto":
-        dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else None
-    elif precision == "fp32":
-        dtype = None
-    elif precision == "bf16":
-        dtype = torch.bfloat16
-    elif precision == "fp16":
-        if not use_cuda:
-            raise ValueError("precision='fp16' needs a GPU; use bf16 or fp32 on CPU")
-        dtype = torch.float16
-    else:
-        raise ValueError(f"precision={precision!r}: expected auto, fp32, bf16 or fp16")
+    dtype = resolve_precision(precision, use_cuda, warn=D.rank() == 0)
     return Runtime(rank=D.rank(), world_size=D.world_size(), device=dev, dtype=dtype)
 
 

@@ -1,0 +1,86 @@
+"""bench/bench_train.py divides only by a supplied reference that records its machine, and says when that machine
+is not this one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MACHINE = {"cpu_model": "AMD EPYC", "cores": 2, "torch_threads": 2, "gpu": None}
+RESULT = {"wall": 2.0, "cpu": 3.0, "peak_gb": 0.5, "base_gb": 0.2, "tokens": 1000, "params_m": 12.0}
+
+
+def test_no_figure_of_another_machine_is_built_in(bench):
+    source = (ROOT / "bench" / "bench_train.py").read_text()
+    assert not hasattr(bench, "REFERENCE") and "28.1" not in source and "12.7" not in source
+    cfg = bench.Config((100, 200, 200), (10, 20, 20))
+    row = bench.format_row(cfg, RESULT, threads=1)  # no reference: figures, no ratios
+    assert row.split()[-5:] == ["2.00", "0.50", "3.00", "0.50", "0.20"]
+
+
+def test_shipped_ctvit_reference_loads_with_its_machine(bench):
+    ref = bench.load_reference(ROOT / "bench" / "reference_ctvit_amd_epyc.json")
+    assert ref["machine"]["cpu_model"] == "AMD EPYC" and ref["machine"]["torch_threads"] == 2
+    assert "outside review" in ref["source"] and "not by this project" in ref["source"]
+    assert ref["by_key"][((100, 200, 200), 1)]["s_per_step"] == (1.57, 2.06)
+    assert ref["by_key"][((240, 480, 480), 1)]["s_per_step"] == (53.8, 53.8)
+    assert ref["by_key"][((240, 480, 480), 1)]["peak_gb"] == 11.63
+
+
+def test_ratios_against_a_reference_range_and_the_goal(bench, tmp_path):
+    path = tmp_path / "ref.json"
+    rows = [{"shape": [100, 200, 200], "s_per_step": [6.0, 8.0], "peak_gb": 2.0, "tokens": 1000}]
+    path.write_text(json.dumps({"machine": MACHINE, "rows": rows}))
+    ref = bench.load_reference(path)
+    cfg = bench.Config((100, 200, 200), (10, 20, 20))
+    row = bench.format_row(cfg, RESULT, threads=1, ref=ref)
+    # memory 0.5 / 2.0; speed by wall 6/2 .. 8/2; by CPU/threads 6/3 .. 8/3 (goal needs the whole range >= 3x)
+    assert "0.25" in row and "3.00-4.00x yes" in row and "2.00-2.67x  no" in row
+    other = bench.format_row(bench.Config((48, 96, 96), (16, 16, 16)), RESULT, 1, ref)  # no reference row
+    assert other.endswith("0.20") and "yes" not in other and " no" not in other
+
+
+def test_a_different_machine_or_thread_count_is_named(bench):
+    ref = {"machine": MACHINE, "encoder": "CTViT", "source": "review"}
+    here = {**MACHINE, "torch_threads": 1}
+    lines = bench.describe_reference(ref, here)
+    assert "AMD EPYC, 2 cores, 2 thread(s)" in lines[1] and lines[-1].startswith("NOTE")
+    assert not bench.describe_reference(ref, MACHINE)[-1].startswith("NOTE")
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json", "not a readable JSON"),
+    (json.dumps({"rows": [{"shape": [1, 2, 3], "s_per_step": 1, "peak_gb": 1}]}), "must record its machine"),
+    (json.dumps({"machine": MACHINE, "rows": []}), "non-empty"),
+    (json.dumps({"machine": MACHINE, "rows": [{"shape": [1, 2, 3], "peak_gb": 1}]}), r"rows\[0\]"),
+    (json.dumps({"machine": MACHINE, "rows": [{"shape": [1, 2], "s_per_step": 1, "peak_gb": 1}]}), "3 sizes"),
+])  # fmt: skip
+def test_bad_reference_files_are_refused_naming_the_file(bench, tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as err:
+        bench.load_reference(path)
+    assert "bad.json" in str(err.value)
+
+
+def test_encoders_run_side_by_side_at_the_same_patches(bench):
+    cfgs = bench.default_configs(["100x200x200"], 8, ["vit3d_small", "vit3d_axial_small"], ("fp32",), ("main",))
+    assert [(c.encoder, c.patch) for c in cfgs] == [("vit3d_small", (10, 20, 20)), ("vit3d_axial_small", (10, 20, 20))]
+    cfgs = bench.default_configs(["240x480x480"], 8, ["vit3d_axial_small"], ("fp32",), ("ctvit",))
+    assert [c.patch for c in cfgs] == [(10, 20, 20)]
