@@ -104,7 +104,11 @@ def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path)
     args_t = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
               "--out", str(tmp_path / "run_t"), "--set", "optim.epochs=1", "--set", "text_init=teacher",
               "--teacher", str(teacher)]
-    assert main(args_t) == 0
+    # the tiny expert's 400-word vocabulary, learnt on radiograph reports, splits CT reports into ~700
+    # pieces: the run refuses to cut them silently (exit 2) until the user accepts it
+    assert main(args_t) == 2
+    assert main(args_t + ["--set", "data.max_truncated=1"]) == 0
+    assert json.loads((tmp_path / "run_t" / "report_tokens.json").read_text())["truncated_fraction"] > 0.5
     _, tok_t, cfg_t = load_model(tmp_path / "run_t")
     assert cfg_t.model.text == teacher_text_tower(teacher)[0]
     assert tok_t.vocab_size == cfg_t.model.text.vocab_size != tok.vocab_size

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         config = stored_config(args.out)
     else:
         config = load_config(TrainConfig, args.config, overrides)
-    result = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    try:
+        result = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    except ValueError as err:  # a setting or the data cannot run: say why, no traceback (-v shows it)
+        log.error("ctxray train: %s", err, exc_info=args.verbose > 0)
+        return 2
     log.info("final: %s", json.dumps({k: v for k, v in result.items() if k != "run_dir"}, default=str))
     return 0
