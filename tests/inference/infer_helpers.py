@@ -17,8 +17,28 @@ REPORTS = [
 ]
 
 
-def make_run(root: Path, seed: int = 0) -> Path:
-    """A run folder as ``ctxray train`` writes it (random weights; tiny ViT; a cache with spec.json)."""
+def make_hf_tower(folder: Path, tok, seed: int = 0) -> Path:
+    """A tiny random Hugging Face BERT folder (weights, config, ``tok``'s files, a licence, a README)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=48, max_position_embeddings=64), add_pooling_layer=False)
+    model.save_pretrained(folder)
+    tok.save(folder)
+    (folder / "LICENSE").write_text("Test licence: use freely.\n")
+    (folder / "README.md").write_text("A tiny random BERT for tests.\n")
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"not needed to load")
+    return folder
+
+
+def make_run(root: Path, seed: int = 0, hf_tower: bool = False) -> Path:
+    """A run folder as ``ctxray train`` writes it (random weights; tiny ViT; a cache with spec.json).
+
+    With ``hf_tower`` the report tower is ``kind="hf"`` built from ``root/hf_tower`` (a tiny random BERT),
+    which the run's config names by absolute path, as training writes it today.
+    """
     import torch
 
     from ctxray.data.spec import get_preset
@@ -35,6 +55,9 @@ def make_run(root: Path, seed: int = 0) -> Path:
     cache.mkdir(parents=True)
     get_preset("tiny").save(cache / "spec.json")
     text = TextEncoderConfig(hidden=32, layers=1, heads=2, max_length=48, vocab_size=tok.vocab_size)
+    if hf_tower:
+        hf = make_hf_tower(root / "hf_tower", tok, seed)
+        text = TextEncoderConfig(kind="hf", hf_path=str(hf.resolve()), pooling="mean", max_length=48)
     cfg = TrainConfig(model=DualEncoderConfig(encoder="vit3d_tiny", input_shape=(16, 32, 32), embed_dim=32,
                                               text=text),
                       data=DataConfig(cache=str(cache)))

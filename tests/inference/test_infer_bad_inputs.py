@@ -228,6 +228,7 @@ def test_a_tokenizer_asking_for_remote_code_is_a_clean_error(tiny_model_dir, tmp
     (tc.parent / "custom.py").write_text("raise SystemExit('remote code ran')\n")
     manifest = json.loads((m / MANIFEST).read_text())
     manifest["files"]["encoder/tokenizer/tokenizer_config.json"] = sha256_file(tc)
+    manifest["files"]["encoder/tokenizer/custom.py"] = sha256_file(tc.parent / "custom.py")  # listed, so it is read
     (m / MANIFEST).write_text(json.dumps(manifest))
     write_nifti(tmp_path / "ct.nii.gz", synthetic_ct(), SPACING)
     with caplog.at_level(logging.ERROR):

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from ctxray.inference.export import DECODER_DIR, ENCODER_DIR, FORMAT_VERSION, MANIFEST
+from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
 from ctxray.utils.io import sha256_file
 
 log = logging.getLogger(__name__)
+
+READ_DIRS = (ENCODER_DIR, TEXT_BACKBONE_DIR, DECODER_DIR)  # folders whose every file loading may read
 
 
 class ModelFolderError(ValueError):
@@ -46,7 +49,8 @@ class Finding:
 
 
 def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
-    """Check every file listed in ``manifest.json`` exists and has its recorded SHA-256.
+    """Check every file listed in ``manifest.json`` exists and has its recorded SHA-256, and that the folders
+    loading reads (``encoder/``, ``text_backbone/``, ``decoder/``) hold no file the manifest does not list.
 
     Returns:
         relative path -> sha256 of the verified files.
@@ -74,6 +78,11 @@ def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
         actual = sha256_file(path)
         if actual != digest:
             raise ModelFolderError(f"{path}: altered (sha256 {actual[:12]}... != {digest[:12]}... in {MANIFEST})")
+    for sub in READ_DIRS:
+        for path in sorted((root / sub).rglob("*")):
+            if path.is_file() and path.relative_to(root).as_posix() not in files:
+                raise ModelFolderError(f"{path}: not listed in {MANIFEST} (added after export, or the manifest was "
+                                       "edited); re-export the model")
     return dict(files)
 
 
@@ -274,7 +283,7 @@ def load(model_dir: str | Path, map_location: str = "cpu") -> CTModel:
 
     root = Path(model_dir)
     verify_model_dir(root)
-    model, tokenizer, _config = load_model(root / ENCODER_DIR, map_location=map_location)
+    model, tokenizer, _config = load_model(root / ENCODER_DIR, map_location=map_location, root=root)
     spec = PreprocessSpec.load(root / "spec.json")
     label_set = load_labels(str((root / "labels.json").resolve()))
     thresholds = json.loads((root / "thresholds.json").read_text())["thresholds"]

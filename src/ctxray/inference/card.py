@@ -53,6 +53,14 @@ def _training_data(config: Any) -> list[str]:
     return lines
 
 
+def _tower_line(info: dict) -> list[str]:
+    if not info.get("text_backbone"):
+        return []
+    licence = info.get("text_backbone_licence") or "not stated by the source folder: check it before sharing"
+    return [f"- Report tower: a pretrained Hugging Face model, included as `{info['text_backbone']}/`; its "
+            f"licence: {licence}."]
+
+
 def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float], threshold_note: str,
                ckpt_metrics: dict | None, eval_metrics: dict | None, limits: str) -> str:
     """The Markdown text of the model card.
@@ -75,6 +83,7 @@ def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float]
              f"- Preprocessing: spec `{spec.get('name')}`: spacing (z, y, x) {spec.get('spacing_zyx')} mm, shape "
              f"{spec.get('shape_zyx')}, HU window [{spec.get('hu_min')}, {spec.get('hu_max')}], fit "
              f"`{spec.get('fit', 'crop_pad')}`; the same spec is applied at inference.",
+             *_tower_line(info),
              "", "## Data", "", *_training_data(config), "", "## Metrics", ""]
     per_label: dict = {}
     if eval_metrics:

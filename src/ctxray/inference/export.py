@@ -5,6 +5,8 @@ Layout of ``MODEL_DIR`` (every file listed with its SHA-256 in ``manifest.json``
     model.json          format version, software version, source run, embedding width, heatmap method
     encoder/            the checkpoint as training wrote it: model.safetensors, config.json
                         (the TrainConfig), tokenizer/
+    text_backbone/      an ``hf`` report tower's Hugging Face folder (config, safetensors weights, tokenizer
+                        files, licence, README); encoder/config.json names it by this relative path
     spec.json           the preprocessing spec of the cache the model was trained on
     labels.json         the label set (names, prompt templates, phrases)
     prompts.json        the filled-in positive / negative prompts per label
@@ -186,6 +188,64 @@ def _copy_checkpoint(ckpt: Path, dest: Path) -> None:
     shutil.copytree(ckpt / "tokenizer", dest / "tokenizer")
 
 
+# What a Hugging Face tower folder needs (top-level files only): config, weights, tokenizer, licence, README.
+HF_KEEP = ("config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+           "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model",
+           "LICEN[CS]E*", "COPYING*", "NOTICE*", "README*")
+
+
+def copy_text_backbone(src: Path, dest: Path, backbone: Any) -> list[str]:
+    """Copy an ``hf`` report tower's folder into ``dest`` (a model or run folder's ``text_backbone/``).
+
+    Only what loading needs plus the licence and README travel (not ONNX/TF exports or sentence-transformers
+    extras). A folder whose weights are pickled only (``pytorch_model.bin``) gets ``model.safetensors``
+    written from ``backbone`` instead, so loading never unpickles.
+
+    Args:
+        src: the source Hugging Face folder.
+        dest: the folder to create.
+        backbone: the loaded ``transformers`` model (used only when ``src`` has no safetensors weights).
+
+    Returns:
+        The copied file names.
+    """
+    dest.mkdir(parents=True)
+    names = sorted({p.name for pattern in HF_KEEP for p in src.glob(pattern) if p.is_file()})
+    for name in names:
+        shutil.copy2(src / name, dest / name)
+    if not any(n.endswith(".safetensors") for n in names):
+        log.info("%s has no safetensors weights; writing %s/model.safetensors from the loaded tower", src, dest.name)
+        backbone.save_pretrained(str(dest), safe_serialization=True)
+        names = sorted(p.name for p in dest.iterdir())
+    if tower_licence(dest) is None:
+        log.warning("%s states no licence (no LICENSE file, no 'license:' in its README); check the report "
+                    "tower's licence before sharing the model folder", src)
+    return names
+
+
+def tower_licence(folder: Path) -> str | None:
+    """A Hugging Face folder's licence: its licence file's name, else the ``license:`` of its README's front
+    matter (how Hugging Face model cards state it, e.g. ``apache-2.0``), else None."""
+    files = sorted(p.name for pattern in ("LICEN[CS]E*", "COPYING*") for p in folder.glob(pattern) if p.is_file())
+    if files:
+        return files[0]
+    readme = folder / "README.md"
+    text = readme.read_text(errors="replace") if readme.is_file() else ""
+    if text.startswith("---"):
+        for line in text.split("---", 2)[1].splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "license" and value.strip():
+                return value.strip()
+    return None
+
+
+def _point_config_at(config_file: Path, rel: str) -> None:
+    """Rewrite ``model.text.hf_path`` of a stored TrainConfig to ``rel`` (relative to the model folder)."""
+    data = json.loads(config_file.read_text())
+    data["model"]["text"]["hf_path"] = rel
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def make_readable(root: Path) -> None:
     """Give every file under ``root`` the default permissions (``0o666 & ~umask``).
 
@@ -225,7 +285,13 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         The model folder.
     """
     from ctxray.inference.card import model_card
-    from ctxray.train.checkpoint import load_model, resolve_checkpoint
+    from ctxray.train.checkpoint import (
+        TEXT_BACKBONE_DIR,
+        load_model,
+        model_root,
+        resolve_checkpoint,
+        text_backbone_path,
+    )
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -243,11 +309,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
             raise FileNotFoundError(f"{decoder}: report decoder folder not found")
         check_decoder_spec(decoder, spec_file)
     spec_dict = json.loads(spec_file.read_text())
-    text_cfg = getattr(getattr(config, "model", None), "text", None)
-    external = [str(text_cfg.hf_path)] if getattr(text_cfg, "kind", "") == "hf" and text_cfg.hf_path else []
-    if external:
-        log.warning("the report tower is built from a local Hugging Face folder (%s) that the model folder does "
-                    "not contain; it must exist at that path wherever the model folder is loaded", external[0])
+    backbone = text_backbone_path(config, model_root(ckpt))  # an hf tower: copied into the folder
     info = {
         "format": FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -258,7 +320,9 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         "encoder": model.cfg.encoder,
         "input_shape": list(spec_dict["shape_zyx"]),
         "has_decoder": decoder is not None,
-        "external_paths": external,
+        "text_backbone": TEXT_BACKBONE_DIR if backbone is not None else None,
+        "text_backbone_licence": tower_licence(backbone) if backbone is not None else None,
+        "external_paths": [],  # everything the model needs is inside the folder
         "code_version": dict(getattr(config, "code_version", {}) or {}),
     }
     card = model_card(info, config, spec_dict, thresholds, threshold_note, _read_json_or_none(ckpt / "metrics.json"),
@@ -267,6 +331,9 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
 
     def write(tmp: Path) -> None:
         _copy_checkpoint(ckpt, tmp / ENCODER_DIR)
+        if backbone is not None:
+            copy_text_backbone(backbone, tmp / TEXT_BACKBONE_DIR, model.text_encoder.backbone)
+            _point_config_at(tmp / ENCODER_DIR / "config.json", TEXT_BACKBONE_DIR)
         shutil.copy2(spec_file, tmp / "spec.json")
         atomic_write_text(tmp / "labels.json", labels_text)
         _write_json(tmp / "prompts.json", prompts)

@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE, STATE_JSON, TOKENIZER_DIR = (
     "model.safetensors", "config.json", "state.safetensors", "state.json", "tokenizer")
+TEXT_BACKBONE_DIR = "text_backbone"  # a copied Hugging Face report tower, next to ``checkpoints/`` or ``encoder/``
 
 
 def code_version() -> dict[str, str]:
@@ -158,12 +159,41 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
                             f"checkpoints/{{best,last}}")
 
 
-def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: str = "cpu"):
+def model_root(ckpt: Path) -> Path:
+    """The folder a checkpoint's relative paths are relative to: ``RUN`` for ``RUN/checkpoints/NAME``, else
+    the checkpoint's parent (``MODEL_DIR`` for ``MODEL_DIR/encoder``)."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def text_backbone_path(config: Any, root: Path, where: str = "") -> Path | None:
+    """The local Hugging Face folder of an ``hf`` report tower (None for other towers).
+
+    A relative ``model.text.hf_path`` is resolved against ``root`` (the run or model folder), never
+    against the current directory; an absolute one (runs written before towers were copied) is kept.
+
+    Raises:
+        FileNotFoundError: the folder does not exist (names ``where``, the config it came from).
+    """
+    text = getattr(getattr(config, "model", None), "text", None)
+    if getattr(text, "kind", "") != "hf" or not text.hf_path:
+        return None
+    path = Path(text.hf_path)
+    path = path if path.is_absolute() else Path(root).resolve() / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{where or 'model.text.hf_path'}: the report tower's Hugging Face folder "
+                                f"{text.hf_path!r} not found ({path})")
+    return path
+
+
+def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: str = "cpu",
+               root: str | Path | None = None):
     """Rebuild a trained dual encoder for evaluation, generation or export.
 
     Args:
         run_or_ckpt_dir: a run folder (``ctxray train --out RUN``) or one of its checkpoint folders.
         prefer: which checkpoint of a run folder to take first (``best`` or ``last``).
+        root: the folder a relative ``model.text.hf_path`` is relative to (default :func:`model_root`).
 
     Returns:
         (DualEncoder in eval mode, Tokenizer, TrainConfig).
@@ -179,7 +209,11 @@ def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: 
         config = from_dict(TrainConfig, json.loads((ckpt / CONFIG_FILE).read_text()), str(ckpt / CONFIG_FILE))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{ckpt / CONFIG_FILE}: cannot read the training config: {err}") from err
-    model = DualEncoder(config.model)
+    backbone = text_backbone_path(config, Path(root) if root is not None else model_root(ckpt), str(ckpt / CONFIG_FILE))
+    model_cfg = config.model
+    if backbone is not None:  # build from the resolved folder; the returned config keeps the stored path
+        model_cfg = replace(model_cfg, text=replace(model_cfg.text, hf_path=str(backbone)))
+    model = DualEncoder(model_cfg)
     state = load_file(str(ckpt / MODEL_FILE), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
