@@ -35,15 +35,7 @@ def xray_query(report: str) -> str:
 
     Returns ``NORMAL_QUERY`` when the report states none.
     """
-    from ctxray.labeler import find_mentions
-    from ctxray.labels import load_labels
-
-    visible = set(load_labels().xray_visible_names)
-    sentences: list[str] = []
-    for m in find_mentions(report, "ct"):
-        if m.label in visible and m.status != "negative" and m.sentence not in sentences:
-            sentences.append(m.sentence)
-    return " ".join(s.rstrip(".") + "." for s in sentences) if sentences else NORMAL_QUERY
+    return read_reports([report])[0][0]
 
 
 def report_labels(reports: list[str]) -> np.ndarray:
@@ -52,12 +44,33 @@ def report_labels(reports: list[str]) -> np.ndarray:
     Shape:
         returns (N, 18) float32 in ``labels.json`` order
     """
-    from ctxray.labeler import label_matrix, label_names
+    return read_reports(reports)[1]
+
+
+def read_reports(reports: list[str]) -> tuple[list[str], np.ndarray]:
+    """Both readings of CT reports from one labeler pass each (the labeler is the slow part): the
+    X-ray-visible query (``xray_query``) and the label matrix (``report_labels``).
+
+    Shape:
+        returns (N queries, (N, 18) float32 in ``labels.json`` order)
+    """
+    from ctxray.labeler import find_mentions
     from ctxray.labels import load_labels
 
-    names = label_names("ct")
-    order = [names.index(n) for n in load_labels().names]
-    return label_matrix(reports, "ct", uncertain_as=1.0)[:, order]
+    label_set = load_labels()
+    visible = set(label_set.xray_visible_names)
+    column = {n: j for j, n in enumerate(label_set.names)}
+    labels = np.zeros((len(reports), len(column)), dtype=np.float32)
+    queries: list[str] = []
+    for i, report in enumerate(reports):
+        sentences: list[str] = []
+        for m in find_mentions(report, "ct"):
+            if m.status in ("positive", "uncertain") and m.label in column:
+                labels[i, column[m.label]] = 1.0
+                if m.label in visible and m.sentence not in sentences:
+                    sentences.append(m.sentence)
+        queries.append(" ".join(s.rstrip(".") + "." for s in sentences) if sentences else NORMAL_QUERY)
+    return queries, labels
 
 
 def label_rerank(scores: torch.Tensor, index: torch.Tensor, ct_labels: np.ndarray, gallery_labels: np.ndarray,

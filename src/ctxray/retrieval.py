@@ -24,7 +24,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ctxray.rerank import hubness, label_rerank, normal_to_abnormal, report_labels, xray_query, xray_visible_columns
+from ctxray.rerank import (
+    hubness,
+    label_rerank,
+    normal_to_abnormal,
+    read_reports,
+    report_labels,
+    xray_visible_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +402,8 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     gallery = embed_gallery(teacher, gallery_dir, split=gallery_split, cache_dir=cache)
     gallery_rank = gallery if ranker is teacher else embed_gallery(ranker, gallery_dir, gallery_split, cache, False)
     ct_text = embed_texts(teacher, ct.reports, desc="CT reports")
-    q_texts = ct.reports if query == "report" else [xray_query(r) for r in ct.reports]
+    read_queries, read_labels = read_reports(ct.reports)
+    q_texts = ct.reports if query == "report" else read_queries
     q_match = ct_text if (ranker is teacher and query == "report") else embed_texts(ranker, q_texts, desc="queries")
     g_match = gallery_rank.text
     if center:
@@ -404,7 +412,7 @@ def retrieve(teacher_spec: str, ct_source: str | Path, gallery_dir: str | Path, 
     if pairing == "text" and rerank == "labels":
         c_scores, c_idx = pair(q_match, g_match, max(k, candidates), "text", index, faiss_kind)
         gal_labels = _gallery_labels(gallery)
-        scores, idx = label_rerank(c_scores, c_idx, report_labels(ct.reports)[:, cols], gal_labels[:, cols], k, seed)
+        scores, idx = label_rerank(c_scores, c_idx, read_labels[:, cols], gal_labels[:, cols], k, seed)
     else:
         scores, idx = pair(q_match, g_match, k, pairing, index, faiss_kind, ct.labels, gallery.labels, seed)
     out.mkdir(parents=True, exist_ok=True)
