@@ -12,7 +12,7 @@ of the body; also the energy of a uniform map). Then a method x label matrix.
 The model is an exported CT-report model (``--model``, ``ctxray export``; zero-shot decisions and
 prompt-direction scores) or a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
 decisions at its validation Youden thresholds, label logits explained). A method ``gradcam:2`` is Grad-CAM
-on stage 2 (see ``ctxray.inference.heatmap``). ``--json`` writes the results (``ctxray export
+on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half). ``--json`` writes the results (``ctxray export
 --localisation`` reads it to mark validated labels).
 
     .venv/bin/python bench/pointing_game.py (--model MODEL_DIR | --classifier DIR --spec small) --world W \
@@ -36,14 +36,18 @@ os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 class _Staged:
     """A model whose ``relevance_input`` uses a fixed CAM stage."""
 
-    def __init__(self, model, stage):
-        self._model, self._stage = model, stage
+    def __init__(self, model, option: str):
+        self._model = model
+        if "x" in option:  # occlusion patch DxHxW (stride: half of it)
+            self._kw = {"patch": tuple(int(v) for v in option.split("x"))}
+        else:
+            self._kw = {"stage": int(option)}
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
     def relevance_input(self, x, label, method="gradcam"):
-        return self._model.relevance_input(x, label, method, stage=self._stage)
+        return self._model.relevance_input(x, label, method, **self._kw)
 
 
 def main() -> None:
@@ -53,7 +57,7 @@ def main() -> None:
     src.add_argument("--classifier", help="classifier folder (bench/train_supervised.py)")
     parser.add_argument("--spec", default="small", help="preprocessing preset of --classifier")
     parser.add_argument("--world", required=True, help="synthetic world folder (ctxray synth)")
-    parser.add_argument("--split", default="valid", help="ground-truth split to use (train / valid)")
+    parser.add_argument("--split", default="valid", help="ground-truth split to use (train / valid / all)")
     parser.add_argument("--margin", type=float, default=10.0, help="mm added to the lesion radius")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "hirescam", "occlusion"],
                         help="methods, optionally with a CAM stage: gradcam:2")
@@ -79,7 +83,7 @@ def main() -> None:
 
         model = load_classifier(args.classifier, get_preset(args.spec))
         what_model = f"supervised classifier {args.classifier} (validation Youden thresholds)"
-    rows, paths = read_ground_truth(args.world, args.split)
+    rows, paths = read_ground_truth(args.world, None if args.split == "all" else args.split)
     rows = rows[: args.max_volumes] if args.max_volumes else rows
     modes = [True, False] if args.also_all_positives else [True]
     out: dict = {"model": args.model or args.classifier, "world": args.world, "split": args.split,
@@ -89,7 +93,7 @@ def main() -> None:
         what = "true positives" if require else "all ground-truth positives (model decision ignored)"
         for spec in args.methods:
             method, _, stage = spec.partition(":")
-            subject = _Staged(model, int(stage)) if stage else model
+            subject = _Staged(model, stage) if stage else model
             t0 = time.perf_counter()
             cases, counts = collect_cases(subject, rows, paths, require_decision=require, method=method,
                                           margin_mm=args.margin)

@@ -57,17 +57,18 @@ class ClassifierModel:
         p = self.probabilities(x)[0]
         return {n: bool(p[i] >= self.thresholds[n]) for i, n in enumerate(self.labels)}
 
-    def relevance_input(self, x: torch.Tensor, label: str, method: str = "gradcam", stage: Any = "auto") -> Relevance:
-        """The label's logit explained on the model grid (``ctxray.inference.heatmap.explain``)."""
+    def relevance_input(self, x: torch.Tensor, label: str, method: str = "gradcam", stage: Any = "auto",
+                        **kwargs: Any) -> Relevance:
+        """The label's logit explained on the model grid (``ctxray.inference.heatmap.explain``; ``kwargs`` go there)."""
         i = self.labels.index(label)
-        return explain(self.net, x, lambda v: self.net(v)[:, i], method, stage=stage)  # type: ignore[arg-type]
+        return explain(self.net, x, lambda v: self.net(v)[:, i], method, stage=stage, **kwargs)  # type: ignore[arg-type]
 
 
-def build_classifier(encoder: str, input_shape: Sequence[int], n_labels: int) -> nn.Sequential:
+def build_classifier(encoder: str, input_shape: Sequence[int], n_labels: int, **encoder_kwargs: Any) -> nn.Sequential:
     """``nn.Sequential(encoder, nn.Linear(out_dim, n_labels))`` as ``train_full`` builds it."""
     from ctxray.models.registry import create_volume_encoder
 
-    enc = create_volume_encoder(encoder, input_shape=tuple(input_shape))
+    enc = create_volume_encoder(encoder, input_shape=tuple(input_shape), **encoder_kwargs)
     return nn.Sequential(enc, nn.Linear(int(enc.out_dim), n_labels))
 
 
@@ -77,6 +78,6 @@ def load_classifier(folder: str | Path, spec: Any) -> ClassifierModel:
 
     folder = Path(folder)
     info = json.loads((folder / "classifier.json").read_text())
-    net = build_classifier(info["encoder"], info["input_shape"], len(info["labels"]))
+    net = build_classifier(info["encoder"], info["input_shape"], len(info["labels"]), **info.get("encoder_kwargs", {}))
     net.load_state_dict(load_file(str(folder / "model.safetensors")))
     return ClassifierModel(net, info["labels"], spec, info.get("thresholds"))
