@@ -12,8 +12,8 @@ of the body; also the energy of a uniform map). Then a method x label matrix.
 The model is an exported CT-report model (``--model``, ``ctxray export``; zero-shot decisions and
 prompt-direction scores) or a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
 decisions at its validation Youden thresholds, label logits explained). A method ``gradcam:2`` is Grad-CAM
-on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half). ``--json`` writes the results (``ctxray export
---localisation`` reads it to mark validated labels).
+on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half).
+``--json`` writes the results (``ctxray export --localisation`` reads it to mark validated labels).
 
     .venv/bin/python bench/pointing_game.py (--model MODEL_DIR | --classifier DIR --spec small) --world W \
         [--split valid] [--margin 10] [--methods gradcam hirescam occlusion] [--json OUT.json]
