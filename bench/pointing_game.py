@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -82,7 +83,9 @@ def main() -> None:
         from ctxray.inference.supervised import load_classifier
 
         model = load_classifier(args.classifier, get_preset(args.spec))
-        what_model = f"supervised classifier {args.classifier} (validation Youden thresholds)"
+        info = json.loads((Path(args.classifier) / "classifier.json").read_text())
+        what_model = (f"supervised classifier {args.classifier} (thresholds: "
+                      f"{info.get('threshold_source', 'probability 0.5')})")
     rows, paths = read_ground_truth(args.world, None if args.split == "all" else args.split)
     rows = rows[: args.max_volumes] if args.max_volumes else rows
     modes = [True, False] if args.also_all_positives else [True]

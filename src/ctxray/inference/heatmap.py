@@ -53,7 +53,8 @@ _TEXT = {
     "gradcam": "Grad-CAM (channel weights = mean gradient) on {layer}",
     "hirescam": "HiResCAM (gradient x activation per voxel) on {layer}",
 }
-_TAIL = (" of the label's score (zero-shot: prompt-embedding difference, positive minus negative ensemble), "
+_TAIL = (" of the label's score (zero-shot: prompt-embedding difference, positive minus negative ensemble; "
+         "classifier: the label's logit), "
          "upsampled trilinearly and mapped back to the scan grid with the preprocessing spec's inverse; scaled "
          "to [0, 1] per map. It shows where the score is sensitive, not a segmentation.")
 GRADCAM = _TEXT["gradcam"].format(layer="the volume encoder's last spatial features") + _TAIL

@@ -28,7 +28,7 @@ class ClassifierModel:
         net: maps (B, 1, D, H, W) to (B, L) logits.
         labels: the L label names.
         spec: the ``PreprocessSpec`` of its inputs.
-        thresholds: probability thresholds per label (0.5 when absent).
+        thresholds: probability thresholds per label (0.5 when absent, e.g. a ``classifier.json`` without them).
     """
 
     def __init__(self, net: nn.Module, labels: Sequence[str], spec: Any, thresholds: dict[str, float] | None = None):
