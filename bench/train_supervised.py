@@ -34,6 +34,8 @@ def main() -> None:
                         help="more caches (other world seeds) whose train and valid splits all train")
     parser.add_argument("--out", required=True)
     parser.add_argument("--encoder", default="resnet3d_small")
+    parser.add_argument("--norm", choices=("group", "batch", "instance"), default=None,
+                        help="ResNet normalisation (default: the encoder's, GroupNorm)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -57,7 +59,8 @@ def main() -> None:
     train_ds, valid_ds = ConcatDataset(parts), CTCacheDataset(args.cache, split="valid")
     shape = tuple(int(s) for s in train_ds[0]["volume"].shape[-3:])
     torch.manual_seed(args.seed)
-    enc = create_volume_encoder(args.encoder, input_shape=shape)
+    encoder_kwargs = {"norm": args.norm} if args.norm else {}
+    enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
                                 batch_size=args.batch_size)
     t0 = time.perf_counter()
@@ -77,7 +80,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    doc = {"encoder": args.encoder, "input_shape": list(shape), "labels": list(CT_RATE_LABELS),
+    doc = {"encoder": args.encoder, "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
+           "labels": list(CT_RATE_LABELS),
            "extra_train": list(args.extra_train), "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
            "train_seconds": round(seconds, 1),
            "n_train": len(train_ds), "n_valid": len(valid_ds), "valid_auroc": auroc,
