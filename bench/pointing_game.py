@@ -1,37 +1,71 @@
-"""The pointing game on the synthetic world: do relevance maps peak on the lesions?
+"""The pointing game on the synthetic world: do relevance maps point at the lesions?
 
-For every volume of a split of the synthetic world (``ctxray synth --out W``), the exported model
-(``ctxray export --out MODEL_DIR``) decides each label; for each true positive (ground truth 1 and
-decision positive) with a localised lesion of that label in ``W/ct-rate/ground_truth.jsonl``, the
-label's Grad-CAM map (``CTModel.explain``) is computed on the scan's grid and its maximum is a hit
-when it lies within the lesion's radius plus ``--margin`` mm of a lesion centre. The random-point
-baseline applies the same rule to uniformly drawn voxels. A second table (``--also-all-positives``)
-judges the maps of every ground-truth positive, whatever the model decided.
+For every volume of a split of the synthetic world (``ctxray synth --out W``), the model decides each label;
+for each true positive (ground truth 1 and decision positive) with a localised lesion of that label in
+``W/ct-rate/ground_truth.jsonl``, each explanation method's map is computed, mapped onto the scan's grid, and
+its point (centroid of the top 0.5 % of the body's voxels, ``ctxray.inference.pointing.map_point``) is a hit
+when it lies within the lesion's radius plus ``--margin`` mm of a lesion centre. Printed per method and label:
+hits, pointing accuracy, the best possible hit rate of the method's grid (a hot cell at the best cell
+centre), the energy inside the dilated lesion spheres, and two chance levels (a random voxel of the volume,
+of the body; also the energy of a uniform map). Then a method x label matrix.
 
-    .venv/bin/python bench/pointing_game.py --model MODEL_DIR --world W [--split valid] [--margin 10]
+The model is an exported CT-report model (``--model``, ``ctxray export``; zero-shot decisions and
+prompt-direction scores) or a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
+decisions at its validation Youden thresholds, label logits explained). A method ``gradcam:2`` is Grad-CAM
+on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half).
+``--json`` writes the results (``ctxray export --localisation`` reads it to mark validated labels).
+
+    .venv/bin/python bench/pointing_game.py (--model MODEL_DIR | --classifier DIR --spec small) --world W \
+        [--split valid] [--margin 10] [--methods gradcam hirescam occlusion] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import time
+from pathlib import Path
 
 import torch
 
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 
 
+class _Staged:
+    """A model whose ``relevance_input`` uses a fixed CAM stage."""
+
+    def __init__(self, model, option: str):
+        self._model = model
+        if "x" in option:  # occlusion patch DxHxW (stride: half of it)
+            self._kw = {"patch": tuple(int(v) for v in option.split("x"))}
+        else:
+            self._kw = {"stage": int(option)}
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def relevance_input(self, x, label, method="gradcam"):
+        return self._model.relevance_input(x, label, method, **self._kw)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder (ctxray export)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder (ctxray export)")
+    src.add_argument("--classifier", help="classifier folder (bench/train_supervised.py)")
+    parser.add_argument("--spec", default="small", help="preprocessing preset of --classifier")
     parser.add_argument("--world", required=True, help="synthetic world folder (ctxray synth)")
-    parser.add_argument("--split", default="valid", help="ground-truth split to use (train / valid)")
+    parser.add_argument("--split", default="valid", help="ground-truth split to use (train / valid / all)")
     parser.add_argument("--margin", type=float, default=10.0, help="mm added to the lesion radius")
+    parser.add_argument("--methods", nargs="+", default=["gradcam", "hirescam", "occlusion"],
+                        help="methods, optionally with a CAM stage: gradcam:2")
     parser.add_argument("--max-volumes", type=int, default=None, help="use only the first N volumes")
     parser.add_argument("--also-all-positives", action="store_true",
                         help="also score the maps of every ground-truth positive (not only true positives)")
+    parser.add_argument("--json", default=None, help="write the per-method, per-label results here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,27 +74,52 @@ def main() -> None:
 
     print(describe_machine())
 
-    import ctxray
-    from ctxray.inference.pointing import collect_cases, format_table, pointing_game, read_ground_truth
+    from ctxray.inference.pointing import collect_cases, format_matrix, format_table, pointing_game, read_ground_truth
 
-    model = ctxray.load(args.model)
-    rows, paths = read_ground_truth(args.world, args.split)
+    if args.model:
+        import ctxray
+
+        model = ctxray.load(args.model)
+        what_model = f"CT-report model {args.model} (zero-shot decisions)"
+    else:
+        from ctxray.data.spec import get_preset
+        from ctxray.inference.supervised import load_classifier
+
+        model = load_classifier(args.classifier, get_preset(args.spec))
+        info = json.loads((Path(args.classifier) / "classifier.json").read_text())
+        what_model = (f"supervised classifier {args.classifier} (thresholds: "
+                      f"{info.get('threshold_source', 'probability 0.5')})")
+    rows, paths = read_ground_truth(args.world, None if args.split == "all" else args.split)
     rows = rows[: args.max_volumes] if args.max_volumes else rows
     modes = [True, False] if args.also_all_positives else [True]
+    out: dict = {"model": args.model or args.classifier, "world": args.world, "split": args.split,
+                 "margin_mm": args.margin, "n_volumes": len(rows), "methods": {}}
     for require in modes:
-        t0 = time.perf_counter()
-        cases, counts = collect_cases(model, rows, paths, require_decision=require)
-        results = pointing_game(cases, margin_mm=args.margin)
+        by_method = {}
         what = "true positives" if require else "all ground-truth positives (model decision ignored)"
-        print(f"\nPointing game on {len(rows)} {args.split} volumes, {what}; margin {args.margin:g} mm + lesion "
-              f"radius; {time.perf_counter() - t0:.0f} s")
-        print(format_table({k: results[k] for k in model.labels if k in results}, args.margin))
-        unloc = {k: c for k, c in counts.items() if c["tp"] > c["tp_localised"]}
-        if unloc:
-            print("labels with positives that have no localised lesion in the ground truth: "
-                  + ", ".join(f"{k} ({c['tp'] - c['tp_localised']})" for k, c in unloc.items()))
+        for spec in args.methods:
+            method, _, stage = spec.partition(":")
+            subject = _Staged(model, stage) if stage else model
+            t0 = time.perf_counter()
+            cases, counts = collect_cases(subject, rows, paths, require_decision=require, method=method,
+                                          margin_mm=args.margin)
+            results = pointing_game(cases, margin_mm=args.margin)
+            by_method[spec] = {k: results[k] for k in model.labels if k in results}
+            print(f"\n{spec} on {len(rows)} {args.split} volumes of {args.world}, {what}; {what_model}; "
+                  f"{time.perf_counter() - t0:.0f} s")
+            print(format_table(by_method[spec], args.margin))
+            if require:
+                out["methods"][spec] = {k: {"n": r.n, "hits": r.hits, "rate": r.rate, "best_possible": r.best_possible,
+                                            "energy": r.energy, "random_volume": r.baseline,
+                                            "random_body": r.body_baseline}
+                                        for k, r in by_method[spec].items()}
+        print(f"\nPointing accuracy ({what}), method (best possible on its grid) x label:")
+        print(format_matrix(by_method, model.labels))
         print("counts (gt positives / counted / localised): "
               + "; ".join(f"{k}: {c['gt_pos']}/{c['tp']}/{c['tp_localised']}" for k, c in counts.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
 
 
 if __name__ == "__main__":

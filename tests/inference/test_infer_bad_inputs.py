@@ -170,7 +170,7 @@ def test_no_identifier_reaches_any_output_or_log_line(tiny_model_dir, tmp_path, 
     mapping.parent.mkdir()
     caplog.set_level(logging.INFO)
     rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root), "--out", str(out), "--explain", "all",
-               "--write-mapping", str(mapping)])
+               "--explain-unvalidated", "--write-mapping", str(mapping)])
     assert rc == 0
     files = _all_text(out)
     names = sorted(p.name for p in out.iterdir() if p.is_dir())

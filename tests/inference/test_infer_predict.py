@@ -41,7 +41,7 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
     root, hu = scans
     model = ctxray.load(tiny_model_dir)
     missing = root / "does_not_exist.nii.gz"
-    results = predict(model, [root, missing], tmp_path / "out", explain="all")
+    results = predict(model, [root, missing], tmp_path / "out", explain="all", explain_unvalidated=True)
     by_input = {Path(r.input).name: r for r in results}
     assert all(re.fullmatch(r"scan-[0-9a-f]{12}", r.name) for r in results)  # pseudonyms, not input names
     assert by_input["broken.nii.gz"].status == "error" and "unreadable NIfTI" in by_input["broken.nii.gz"].error
@@ -89,7 +89,8 @@ def test_predict_dicom_and_nifti_agree(tiny_model_dir, scans, tmp_path):
 def test_predict_cli_positive_maps_only(tiny_model_dir, scans, tmp_path):
     root, _ = scans
     out = tmp_path / "cli"
-    rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "case_a.nii.gz"), "--out", str(out)])
+    rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "case_a.nii.gz"), "--out", str(out),
+               "--explain-unvalidated"])
     assert rc == 0
     (scan,) = [p for p in out.iterdir() if p.is_dir()]
     doc = json.loads((scan / "findings.json").read_text())
@@ -98,6 +99,14 @@ def test_predict_cli_positive_maps_only(tiny_model_dir, scans, tmp_path):
     assert expected and len(expected) < len(doc["findings"])  # the fixture model has some of each
     assert maps == expected
     assert all((f["heatmap"] is None) != f["decision"] for f in doc["findings"])
+    # by default no map for a label whose localisation was never validated (the fixture folder validated none)
+    rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "case_a.nii.gz"), "--out",
+               str(tmp_path / "default")])
+    (scan,) = [p for p in (tmp_path / "default").iterdir() if p.is_dir()]
+    doc = json.loads((scan / "findings.json").read_text())
+    assert rc == 0 and not (scan / "heatmaps").exists() and all(f["heatmap"] is None for f in doc["findings"])
+    assert len(doc["heatmaps_not_drawn_unvalidated"]) == len(expected)  # the positive findings, all skipped
+    assert "never validated" in (scan / "report.html").read_text()
     rc = main(["predict", "--model", str(tiny_model_dir), "--input", str(root / "broken.nii.gz"), "--out",
                str(tmp_path / "strict"), "--strict"])
     assert rc == 1
@@ -111,3 +120,26 @@ def test_failing_decoder_keeps_the_findings(tiny_model_dir, scans, tmp_path):
     assert res.status == "ok" and len(res.findings) == 18
     text = (tmp_path / "out" / res.name / "report.txt").read_text()
     assert "report decoder failed" in text and "FileNotFoundError" in text
+
+
+def test_validated_labels_get_maps_and_the_card_says_which(tiny_run, scans, tmp_path):
+    """Export with a pointing benchmark: only labels that passed it (>= 5 cases, hit rate >= 0.6) get maps by
+    default, for the method they passed with; the model card lists them."""
+    from ctxray.inference.export import export_model
+
+    root, _ = scans
+    row = {"n": 8, "hits": 6, "rate": 0.75, "best_possible": 0.9, "energy": 0.3, "random_volume": 0.01,
+           "random_body": 0.02}
+    bench = {"model": "m", "world": "W", "split": "valid", "margin_mm": 10.0, "n_volumes": 50, "methods": {
+        "hirescam": {"Lung nodule": row, "Emphysema": {**row, "rate": 0.5, "hits": 4},
+                     "Atelectasis": {**row, "n": 3, "hits": 3, "rate": 1.0}}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = export_model(tiny_run, tmp_path / "m", localisation=tmp_path / "bench.json")
+    model = ctxray.load(out)
+    assert model.validated_labels("hirescam") == ["Lung nodule"] and model.validated_labels("gradcam") == []
+    assert "| hirescam | Lung nodule (0.75, n=8) |" in model.card
+    model.thresholds = {n: 0.0 for n in model.labels}  # every label positive
+    (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "o", explain_method="hirescam", html=False)
+    assert [f["label"] for f in res.findings if f["heatmap"]] == ["Lung nodule"]
+    (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "o2", html=False)  # gradcam: none validated
+    assert not any(f["heatmap"] for f in res.findings)

@@ -222,3 +222,31 @@ def test_checkpoint_round_trip_and_position_interpolation(tmp_path):
         create_volume_encoder("vit3d_tiny", input_shape=SHAPE, embed_dim=96, checkpoint=path)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         create_volume_encoder("vit3d_tiny", checkpoint=tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("name", ["resnet3d_tiny", "vit3d_tiny"])
+def test_feature_map_stages_match_hooks_and_leave_forward_unchanged(name):
+    """``feature_map(x, stage)`` has the grid ``stage_grid`` names, equals the output of ``feature_module(stage)``
+    during a forward pass, and ``feature_map(x)`` / ``forward`` are unchanged (the last stage, pooled)."""
+    torch.manual_seed(0)
+    enc = create_volume_encoder(name, input_shape=(16, 32, 32)).eval()
+    x = torch.rand(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        last = enc.feature_map(x)
+        assert torch.equal(enc.feature_map(x, None), last)
+        torch.testing.assert_close(enc(x), last.mean(dim=(2, 3, 4)))
+        stages = range(0, 5) if name.startswith("resnet") else range(0, 2)
+        for stage in stages:
+            fm = enc.feature_map(x, stage)
+            assert tuple(fm.shape) == (2, enc.stage_channels(stage), *enc.stage_grid((16, 32, 32), stage))
+            seen: list[torch.Tensor] = []
+            handle = enc.feature_module(stage).register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
+            enc(x)
+            handle.remove()
+            hooked = seen[0] if seen[0].ndim == 5 else seen[0].transpose(1, 2).reshape(fm.shape)
+            torch.testing.assert_close(hooked, fm)
+    if name.startswith("resnet"):
+        assert [enc.stage_grid((32, 64, 64), s) for s in range(5)] == [
+            (8, 16, 16), (8, 16, 16), (4, 8, 8), (2, 4, 4), (1, 2, 2)]
+    with pytest.raises(ValueError, match="stage"):
+        enc.feature_module(9)

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="which checkpoint of a run folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    parser.add_argument("--localisation", default=None, metavar="POINTING_JSON",
+                        help="bench/pointing_game.py --json output measured on this model: labels whose maps it "
+                             "validated get heatmaps by default in predict (without it: none, stated in the card)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         out = export_model(args.run, args.out, decoder=args.decoder, metrics=args.metrics, spec=args.spec,
-                           prefer=args.checkpoint, overwrite=args.overwrite)
+                           prefer=args.checkpoint, overwrite=args.overwrite, localisation=args.localisation)
     except (OSError, ValueError) as err:  # a wrong input: one clear line, no traceback
         log.error("%s", " ".join(str(err).split()))
         return 2

@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per scan)")
     parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive",
                         help="relevance maps for positive findings (default), every label, or none")
+    parser.add_argument("--explain-method", choices=("gradcam", "hirescam", "occlusion"), default="gradcam",
+                        help="relevance-map method (ctxray.inference.heatmap; occlusion is slow)")
+    parser.add_argument("--explain-unvalidated", action="store_true",
+                        help="also draw maps of labels whose localisation the model folder never validated "
+                             "(by default only labels listed in its localisation.json get maps)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
     parser.add_argument("--max-voxels", type=int, default=4_000_000,
                         help="voxel budget of the volume embedded in the HTML report")
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot load the model folder: %s", " ".join(str(err).split()))
         return 2
     results = predict(model, args.input, args.out, explain=args.explain, html=not args.no_html,
-                      max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping)
+                      max_voxels=args.max_voxels, series_uid=args.series_uid, write_mapping=args.write_mapping,
+                      explain_method=args.explain_method, explain_unvalidated=args.explain_unvalidated)
     failed = [r for r in results if r.status == "error"]
     ok = sum(r.status == "ok" for r in results)
     warned = sum(bool(r.warnings) for r in results)

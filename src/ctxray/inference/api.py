@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctxray.inference.export import DECODER_DIR, ENCODER_DIR, FORMAT_VERSION, MANIFEST
+from ctxray.inference.export import DECODER_DIR, ENCODER_DIR, FORMAT_VERSION, LOCALISATION, MANIFEST
 from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
 from ctxray.utils.io import sha256_file
 
@@ -95,7 +95,7 @@ class CTModel:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: Any, label_set: Any,
                  thresholds: dict[str, float], card: str = "", info: dict | None = None,
-                 decoder_dir: Path | None = None) -> None:
+                 decoder_dir: Path | None = None, localisation: dict | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec
@@ -105,6 +105,7 @@ class CTModel:
         self.card = card
         self.info = info or {}
         self.decoder_dir = decoder_dir
+        self.localisation = localisation or {}
         self._prompts: tuple[torch.Tensor, torch.Tensor] | None = None
         self._generator: Any = None
 
@@ -240,31 +241,58 @@ class CTModel:
             self._generator = load_generator(self.decoder_dir)
         return self._generator(x)
 
-    def explain(self, volume: Any, label: str, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    def explain(self, volume: Any, label: str, spacing: tuple[float, float, float] | None = None,
+                method: str = "gradcam") -> np.ndarray:
         """A relevance map for ``label`` aligned with the input volume (see ``ctxray.inference.heatmap``).
+
+        Args:
+            method: ``gradcam``, ``hirescam`` or ``occlusion``.
 
         Returns:
             Values in [0, 1] on the input's voxel grid. Shape: (D, H, W) of the input volume.
         """
         vol = self.read(volume, spacing)
         x = torch.from_numpy(np.ascontiguousarray(self.spec.apply(vol.hu, vol.spacing_zyx)))[None, None]
-        return self.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)[0]
+        return self.explain_input(x, label, vol.hu.shape, vol.spacing_zyx, method=method)[0]
 
-    def explain_input(self, x: torch.Tensor, label: str, shape: tuple[int, ...],
-                      spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, str]:
-        """Relevance map of a preprocessed input, mapped onto the original grid; also the method."""
-        from ctxray.inference.heatmap import gradcam
+    def validated_labels(self, method: str = "gradcam") -> list[str]:
+        """Labels whose maps by ``method`` passed the pointing benchmark recorded at export (``localisation.json``)."""
+        return list(self.localisation.get("methods", {}).get(method, {}).get("validated", []))
+
+    def decisions(self, x: torch.Tensor) -> dict[str, bool]:
+        """Label -> zero-shot decision for one preprocessed input. Shape: x (1, 1, D, H, W)."""
+        return {f.label: f.decision for f in self.findings_from_embedding(self.embed_input(x)[0])}
+
+    def relevance_input(self, x: torch.Tensor, label: str, method: str = "gradcam", stage: Any = "auto"):
+        """Relevance map of a preprocessed input on the model grid (``ctxray.inference.heatmap.Relevance``).
+
+        Args:
+            stage: the CAM's feature stage (``"auto"``: the encoder's ``explain_stage``; None: the last).
+        """
+        from ctxray.inference.heatmap import direction_score, explain
 
         (i,) = self._label_rows([label])
         pos, neg = self.prompt_embeddings()
-        rel = gradcam(self.model, x, pos[i] - neg[i])
-        mapped = self.spec.invert(rel.map, tuple(shape), tuple(spacing_zyx))
-        top = float(mapped.max())
-        return (mapped / top if top > 0 else mapped).astype(np.float32), rel.method
+        return explain(self.model, x, direction_score(self.model, pos[i] - neg[i]), method,  # type: ignore[arg-type]
+                       stage=stage)
+
+    def explain_input(self, x: torch.Tensor, label: str, shape: tuple[int, ...],
+                      spacing_zyx: tuple[float, float, float], method: str = "gradcam") -> tuple[np.ndarray, str]:
+        """Relevance map of a preprocessed input, mapped onto the original grid; also the method."""
+        rel = self.relevance_input(x, label, method)
+        return invert_map(self.spec, rel.map, shape, spacing_zyx), rel.method
 
     def __repr__(self) -> str:
         return (f"CTModel(encoder={self.info.get('encoder')!r}, labels={len(self.labels)}, "
                 f"input={tuple(self.spec.shape_zyx)}, decoder={self.decoder_dir is not None})")
+
+
+def invert_map(spec: Any, map_: np.ndarray, shape: tuple[int, ...], spacing_zyx: tuple[float, float, float]
+               ) -> np.ndarray:
+    """A model-grid map put back on the scan's grid with ``spec.invert``, scaled to [0, 1]."""
+    mapped = spec.invert(map_, tuple(shape), tuple(spacing_zyx))
+    top = float(mapped.max())
+    return (mapped / top if top > 0 else mapped).astype(np.float32)
 
 
 def load(model_dir: str | Path, map_location: str = "cpu") -> CTModel:
@@ -290,4 +318,7 @@ def load(model_dir: str | Path, map_location: str = "cpu") -> CTModel:
     info = json.loads((root / "model.json").read_text())
     card = (root / "MODEL_CARD.md").read_text()
     decoder = root / DECODER_DIR if (root / DECODER_DIR).is_dir() else None
-    return CTModel(model, tokenizer, spec, label_set, thresholds, card=card, info=info, decoder_dir=decoder)
+    loc_file = root / LOCALISATION
+    localisation = json.loads(loc_file.read_text()) if loc_file.is_file() else None
+    return CTModel(model, tokenizer, spec, label_set, thresholds, card=card, info=info, decoder_dir=decoder,
+                   localisation=localisation)

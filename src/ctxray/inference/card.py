@@ -62,7 +62,8 @@ def _tower_line(info: dict) -> list[str]:
 
 
 def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float], threshold_note: str,
-               ckpt_metrics: dict | None, eval_metrics: dict | None, limits: str) -> str:
+               ckpt_metrics: dict | None, eval_metrics: dict | None, limits: str,
+               localisation: dict | None = None) -> str:
     """The Markdown text of the model card.
 
     Args:
@@ -73,6 +74,7 @@ def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float]
         ckpt_metrics: the checkpoint's validation metrics (training-time), or None.
         eval_metrics: the evaluation's ``metrics.json``, or None.
         limits: the limits section.
+        localisation: the ``localisation.json`` record (``ctxray.inference.pointing.validated_labels``), or None.
     """
     lines = [f"# ctxray model card ({info['encoder']}, exported {info['created']})", "",
              "## Model", "",
@@ -111,8 +113,27 @@ def model_card(info: dict, config: Any, spec: dict, thresholds: dict[str, float]
         auc = f"{row['auroc']:.4f}" if isinstance(row.get("auroc"), float) else "-"
         counts = f"{row['n_pos']} / {row['n']}" if "n" in row else "-"
         lines.append(f"| {name} | {t:.4f} | {auc} | {counts} |")
+    lines += ["", "## Relevance maps", "", *localisation_lines(localisation)]
     lines += ["", "## Intended use", "", INTENDED_USE, "", "## Limits", "", limits, ""]
     return "\n".join(lines)
+
+
+def localisation_lines(localisation: dict | None) -> list[str]:
+    """The model card's account of which labels' maps were validated (``predict`` draws only those by default)."""
+    if not localisation or not localisation.get("methods"):
+        return ["No label's localisation was validated for this model: `ctxray predict` draws no heatmap unless "
+                "`--explain-unvalidated` is given, and then the maps are unvalidated (they show where the score is "
+                "sensitive, which may not be the lesion). Validate with `bench/pointing_game.py --json` and "
+                "`ctxray export --localisation`."]
+    bench = localisation.get("benchmark", {})
+    lines = [f"Validated with the pointing game ({localisation.get('rule')}) on {bench.get('n_volumes')} "
+             f"`{bench.get('split')}` volumes of `{bench.get('world')}`. Maps of other labels are off by default.", "",
+             "| method | validated labels (hit rate, true positives) |", "|---|---|"]
+    for method, rec in localisation["methods"].items():
+        ok = ", ".join(f"{k} ({rec['measured'][k]['rate']:.2f}, n={rec['measured'][k]['n']})"
+                       for k in rec["validated"]) or "none"
+        lines.append(f"| {method} | {ok} |")
+    return lines
 
 
 def limits_section(card_text: str) -> str:

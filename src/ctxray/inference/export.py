@@ -13,6 +13,8 @@ Layout of ``MODEL_DIR`` (every file listed with its SHA-256 in ``manifest.json``
     thresholds.json     decision threshold per label and where it came from
     MODEL_CARD.md       data, metrics, intended use, limits
     decoder/            optional: the report generator folder (``ctxray generate``)
+    localisation.json   optional: the pointing benchmark given with ``--localisation`` and the labels whose
+                        maps it validated (``predict`` draws maps only for those unless told otherwise)
     manifest.json       {"format": 1, "files": {relative path: sha256}}
 
 Nothing in it is pickled: tensors are safetensors, everything else JSON or text.
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCALISATION = "localisation.json"
 ENCODER_DIR, DECODER_DIR = "encoder", "decoder"
 DEFAULT_THRESHOLD = 0.5
 LIMITS = (
@@ -269,7 +272,7 @@ def write_manifest(model_dir: Path) -> dict[str, str]:
 
 def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = None,
                  metrics: str | Path | None = None, spec: str | Path | None = None,
-                 prefer: str = "best", overwrite: bool = False) -> Path:
+                 prefer: str = "best", overwrite: bool = False, localisation: str | Path | None = None) -> Path:
     """Write a model folder from a training run.
 
     Args:
@@ -280,6 +283,8 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         spec: the preprocessing spec file; by default ``spec.json`` of the run's cache.
         prefer: ``best`` or ``last`` checkpoint of a run folder.
         overwrite: replace an existing ``out``.
+        localisation: ``bench/pointing_game.py --json`` output measured on this model; the labels whose maps
+            it validated get heatmaps by default in ``predict`` (none without it).
 
     Returns:
         The model folder.
@@ -325,8 +330,13 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         "external_paths": [],  # everything the model needs is inside the folder
         "code_version": dict(getattr(config, "code_version", {}) or {}),
     }
+    loc = None
+    if localisation is not None:
+        from ctxray.inference.pointing import validated_labels
+
+        loc = validated_labels(json.loads(Path(localisation).read_text()))
     card = model_card(info, config, spec_dict, thresholds, threshold_note, _read_json_or_none(ckpt / "metrics.json"),
-                      _read_json_or_none(Path(metrics)) if metrics else None, LIMITS)
+                      _read_json_or_none(Path(metrics)) if metrics else None, LIMITS, localisation=loc)
     prompts = {n: dict(zip(("positive", "negative"), label_set.prompts(n))) for n in label_set.names}
 
     def write(tmp: Path) -> None:
@@ -342,6 +352,8 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         if decoder is not None:
             shutil.copytree(decoder, tmp / DECODER_DIR)
         _write_json(tmp / "model.json", info)
+        if loc is not None:
+            _write_json(tmp / LOCALISATION, loc)
         atomic_write_text(tmp / "MODEL_CARD.md", card)
         write_manifest(tmp)
         make_readable(tmp)

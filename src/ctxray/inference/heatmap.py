@@ -1,24 +1,42 @@
-"""Relevance maps for one finding: Grad-CAM on the volume tower's last spatial features.
+"""Relevance maps for one finding: Grad-CAM, HiResCAM and occlusion sensitivity, behind one interface.
 
-Method (stated in every output): the score of label ``l`` for a volume embedding ``v`` is the
-zero-shot log-odds direction ``v . (p_l - n_l)``, with ``p_l`` and ``n_l`` the label's positive and
-negative prompt-ensemble embeddings. Grad-CAM weights each channel ``c`` of the encoder's last
-spatial activation ``A`` (the last (B, C, d, h, w) feature volume, or for a ViT the last (B, N, C)
-patch tokens after the final norm, reshaped to the token grid) by the mean gradient of the score,
-``w_c = mean_xyz dS/dA_c``, and takes ``relu(sum_c w_c A_c)``. The map is upsampled (trilinear) to
-the model input grid and scaled to [0, 1]; ``CTModel.explain`` then maps it back onto the input
-scan's voxel grid with ``PreprocessSpec.invert``.
+The score explained is a scalar per volume: for a CT-report model, the zero-shot log-odds direction
+``v . (p_l - n_l)`` of label ``l`` (``v`` the volume embedding, ``p_l``/``n_l`` the label's positive and
+negative prompt-ensemble embeddings, :func:`direction_score`); for a classifier, the label's logit.
 
-The activation is found with forward hooks, so any encoder whose ``feature_map`` output (or its token
-form) is produced by a module works. If no such module output exists, gradient x input on the model
-input is used instead and the returned method says so.
+Methods (``Method``):
+
+- ``gradcam``: Grad-CAM. Each channel ``c`` of a stage's activation ``A`` is weighted by the mean gradient
+  of the score, ``w_c = mean_xyz dS/dA_c``, and the map is ``relu(sum_c w_c A_c)``.
+- ``hirescam``: HiResCAM, ``relu(sum_c dS/dA_c * A_c)`` voxel by voxel: for a model that pools its last
+  features by their mean it is exactly each voxel's contribution to the score, and it cannot spread a
+  channel's weight onto places that did not contribute (Grad-CAM can).
+- ``occlusion``: occlusion sensitivity. A 3D patch of the input (default a quarter of each axis,
+  stride half the patch) is set to ``baseline`` (0 = the window floor, air) and the map is the mean
+  score drop ``relu(S(x) - S(x_occluded))`` over the patches covering each voxel. Model-agnostic and
+  slow (one forward pass per patch position); the usual reference.
+
+Layer (``stage``): for the 3D ResNets, stage 1 by default (after the stem and the first residual stage;
+1/4 of the input per axis: 8x16x16 at 32x64x64, 12x24x24 at 48x96x96). The last stage (1/32: 1x2x2 at
+32x64x64) is too coarse for any map on it to point at a lesion: best possible hit rate 0.11 against 0.91 for
+stage 1 (``bench/pointing_game.py`` prints it per grid); stage 1 also had the best pointing game of stages
+0-4 for Grad-CAM and HiResCAM on the supervised reference model (README, "Pointing game"). A ViT has one
+grid, its patch tokens (final norm by default). Maps are upsampled trilinearly to the model input,
+scaled to [0, 1]; ``CTModel.explain`` maps them back onto the scan's grid with ``PreprocessSpec.invert``.
+
+An encoder that names its stages (``feature_module(stage)``, as ``ResNet3D`` and ``ViT3D`` do) is hooked
+there; otherwise module outputs shaped like ``model.volume_feature_map`` are hooked (the last one found),
+and without any, gradient x input is used and the method text says so.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,11 +45,21 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-GRADCAM = ("Grad-CAM on the volume encoder's last spatial features against the label's prompt-embedding "
-           "difference (positive minus negative ensemble), upsampled trilinearly and mapped back to the scan "
-           "grid with the preprocessing spec's inverse; scaled to [0, 1] per map.")
-GRAD_X_INPUT = ("gradient x input of the label's prompt-embedding-difference score (no spatial activation "
-                "found for Grad-CAM), smoothed, mapped back to the scan grid; scaled to [0, 1] per map.")
+Method = Literal["gradcam", "hirescam", "occlusion"]
+METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion")
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, D, H, W) -> (B,)
+
+_TEXT = {
+    "gradcam": "Grad-CAM (channel weights = mean gradient) on {layer}",
+    "hirescam": "HiResCAM (gradient x activation per voxel) on {layer}",
+}
+_TAIL = (" of the label's score (zero-shot: prompt-embedding difference, positive minus negative ensemble; "
+         "classifier: the label's logit), "
+         "upsampled trilinearly and mapped back to the scan grid with the preprocessing spec's inverse; scaled "
+         "to [0, 1] per map. It shows where the score is sensitive, not a segmentation.")
+GRADCAM = _TEXT["gradcam"].format(layer="the volume encoder's last spatial features") + _TAIL
+GRAD_X_INPUT = ("gradient x input of the label's score (no spatial activation found for a CAM), smoothed, mapped "
+                "back to the scan grid; scaled to [0, 1] per map.")
 
 
 @dataclass
@@ -41,31 +69,27 @@ class Relevance:
     Args:
         map: values in [0, 1]. Shape: (D, H, W) of the model input.
         method: a sentence stating how it was computed.
-        score: the label score ``v . (p - n)`` of the volume.
+        score: the explained score of the volume.
+        grid: (d, h, w) of the grid the map was computed on (feature grid, or occlusion patch positions).
     """
 
     map: np.ndarray
     method: str
     score: float
+    grid: tuple[int, int, int] | None = None
 
 
-def _capture_activations(model: nn.Module, grid: tuple[int, ...], channels: int) -> tuple[list, list]:
-    """Register hooks that record module outputs shaped like the feature map (5D or token form)."""
-    found: list[torch.Tensor] = []
-    n_tokens = int(np.prod(grid))
-    handles = []
+def direction_score(model: nn.Module, direction: torch.Tensor) -> ScoreFn:
+    """The score ``encode_volume(x) . direction`` of a CT-report model (``DualEncoder``)."""
+    return lambda x: (model.encode_volume(x) * direction.to(x)).sum(dim=-1)
 
-    def hook(_module, _inputs, output):
-        if not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return
-        if output.ndim == 5 and tuple(output.shape[1:]) == (channels, *grid):
-            found.append(output)
-        elif output.ndim == 3 and output.shape[2] == channels and output.shape[1] in (n_tokens, n_tokens + 1):
-            found.append(output)
 
-    for module in model.modules():
-        handles.append(module.register_forward_hook(hook))
-    return found, handles
+def _encoder(model: nn.Module) -> nn.Module | None:
+    """The module that names its stages (``feature_module``), if any."""
+    for m in (getattr(model, "volume_encoder", None), model, *model.children()):
+        if m is not None and callable(getattr(m, "feature_module", None)):
+            return m
+    return None
 
 
 def _as_volume(act: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -90,51 +114,135 @@ def _feature_map_shape(model: nn.Module, volume: torch.Tensor) -> tuple[int, ...
     return shapes[key]
 
 
-def gradcam(model: nn.Module, volume: torch.Tensor, direction: torch.Tensor) -> Relevance:
-    """Grad-CAM of the score ``encode_volume(volume) . direction`` for one volume.
+def _hook_targets(model: nn.Module, volume: torch.Tensor, stage: int | None
+                  ) -> tuple[list[nn.Module], tuple[int, int, int], int, str]:
+    """Modules to hook, the feature grid, its channels and a layer description."""
+    enc = _encoder(model)
+    if enc is not None:
+        module = enc.feature_module(stage)
+        grid = tuple(enc.stage_grid(tuple(volume.shape[2:]), stage))
+        where = "the final features" if stage is None else f"stage {stage}"
+        layer = f"{type(enc).__name__} {where} ({'x'.join(map(str, grid))} grid)"
+        return [module], grid, int(enc.stage_channels(stage)), layer
+    shape = _feature_map_shape(model, volume)  # (1, C, d, h, w)
+    return list(model.modules()), tuple(shape[2:]), int(shape[1]), "the volume encoder's last spatial features"
+
+
+def _cam(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: Method, stage: int | None
+         ) -> tuple[torch.Tensor, str, float, tuple[int, int, int] | None]:
+    modules, grid, channels, layer = _hook_targets(model, volume, stage)
+    n_tokens = int(np.prod(grid))
+    found: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        if output.ndim == 5 and tuple(output.shape[1:]) == (channels, *grid):
+            found.append(output)
+        elif output.ndim == 3 and output.shape[2] == channels and output.shape[1] in (n_tokens, n_tokens + 1):
+            found.append(output)
+
+    with torch.enable_grad():
+        x = volume.detach().clone().requires_grad_(True)
+        handles = [m.register_forward_hook(hook) for m in modules]
+        try:
+            score = score_fn(x)[0]
+        finally:
+            for h in handles:
+                h.remove()
+        if not found:
+            log.warning("no spatial activation of grid %s found by hooks; using gradient x input", grid)
+            (grad,) = torch.autograd.grad(score, x)
+            cam = F.avg_pool3d(F.relu(grad * x), kernel_size=5, stride=1, padding=2)
+            return cam, GRAD_X_INPUT, float(score.detach()), None
+        act = found[-1]
+        (grad,) = torch.autograd.grad(score, act)
+    a, g = _as_volume(act, grid), _as_volume(grad, grid)  # (1, C, d, h, w)
+    if method == "gradcam":
+        cam = (g.mean(dim=(2, 3, 4), keepdim=True) * a).sum(dim=1, keepdim=True)
+    else:
+        cam = (g * a).sum(dim=1, keepdim=True)
+    cam = F.interpolate(F.relu(cam), size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
+    return cam.detach(), _TEXT[method].format(layer=layer) + _TAIL, float(score.detach()), grid
+
+
+def _occlusion(score_fn: ScoreFn, volume: torch.Tensor, patch: tuple[int, int, int] | None,
+               stride: tuple[int, int, int] | None, baseline: float, batch: int
+               ) -> tuple[torch.Tensor, str, float, tuple[int, int, int]]:
+    shape = tuple(int(s) for s in volume.shape[2:])
+    patch = patch or tuple(max(1, s // 4) for s in shape)
+    stride = stride or tuple(max(1, p // 2) for p in patch)
+    starts = [sorted({*range(0, max(s - p, 0) + 1, st), max(s - p, 0)}) for s, p, st in zip(shape, patch, stride)]
+    grid = tuple(-(-s // st) for s, st in zip(shape, stride))  # the map is constant on stride-sized blocks
+    with torch.no_grad():
+        ref = float(score_fn(volume)[0])
+        drop = torch.zeros(shape)
+        count = torch.zeros(shape)
+        corners = list(itertools.product(*starts))
+        for i in range(0, len(corners), batch):
+            chunk = corners[i:i + batch]
+            xs = volume.repeat(len(chunk), 1, 1, 1, 1)
+            for j, (z, y, x) in enumerate(chunk):
+                xs[j, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]] = baseline
+            scores = score_fn(xs).float().cpu()  # (b,)
+            for (z, y, x), s in zip(chunk, scores):
+                region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                drop[region] += ref - float(s)
+                count[region] += 1
+    cam = F.relu(drop / count.clamp_min(1))[None, None]
+    text = (f"occlusion sensitivity: mean drop of the label's score when a {'x'.join(map(str, patch))}-voxel patch "
+            f"(stride {'x'.join(map(str, stride))}) is set to {baseline:g} (the HU window floor), "
+            "mapped back to the scan grid with the preprocessing spec's inverse; scaled to [0, 1] per map.")
+    return cam, text, ref, grid  # type: ignore[return-value]
+
+
+def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: Method = "gradcam",
+            stage: int | None | Literal["auto"] = "auto", patch: tuple[int, int, int] | None = None,
+            stride: tuple[int, int, int] | None = None, baseline: float = 0.0, batch: int = 8) -> Relevance:
+    """A relevance map of ``score_fn`` for one volume.
 
     Args:
-        model: has ``encode_volume`` and ``volume_feature_map`` (``ctxray.models.dual.DualEncoder``).
+        model: the network ``score_fn`` runs (searched for an encoder with ``feature_module``).
         volume: one preprocessed volume.
-        direction: the label's ``pos - neg`` prompt-embedding difference.
+        score_fn: the explained score, e.g. :func:`direction_score` or a classifier logit.
+        method: ``gradcam``, ``hirescam`` or ``occlusion``.
+        stage: feature stage of the CAMs: ``"auto"`` is the encoder's ``explain_stage`` (ResNet: 1, ViT: the
+            final tokens), None the last; ignored by encoders without stages and by occlusion.
+        patch, stride: occlusion patch and stride in voxels (default: a quarter of each axis, half of it).
+        baseline: the occluded value (model input units).
+        batch: occluded volumes per forward pass.
 
     Returns:
         :class:`Relevance` on the model input grid.
 
     Shape:
-        volume: (1, 1, D, H, W); direction: (E,); map: (D, H, W)
+        volume: (1, 1, D, H, W); map: (D, H, W)
     """
     if volume.ndim != 5 or volume.shape[0] != 1:
-        raise ValueError(f"gradcam expects one volume (1, 1, D, H, W), got {tuple(volume.shape)}")
+        raise ValueError(f"explain expects one volume (1, 1, D, H, W), got {tuple(volume.shape)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; choose one of {METHODS}")
+    if stage == "auto":
+        stage = getattr(_encoder(model), "explain_stage", None)
     was_training = model.training
     model.eval()
     try:
-        fm_shape = _feature_map_shape(model, volume)  # (1, C, d, h, w)
-        grid, channels = fm_shape[2:], fm_shape[1]
-        with torch.enable_grad():
-            x = volume.detach().clone().requires_grad_(True)
-            found, handles = _capture_activations(model, grid, channels)
-            try:
-                emb = model.encode_volume(x)  # (1, E)
-            finally:
-                for h in handles:
-                    h.remove()
-            score = (emb[0] * direction.to(emb)).sum()
-            if found:
-                act = found[-1]
-                (grad,) = torch.autograd.grad(score, act, retain_graph=True)
-                a, g = _as_volume(act, grid), _as_volume(grad, grid)  # (1, C, d, h, w)
-                cam = F.relu((g.mean(dim=(2, 3, 4), keepdim=True) * a).sum(dim=1, keepdim=True))
-                cam = F.interpolate(cam, size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
-                method = GRADCAM
-            else:
-                log.warning("no spatial activation of shape %s found by hooks; using gradient x input", fm_shape)
-                (grad,) = torch.autograd.grad(score, x)
-                cam = F.avg_pool3d(F.relu(grad * x), kernel_size=5, stride=1, padding=2)
-                method = GRAD_X_INPUT
+        if method == "occlusion":
+            cam, text, score, grid = _occlusion(score_fn, volume, patch, stride, baseline, batch)
+        else:
+            cam, text, score, grid = _cam(model, volume, score_fn, method, stage)
     finally:
         model.train(was_training)
     out = cam[0, 0].detach().float().cpu().numpy()
     top = float(out.max())
     out = out / top if top > 0 else out
-    return Relevance(map=out.astype(np.float32), method=method, score=float(score.detach()))
+    return Relevance(map=out.astype(np.float32), method=text, score=score, grid=grid)
+
+
+def gradcam(model: nn.Module, volume: torch.Tensor, direction: torch.Tensor, stage: int | None = None) -> Relevance:
+    """Grad-CAM of the score ``encode_volume(volume) . direction`` (see :func:`explain`).
+
+    Shape:
+        volume: (1, 1, D, H, W); direction: (E,); map: (D, H, W)
+    """
+    return explain(model, volume, direction_score(model, direction), "gradcam", stage=stage)

@@ -1,13 +1,18 @@
-"""The pointing game: does a finding's relevance map peak on the lesion?
+"""The pointing game: does a finding's relevance map point at the lesion?
 
-For each true positive (label present in the ground truth and decided positive by the model) the
-map's maximum (argmax voxel; ties go to the first in C order) is a hit when its distance in mm to the
-centre of any lesion of that label is at most ``lesion radius + margin_mm`` (the lesion radius is half
-its largest size in mm, 0 when unknown). The random-point baseline is the expected hit rate of a
-point drawn uniformly from the volume's voxels under the same rule, estimated with ``n_random``
-draws per case; it is the chance level the map must beat. A second, harder baseline draws the point
-from the body only (the largest connected region above -500 HU, holes filled), since lesions never
-lie in the air around the patient.
+For each true positive (label present in the ground truth and decided positive by the model) the map's
+point is the centroid of its top voxels inside the body (``map_point``: the largest-mass connected
+region of the voxels at or above the top ``top_fraction`` quantile of the body's values; a tie-free
+rule, where a first-in-C-order argmax lands on the corner of every flat plateau). It is a hit when its
+distance in mm to the centre of any lesion of that label is at most ``lesion radius + margin_mm`` (the
+lesion radius is half its largest size in mm, 0 when unknown). The same sphere (radius + margin) is the
+"dilated lesion mask" of the energy measure: the share of the map's sum inside it.
+
+Chance levels: a point drawn uniformly from the volume (``baseline``) or from the body (the largest
+connected region above -500 HU, holes filled; ``body_baseline``), under the same rule. They are also
+the energy-inside-mask of a uniform map over the volume and over the body. ``best_possible``: the share
+of cases where some cell centre of the grid the map was computed on (a feature grid, mapped back onto
+the scan) is a hit: what a map with one hot cell on that grid could reach at best.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,20 +43,24 @@ class PointingCase:
     Args:
         volume: the volume's name.
         label: the finding.
-        peak_zyx: argmax voxel of the relevance map.
+        peak_zyx: the map's point (voxel coordinates, may be fractional; :func:`map_point`).
         lesions: lesions of ``label`` in the volume (at least one).
         shape: (D, H, W) of the map (for the random baseline).
         spacing_zyx: voxel size in mm.
         body_points: optional (N, 3) voxels drawn uniformly inside the body, for ``body_baseline``.
+        energy: share of the map inside the dilated lesion masks (NaN when not measured).
+        grid_points: optional (M, 3) cell centres of the map's grid on the scan, for ``best_possible``.
     """
 
     volume: str
     label: str
-    peak_zyx: tuple[int, int, int]
+    peak_zyx: tuple[float, float, float]
     lesions: Sequence[Lesion]
     shape: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     body_points: np.ndarray | None = None
+    energy: float = math.nan
+    grid_points: np.ndarray | None = None
 
 
 @dataclass
@@ -66,6 +76,8 @@ class PointingResult:
     hits: int = 0
     baseline: float = 0.0
     body_baseline: float = math.nan
+    energy: float = math.nan
+    best_possible: float = math.nan
     volumes: list[str] = field(default_factory=list)
 
     @property
@@ -74,9 +86,76 @@ class PointingResult:
 
 
 def map_peak(map_: np.ndarray) -> tuple[int, int, int]:
-    """Argmax voxel (D, H, W index) of a map; NaNs are ignored."""
+    """Argmax voxel (D, H, W index) of a map; NaNs are ignored; ties go to the first (see :func:`map_point`)."""
     arr = np.nan_to_num(np.asarray(map_, dtype=np.float32), nan=-np.inf)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(arr)), arr.shape))
+
+
+def map_point(map_: np.ndarray, mask: np.ndarray | None = None, top_fraction: float = 0.005
+              ) -> tuple[float, float, float]:
+    """Where a map points: the value-weighted centroid of its top voxels inside ``mask``.
+
+    The top voxels are those at or above the ``1 - top_fraction`` quantile of the map inside the mask
+    (at least the maximum); of their 26-connected regions the one with the largest summed value is kept.
+    A flat plateau gives its centre, not its first corner.
+
+    Args:
+        map_: relevance map; NaNs are ignored. Shape: (D, H, W).
+        mask: where the point may lie (e.g. the body); None or an empty mask: everywhere.
+        top_fraction: share of the mask's voxels taken as top voxels.
+
+    Returns:
+        (z, y, x) voxel coordinates (fractional).
+    """
+    from scipy import ndimage
+
+    arr = np.nan_to_num(np.asarray(map_, dtype=np.float64), nan=-np.inf)
+    inside = np.ones(arr.shape, bool) if mask is None or not np.any(mask) else np.asarray(mask, bool)
+    values = arr[inside]
+    sel = inside & (arr >= float(np.quantile(values, 1.0 - min(max(top_fraction, 0.0), 1.0))))
+    lab, k = ndimage.label(sel, structure=np.ones((3, 3, 3)))
+    weights = np.where(sel, arr - float(values.min()) + 1e-12, 0.0)
+    if k > 1:
+        sums = ndimage.sum(weights, lab, index=range(1, k + 1))
+        sel = lab == 1 + int(np.argmax(sums))
+    idx = np.argwhere(sel).astype(np.float64)
+    w = weights[sel]
+    return tuple(float(v) for v in (idx * w[:, None]).sum(0) / w.sum())  # type: ignore[return-value]
+
+
+def lesion_energy(map_: np.ndarray, lesions: Sequence[Lesion], spacing_zyx: Sequence[float], margin_mm: float) -> float:
+    """Share of a non-negative map's sum inside the lesions' spheres of radius ``radius + margin_mm``."""
+    arr = np.clip(np.nan_to_num(np.asarray(map_, dtype=np.float64)), 0, None)
+    total = arr.sum()
+    if total <= 0:
+        return 0.0
+    inside = np.zeros(arr.shape, bool)
+    grids = np.ogrid[tuple(slice(0, n) for n in arr.shape)]
+    for lesion in lesions:
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, lesion.center_zyx, spacing_zyx))
+        inside |= d2 <= (lesion.radius_mm + margin_mm) ** 2
+    return float(arr[inside].sum() / total)
+
+
+def grid_centres(spec, grid: Sequence[int], shape: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Centres of the cells of a ``grid`` covering the model input's field of view, in scan voxels.
+
+    Args:
+        spec: the ``PreprocessSpec`` that made the model input.
+        grid: (d, h, w) of the map's grid.
+        shape, spacing_zyx: the scan's grid.
+
+    Shape:
+        output: (d * h * w, 3) float (z, y, x) voxel coordinates of the scan.
+    """
+    origin, s_out = spec.output_grid(tuple(shape), tuple(spacing_zyx))
+    n_out = np.asarray(spec.shape_zyx, dtype=np.float64)
+    axes = []
+    for a in range(3):
+        cell = n_out[a] / grid[a]  # model voxels per cell
+        idx = (np.arange(grid[a]) + 0.5) * cell - 0.5  # model voxel coordinate of the cell centre
+        axes.append((origin[a] + idx * s_out[a]) / float(spacing_zyx[a]))
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 def lesion_radius_mm(size_mm: object) -> float:
@@ -113,6 +192,7 @@ def pointing_game(cases: Iterable[PointingCase], margin_mm: float, n_random: int
     results: dict[str, PointingResult] = {}
     sums: dict[str, float] = {}
     body: dict[str, list[float]] = {}
+    extra: dict[str, dict[str, list[float]]] = {}
     for case in cases:
         if not case.lesions:
             raise ValueError(f"{case.volume}: pointing case for {case.label!r} has no lesion")
@@ -121,6 +201,11 @@ def pointing_game(cases: Iterable[PointingCase], margin_mm: float, n_random: int
         res.n += 1
         res.volumes.append(case.volume)
         res.hits += int(_hits(np.asarray([case.peak_zyx], float), case.lesions, spacing, margin_mm)[0])
+        more = extra.setdefault(case.label, {"energy": [], "best": []})
+        more["energy"].append(case.energy)
+        if case.grid_points is not None:
+            more["best"].append(float(_hits(np.asarray(case.grid_points, float), case.lesions, spacing,
+                                            margin_mm).any()))
         pts = rng.integers(0, np.asarray(case.shape), size=(n_random, 3)).astype(np.float64)
         sums[case.label] = sums.get(case.label, 0.0) + float(_hits(pts, case.lesions, spacing, margin_mm).mean())
         if case.body_points is not None and len(case.body_points):
@@ -130,24 +215,71 @@ def pointing_game(cases: Iterable[PointingCase], margin_mm: float, n_random: int
         res.baseline = sums[label] / res.n
         if len(body.get(label, [])) == res.n:
             res.body_baseline = float(np.mean(body[label]))
+        res.energy = float(np.mean(extra[label]["energy"]))
+        if len(extra[label]["best"]) == res.n:
+            res.best_possible = float(np.mean(extra[label]["best"]))
     return results
 
 
 def format_table(results: dict[str, PointingResult], margin_mm: float) -> str:
-    """A Markdown table of the results, labels in the given order, plus an overall row."""
-    lines = ["| label | cases | hits | pointing accuracy | random point, volume | random point, body |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """A Markdown table of the results, labels in the given order, plus an overall (case-weighted) row."""
+    lines = ["| label | cases | hits | pointing accuracy | best possible on the grid | energy in mask | "
+             "random point, volume | random point, body |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     n = hits = 0
-    base = body = 0.0
+    sums = np.zeros(4)
     for res in results.values():
-        lines.append(f"| {res.label} | {res.n} | {res.hits} | {res.rate:.3f} | {res.baseline:.3f} | "
-                     f"{res.body_baseline:.3f} |")
+        lines.append(f"| {res.label} | {res.n} | {res.hits} | {res.rate:.3f} | {res.best_possible:.3f} | "
+                     f"{res.energy:.3f} | {res.baseline:.3f} | {res.body_baseline:.3f} |")
         n, hits = n + res.n, hits + res.hits
-        base, body = base + res.baseline * res.n, body + res.body_baseline * res.n
+        sums += res.n * np.array([res.best_possible, res.energy, res.baseline, res.body_baseline])
     if n:
-        lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {base / n:.3f} | {body / n:.3f} |")
-    lines.append(f"(hit: map maximum within lesion radius + {margin_mm:g} mm of a lesion centre)")
+        best, energy, base, body = sums / n
+        lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {best:.3f} | {energy:.3f} | {base:.3f} | "
+                     f"{body:.3f} |")
+    lines.append(f"(hit: the map's point within lesion radius + {margin_mm:g} mm of a lesion centre; energy: share "
+                 "of the map in those spheres, whose chance levels are the two random-point columns)")
     return "\n".join(lines)
+
+
+def format_matrix(by_method: dict[str, dict[str, PointingResult]], labels: Sequence[str]) -> str:
+    """Pointing accuracy per label (rows) and method (columns), with each method's best possible in
+    brackets and the two chance levels (computed on the first method's cases)."""
+    methods = list(by_method)
+    lines = ["| label | n | " + " | ".join(f"{m} (best possible)" for m in methods)
+             + " | random, volume | random, body |", "|---|---:|" + "---:|" * (len(methods) + 2)]
+    for label in labels:
+        first = by_method[methods[0]].get(label)
+        if first is None or not first.n:
+            continue
+        cells = []
+        for m in methods:
+            r = by_method[m].get(label)
+            cells.append(f"{r.rate:.2f} ({r.best_possible:.2f})" if r else "-")
+        lines.append(f"| {label} | {first.n} | " + " | ".join(cells)
+                     + f" | {first.baseline:.3f} | {first.body_baseline:.3f} |")
+    return "\n".join(lines)
+
+
+MIN_CASES, MIN_RATE = 5, 0.6
+
+
+def validated_labels(bench: dict, min_cases: int = MIN_CASES, min_rate: float = MIN_RATE) -> dict[str, dict]:
+    """The localisation record of a model folder from ``bench/pointing_game.py --json`` output.
+
+    A label's maps are validated for a method when the benchmark counted at least ``min_cases`` true
+    positives and the method's pointing accuracy reached ``min_rate`` (the goal of issue 14).
+
+    Returns:
+        ``{"rule", "benchmark", "methods": {method: {"validated": [labels], "measured": {label: row}}}}``.
+    """
+    methods = {}
+    for method, rows in bench.get("methods", {}).items():
+        ok = [k for k, r in rows.items() if r["n"] >= min_cases and (r["rate"] or 0.0) >= min_rate]
+        methods[method] = {"validated": ok, "measured": rows}
+    rule = (f"pointing game on the synthetic world, hit within lesion radius + {bench.get('margin_mm')} mm: "
+            f"at least {min_cases} true positives and a hit rate of at least {min_rate}")
+    return {"rule": rule, "benchmark": {k: bench.get(k) for k in ("model", "world", "split", "n_volumes")},
+            "methods": methods}
 
 
 def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list[dict], dict[str, Path]]:
@@ -178,21 +310,41 @@ def _stem(name: str) -> str:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
 
 
-def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path], require_decision: bool = True,
-                  seed: int = 0) -> tuple[list[PointingCase], dict[str, dict[str, int]]]:
-    """Relevance-map peaks for each localised true positive of the ground truth.
+class PointingModel(Protocol):
+    """What :func:`collect_cases` needs of a model (``CTModel`` has it; so does the bench's classifier)."""
+
+    labels: list[str]
+    spec: Any
+
+    def read(self, volume: Any) -> Any: ...
+
+    def preprocess(self, volume: Any) -> Any: ...
+
+    def decisions(self, x: Any) -> dict[str, bool]: ...
+
+    def relevance_input(self, x: Any, label: str, method: str = "gradcam") -> Any: ...
+
+
+def collect_cases(model: PointingModel, rows: Iterable[dict], paths: dict[str, Path], require_decision: bool = True,
+                  seed: int = 0, method: str = "gradcam", margin_mm: float = 10.0, top_fraction: float = 0.005
+                  ) -> tuple[list[PointingCase], dict[str, dict[str, int]]]:
+    """The map's point, energy and grid for each localised true positive of the ground truth.
 
     Args:
-        model: a loaded ``CTModel``.
+        model: a loaded ``CTModel`` (or anything with its :class:`PointingModel` methods).
         rows: ground-truth rows (``read_ground_truth``).
         paths: volume name (without ``.nii.gz``) -> volume file.
         require_decision: count only labels the model decides positive (true positives); False takes
             every ground-truth positive (the map is then judged even where the model said no).
         seed: RNG seed of the body points (the body baseline's draws, 2000 per volume).
+        method: explanation method (``ctxray.inference.heatmap.METHODS``).
+        margin_mm: dilation of the lesion spheres for the energy measure (use the pointing game's margin).
+        top_fraction: share of body voxels whose centroid is the map's point (:func:`map_point`).
 
     Returns:
         (cases, per-label counts ``{"gt_pos", "tp", "tp_localised"}``).
     """
+    from ctxray.inference.api import invert_map
     from ctxray.utils.progress import progress
 
     rows = list(rows)
@@ -200,15 +352,15 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path], require_d
     counts: dict[str, dict[str, int]] = {n: {"gt_pos": 0, "tp": 0, "tp_localised": 0} for n in model.labels}
     cases: list[PointingCase] = []
     for row in progress(rows, total=len(rows), desc="pointing game", unit="vol"):
-        name, body_points = row["VolumeName"], None
+        name, body, body_points = row["VolumeName"], None, None
         vol = model.read(paths[_stem(name)])
         x = model.preprocess(vol)
-        findings = {f.label: f for f in model.findings_from_embedding(model.embed_input(x)[0])}
+        decided = model.decisions(x)
         for label, present in row["labels"].items():
             if not present or label not in counts:
                 continue
             counts[label]["gt_pos"] += 1
-            if require_decision and not findings[label].decision:
+            if require_decision and not decided[label]:
                 continue
             counts[label]["tp"] += 1
             lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")))
@@ -216,23 +368,39 @@ def collect_cases(model, rows: Iterable[dict], paths: dict[str, Path], require_d
             if not lesions:
                 continue
             counts[label]["tp_localised"] += 1
-            heat, _ = model.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)
-            if body_points is None:
-                body_points = _body_sample(vol.hu, rng)
-            cases.append(PointingCase(name, label, map_peak(heat), lesions, tuple(vol.hu.shape),
-                                      tuple(vol.spacing_zyx), body_points))
+            if body is None:
+                body = body_mask(vol.hu)
+                idx = np.flatnonzero(body)
+                body_points = np.stack(np.unravel_index(rng.choice(idx, size=2000), body.shape), axis=1)
+            rel = model.relevance_input(x, label, method)
+            heat = invert_map(model.spec, rel.map, vol.hu.shape, vol.spacing_zyx)
+            grid = None if rel.grid is None else grid_centres(model.spec, rel.grid, vol.hu.shape, vol.spacing_zyx)
+            cases.append(PointingCase(name, label, map_point(heat, body, top_fraction), lesions, tuple(vol.hu.shape),
+                                      tuple(vol.spacing_zyx), body_points,
+                                      lesion_energy(heat, lesions, vol.spacing_zyx, margin_mm), grid))
     return cases, counts
 
 
-def _body_sample(hu: np.ndarray, rng: np.random.Generator, n: int = 2000, threshold_hu: float = -500.0) -> np.ndarray:
-    """Voxels drawn uniformly from the body: the largest connected region above ``threshold_hu``, filled."""
+def body_mask(hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
+    """The body: the largest connected region above ``threshold_hu``, holes filled (the lungs belong to it).
+
+    Shape: (D, H, W) -> (D, H, W) bool (all True when nothing is above the threshold).
+    """
     from scipy import ndimage
 
     mask = hu > threshold_hu
     lab, k = ndimage.label(mask)
     if k == 0:
-        return np.argwhere(np.ones_like(mask))[rng.integers(0, mask.size, n)]
+        return np.ones(hu.shape, bool)
     largest = 1 + int(np.argmax(ndimage.sum(mask, lab, index=range(1, k + 1))))
-    body = ndimage.binary_fill_holes(lab == largest)  # lungs inside the chest wall belong to the body
-    idx = np.flatnonzero(body)
+    filled = ndimage.binary_fill_holes(lab == largest)
+    # lungs open to the air at the slab ends are not holes in 3D: fill slice by slice too
+    for z in range(filled.shape[0]):
+        filled[z] = ndimage.binary_fill_holes(filled[z])
+    return filled
+
+
+def _body_sample(hu: np.ndarray, rng: np.random.Generator, n: int = 2000, threshold_hu: float = -500.0) -> np.ndarray:
+    """Voxels drawn uniformly from :func:`body_mask`. Shape: (n, 3)."""
+    idx = np.flatnonzero(body_mask(hu, threshold_hu))
     return np.stack(np.unravel_index(rng.choice(idx, size=n), hu.shape), axis=1)

@@ -107,7 +107,8 @@ def _report_text(model: CTModel, x, findings: list[Finding]) -> tuple[str, str]:
 
 def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_dir: Path,
                  explain: ExplainMode = "positive", html: bool = True,
-                 max_voxels: int = 4_000_000) -> tuple[list[dict], list[str]]:
+                 max_voxels: int = 4_000_000, explain_method: str = "gradcam",
+                 explain_unvalidated: bool = False) -> tuple[list[dict], list[str]]:
     """Run the model on one scan and write its outputs.
 
     Args:
@@ -138,10 +139,13 @@ def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "embedding.npy", lambda p: np.save(p, emb.numpy().astype(np.float32)))
     targets = {"positive": [f.label for f in findings if f.decision], "all": model.labels, "none": []}[explain]
+    validated = set(model.validated_labels(explain_method))
+    skipped = [t for t in targets if t not in validated] if not explain_unvalidated else []
+    targets = [t for t in targets if t not in skipped]
     maps: dict[str, np.ndarray] = {}
     method = ""
     for label in targets:
-        maps[label], method = model.explain_input(x, label, vol.hu.shape, vol.spacing_zyx)
+        maps[label], method = model.explain_input(x, label, vol.hu.shape, vol.spacing_zyx, method=explain_method)
         _write_nifti(out_dir / "heatmaps" / f"{label_slug(label)}.nii.gz", maps[label], vol.affine)
     for row in rows:
         row["heatmap"] = f"heatmaps/{label_slug(row['label'])}.nii.gz" if row["label"] in maps else None
@@ -151,17 +155,27 @@ def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_d
     atomic_write_text(out_dir / "report.txt", report + "\n")
     doc = {"scan": name, "shape_zyx": list(vol.hu.shape), "spacing_zyx": list(vol.spacing_zyx),
            "field_of_view": fov.to_dict(), "warnings": fov.warnings, "heatmap_method": method or None,
-           "findings": rows}
+           "heatmaps_not_drawn_unvalidated": skipped, "findings": rows}
     atomic_write_text(out_dir / "findings.json", _dumps(doc))
     if html:
         page = ReportPage(scan=name, hu=vol.hu, spacing_zyx=vol.spacing_zyx, findings=rows, maps=maps,
                           report=report, report_source=source, limits=limits_section(model.card),
-                          method=f"Heatmaps: {method}" if maps else "No heatmaps (no finding above threshold "
-                          "or --explain none).", warnings=fov.warnings,
+                          method=_legend(method, maps, skipped, validated), warnings=fov.warnings,
                           provenance=f"Input: {name} (pseudonym). Model: {model.info.get('encoder')} "
                           f"(ctxray {model.info.get('ctxray_version')}, exported {model.info.get('created')}).")
         write_report_html(out_dir / "report.html", page, max_voxels=max_voxels)
     return rows, fov.warnings
+
+
+def _legend(method: str, maps: dict, skipped: list[str], validated: set[str]) -> str:
+    """The HTML's account of the heatmaps: how they were made and which labels' localisation was validated."""
+    parts = [f"Heatmaps: {method}" if maps else "No heatmaps."]
+    parts.append("Localisation validated by the pointing benchmark for: " + (", ".join(sorted(validated)) or "no label")
+                 + " (see the model card).")
+    if skipped:
+        parts.append("Not drawn, localisation never validated: " + ", ".join(skipped)
+                     + " (--explain-unvalidated draws them).")
+    return " ".join(parts)
 
 
 def _predict_one(model: CTModel, path: Path, out: Path, taken: set[str], series_uid: str | None,
@@ -188,14 +202,18 @@ def _predict_one(model: CTModel, path: Path, out: Path, taken: set[str], series_
 
 def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, explain: ExplainMode = "positive",
             html: bool = True, max_voxels: int = 4_000_000, series_uid: str | None = None,
-            write_mapping: str | Path | None = None) -> list[ScanResult]:
+            write_mapping: str | Path | None = None, explain_method: str = "gradcam",
+            explain_unvalidated: bool = False) -> list[ScanResult]:
     """Run the model on every scan found in ``inputs``, writing ``out/<pseudonym>/...`` and ``out/summary.json``.
 
     Args:
         model: a loaded model folder (``ctxray.load``).
         inputs: NIfTI / ``.npz`` files, DICOM folders, or folders of those.
         out: output folder.
-        explain: relevance maps for positive findings, all labels, or none.
+        explain: relevance maps for positive findings, all labels, or none; of those, only labels whose maps
+            the model folder's ``localisation.json`` validated for ``explain_method``, unless ``explain_unvalidated``.
+        explain_method: ``gradcam``, ``hirescam`` or ``occlusion`` (``ctxray.inference.heatmap``).
+        explain_unvalidated: also draw maps of labels whose localisation was never validated (marked so).
         html: write ``report.html`` per scan.
         max_voxels: display-grid budget of the HTML viewer.
         series_uid: the series to read from a DICOM folder holding several CT series (UID or ``dcm-`` id).
@@ -215,7 +233,8 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
     for path in progress(scans, total=len(scans), desc="predict", unit="scan"):
         with scrubbed_logs(path):
             results.append(_predict_one(model, path, out, taken, series_uid, errors, explain=explain, html=html,
-                                        max_voxels=max_voxels))
+                                        max_voxels=max_voxels, explain_method=explain_method,
+                                        explain_unvalidated=explain_unvalidated))
     summary = {"model": model.info, "scans": [r.to_dict() for r in results],
                "n_ok": sum(r.status == "ok" for r in results), "n_error": len(errors),
                "n_skipped": sum(r.status == "skipped" for r in results),

@@ -128,19 +128,57 @@ class ResNet3D(VolumeEncoder):
             out.append(n)
         return tuple(out)  # type: ignore[return-value]
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Last stage's features.
+    explain_stage = 1  # the stage relevance maps use by default (ctxray.inference.heatmap)
+
+    def _stage_index(self, stage: int | None) -> int:
+        """``stage`` as 0 (stem, after max-pool) .. n_stages (last); None or -1 is the last."""
+        k = self.n_stages if stage is None or stage == -1 else int(stage)
+        if not 0 <= k <= self.n_stages:
+            raise ValueError(f"{type(self).__name__}: stage must be 0 (stem) .. {self.n_stages} or None; got {stage}")
+        return k
+
+    def feature_module(self, stage: int | None = None) -> nn.Module:
+        """The module whose output is ``feature_map(x, stage)`` (what explanation hooks attach to).
+
+        Stage 0 is the stem (after its max-pool), 1 .. n the residual stages; None is the last.
+        """
+        k = self._stage_index(stage)
+        return self.stem if k == 0 else self.stages[k - 1]
+
+    def stage_grid(self, shape: Sequence[int], stage: int | None = None) -> tuple[int, int, int]:
+        """Spatial size of ``feature_map(x, stage)`` for an input of shape ``(D, H, W)``."""
+        k = self._stage_index(stage)
+        out = []
+        for n, s in zip(shape, self.stem_stride):
+            n = math.ceil(math.ceil(n / s) / 2)  # stem convolution, then max-pool (stage 0 and stage 1)
+            for _ in range(max(0, k - 1)):  # the stride-2 stages
+                n = math.ceil(n / 2)
+            out.append(n)
+        return tuple(out)  # type: ignore[return-value]
+
+    def stage_channels(self, stage: int | None = None) -> int:
+        """Channels of ``feature_map(x, stage)``."""
+        k = self._stage_index(stage)
+        return int(self.stem[0].out_channels if k == 0 else self.stages[k - 1][-1].conv2.out_channels)
+
+    def feature_map(self, x: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        """Features of one stage (the last by default; ``forward`` pools the last).
+
+        Args:
+            stage: 0 (stem after max-pool), 1 .. n (residual stages) or None (last). Earlier stages have
+                finer grids: at 32x64x64 with the default stem, 8x16x16 (stages 0-1), 4x8x8, 2x4x4, 1x2x2.
 
         Shape:
-            x: (B, 1, D, H, W) -> (B, widths[-1], d, h, w)
+            x: (B, 1, D, H, W) -> (B, stage_channels(stage), *stage_grid(D, H, W, stage))
         """
         self._check_input(x)
+        k = self._stage_index(stage)
         x = self.stem(x)
-        for stage in self.stages:
+        for stage_module in self.stages[:k]:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(stage, x, use_reentrant=False)
+                x = checkpoint(stage_module, x, use_reentrant=False)
             else:
-                x = stage(x)
+                x = stage_module(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

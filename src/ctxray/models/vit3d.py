@@ -214,12 +214,43 @@ class ViT3D(VolumeEncoder):
                 t = block(t, grid)
         return self.norm(t), grid
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch-token features as a volume.
+    def feature_module(self, stage: int | None = None) -> nn.Module:
+        """The module whose output holds the tokens of ``feature_map(x, stage)`` (for explanation hooks).
+
+        ``stage`` i in 0 .. depth-1 is block i's output; None (or -1) the final norm. Every stage is on the
+        token grid: a ViT has no finer feature grid than its patches.
+        """
+        if stage is None or stage == -1:
+            return self.norm
+        if not 0 <= int(stage) < len(self.blocks):
+            raise ValueError(f"{type(self).__name__}: stage must be 0 .. {len(self.blocks) - 1} or None; got {stage}")
+        return self.blocks[int(stage)]
+
+    def stage_grid(self, shape: Sequence[int], stage: int | None = None) -> tuple[int, int, int]:
+        """Token grid of every stage (see :meth:`token_grid`)."""
+        self.feature_module(stage)  # validates stage
+        return self.token_grid(shape)
+
+    def stage_channels(self, stage: int | None = None) -> int:
+        """Channels of every stage (the embedding width)."""
+        return self.feature_dim
+
+    def feature_map(self, x: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        """Patch-token features as a volume (after the final norm, or block ``stage``'s output).
 
         Shape:
             x: (B, 1, D, H, W) -> (B, embed_dim, D/pd, H/ph, W/pw)
         """
+        if stage is not None and stage != -1:
+            module, found = self.feature_module(stage), []
+            handle = module.register_forward_hook(lambda _m, _i, out: found.append(out))
+            try:
+                self._tokens(x)
+            finally:
+                handle.remove()
+            t, grid = found[-1], self.token_grid(x.shape[2:])
+            t = t[:, 1:] if self.cls_token is not None else t
+            return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
         t, grid = self._tokens(x)
         if self.cls_token is not None:
             t = t[:, 1:]

@@ -1,0 +1,98 @@
+"""Train the supervised reference classifier that explanation methods are validated on.
+
+A volume encoder plus a linear head trained with binary cross-entropy on the synthetic world's labels
+(``ctxray.evaluate.finetune.train_full``, from random initialisation, encoder learning rate = head
+learning rate). It is the model that "certainly sees the lesions" of issue 14: its per-label
+validation AUROC is printed, and ``bench/pointing_game.py --classifier OUT`` runs the explanation
+methods on it. Writes ``OUT/model.safetensors`` and ``OUT/classifier.json`` (encoder, input shape,
+labels, validation AUROC per label).
+
+    .venv/bin/python bench/train_supervised.py --cache CACHE --out OUT [--extra-train CACHE1 CACHE2 ...]
+        [--encoder resnet3d_small] [--epochs 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", required=True, help="volume cache with labels (ctxray preprocess): its train "
+                        "split trains, its valid split is the validation")
+    parser.add_argument("--extra-train", nargs="*", default=[],
+                        help="more caches (other world seeds) whose train and valid splits all train")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--encoder", default="resnet3d_small")
+    parser.add_argument("--norm", choices=("group", "batch", "instance"), default=None,
+                        help="ResNet normalisation (default: the encoder's, GroupNorm)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from safetensors.torch import save_file
+    from sklearn.metrics import roc_auc_score
+    from torch.utils.data import ConcatDataset
+
+    from ctxray.data.dataset import CTCacheDataset
+    from ctxray.evaluate.finetune import FinetuneSettings, _predict, train_full
+    from ctxray.labels import CT_RATE_LABELS
+    from ctxray.models.registry import create_volume_encoder
+
+    parts = [CTCacheDataset(args.cache, split="train")]
+    parts += [CTCacheDataset(c, split=s) for c in args.extra_train for s in ("train", "valid")]
+    train_ds, valid_ds = ConcatDataset(parts), CTCacheDataset(args.cache, split="valid")
+    shape = tuple(int(s) for s in train_ds[0]["volume"].shape[-3:])
+    torch.manual_seed(args.seed)
+    encoder_kwargs = {"norm": args.norm} if args.norm else {}
+    enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
+    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
+                                batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    model = train_full(enc, train_ds, len(CT_RATE_LABELS), settings, args.seed)
+    seconds = time.perf_counter() - t0
+    probs = _predict(model, valid_ds, 8)
+    y = np.stack([np.asarray(valid_ds[i]["labels"], dtype=np.float64) for i in range(len(valid_ds))])
+    from sklearn.metrics import roc_curve
+
+    auroc, thresholds = {}, {}
+    for j, name in enumerate(CT_RATE_LABELS):
+        ok = ~np.isnan(y[:, j])
+        if 0 < y[ok, j].sum() < ok.sum():
+            auroc[name] = float(roc_auc_score(y[ok, j], probs[ok, j]))
+            fpr, tpr, thr = roc_curve(y[ok, j], probs[ok, j])
+            thresholds[name] = float(min(thr[int(np.argmax(tpr - fpr))], 1.0))  # Youden's J on validation
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    doc = {"encoder": args.encoder, "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
+           "labels": list(CT_RATE_LABELS),
+           "extra_train": list(args.extra_train), "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+           "train_seconds": round(seconds, 1),
+           "n_train": len(train_ds), "n_valid": len(valid_ds), "valid_auroc": auroc,
+           "thresholds": thresholds, "threshold_source": "Youden's J on the validation split",
+           "valid_positives": {n: int(np.nansum(y[:, j])) for j, n in enumerate(CT_RATE_LABELS)}}
+    (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"trained {args.encoder} in {seconds:.0f} s; validation AUROC (positives of {len(valid_ds)}):")
+    for name, a in auroc.items():
+        print(f"  {name:<38} {a:.3f} ({doc['valid_positives'][name]})")
+    print(f"  macro {np.mean(list(auroc.values())):.3f}")
+
+
+if __name__ == "__main__":
+    main()
