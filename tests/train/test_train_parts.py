@@ -290,3 +290,17 @@ def test_entity_tokens_are_clinical_word_pieces():
     words = {tok.decode([i]) for i in ids}
     assert {"pleural", "effusion", "cardiomegaly"} <= words and "a" not in words
     assert not set(ids) & tok.special_ids
+
+
+def test_a_saved_config_that_predates_new_settings_reads_as_it_trained():
+    """Runs saved before ``model.kd_from`` and ``loss.kd_center`` existed had the KD head on the pooled
+    feature and uncentred targets; they load with those, not with today's defaults."""
+    from ctxray.config import to_dict
+    from ctxray.train.config import TrainConfig, read_stored_config
+
+    data = to_dict(TrainConfig())
+    del data["model"]["kd_from"], data["loss"]["kd_center"]
+    old = read_stored_config(data, "old run")
+    assert old.model.kd_from == "feature" and old.loss.kd_center is False
+    new = read_stored_config(to_dict(TrainConfig()), "new run")
+    assert new.model.kd_from == "embedding" and new.loss.kd_center is True

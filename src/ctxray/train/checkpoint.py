@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxray.config import from_dict, to_dict
+from ctxray.config import to_dict
 from ctxray.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -202,11 +202,11 @@ def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: 
 
     from ctxray.models.dual import DualEncoder
     from ctxray.models.text import Tokenizer
-    from ctxray.train.config import TrainConfig
+    from ctxray.train.config import read_stored_config
 
     ckpt = resolve_checkpoint(run_or_ckpt_dir, prefer)
     try:
-        config = from_dict(TrainConfig, json.loads((ckpt / CONFIG_FILE).read_text()), str(ckpt / CONFIG_FILE))
+        config = read_stored_config(json.loads((ckpt / CONFIG_FILE).read_text()), str(ckpt / CONFIG_FILE))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{ckpt / CONFIG_FILE}: cannot read the training config: {err}") from err
     backbone = text_backbone_path(config, Path(root) if root is not None else model_root(ckpt), str(ckpt / CONFIG_FILE))

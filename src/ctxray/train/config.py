@@ -197,3 +197,22 @@ class TrainConfig:
     def needs_targets(self) -> bool:
         """Whether the run loads the retrieval folder's teacher targets."""
         return self.loss.pkd > 0 or self.loss.srkd > 0 or self.needs_teacher_text
+
+
+# Settings added after runs were already saved, with the value those runs trained with (a saved config
+# lacking the key is read with it, so old runs load and resume exactly as they were).
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"kd_from": "feature"},  # the KD head read the pooled volume feature
+    "loss": {"kd_center": False},  # the targets were used as retrieved
+}
+
+
+def read_stored_config(data: dict[str, Any], where: str) -> TrainConfig:
+    """A ``TrainConfig`` from a saved ``config.json``'s data, filling keys it predates with ``LEGACY_DEFAULTS``."""
+    from ctxray.config import from_dict
+
+    data = {**data}
+    for section, keys in LEGACY_DEFAULTS.items():
+        if isinstance(data.get(section), dict):
+            data[section] = {**keys, **data[section]}
+    return from_dict(TrainConfig, data, where)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ctxray.config import from_dict, to_dict
+from ctxray.config import to_dict
 from ctxray.models.dual import DualEncoder, init_text_from_teacher, teacher_text_tower
 from ctxray.models.text import Tokenizer
-from ctxray.train.config import TrainConfig
+from ctxray.train.config import TrainConfig, read_stored_config
 from ctxray.train.data import (
     PairCollator,
     ResumableSampler,
@@ -34,7 +34,7 @@ def stored_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "checkpoints" / "last" / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: nothing to resume (no last checkpoint in {run_dir})")
-    return from_dict(TrainConfig, json.loads(path.read_text()), str(path))
+    return read_stored_config(json.loads(path.read_text()), str(path))
 
 
 def check_resume_config(given: TrainConfig, stored: TrainConfig) -> None:
