@@ -120,11 +120,13 @@ class Objective(nn.Module):
             terms enter the backward loss multiplied by ``W`` (exact single-process gradients), the
             per-rank MLM mean by 1. The temperature is not sharded (every rank sees its whole
             gradient), so its gradient is scaled by ``1/W`` inside the loss. Logged terms are detached
-            global values (MLM averaged over ranks) plus ``loss`` (their weighted sum) and ``logit_scale``.
+            global values (MLM averaged over ranks) plus ``loss`` (their weighted sum) and ``logit_scale``,
+            and monitors: ``volume_cos`` / ``text_cos`` (with the contrastive term) and ``pkd_shuffled``.
         """
         cfg = self.cfg
         world = dist.get_world_size() if is_distributed() else 1
         terms: dict[str, torch.Tensor] = {}
+        monitors: dict[str, torch.Tensor] = {}
         need_teacher = cfg.pkd > 0 or cfg.srkd > 0
         kd = gather_features(out["kd"].float()) if need_teacher else None
         teacher = gather_features(batch["teacher"].float()) if need_teacher else None
@@ -137,6 +139,9 @@ class Objective(nn.Module):
             v, t = gather_features(out["volume"].float()), gather_features(out["text"].float())
             scale = _grad_scaled(out["logit_scale"].float(), 1.0 / world)
             terms["roco"] = self.roco(v, t, scale, equivalent, text_sim)
+            with torch.no_grad():  # collapse monitors, on the already gathered global batch
+                monitors = {"volume_cos": mean_pairwise_cosine(v.detach()),
+                            "text_cos": mean_pairwise_cosine(t.detach())}
         if cfg.pkd > 0:
             terms["pkd"] = self.pkd(kd, teacher)
         if cfg.srkd > 0:
@@ -156,11 +161,10 @@ class Objective(nn.Module):
             logged["mlm"] = mlm / world
         logged["loss"] = sum((getattr(cfg, k) * v for k, v in logged.items()), zero.detach())
         logged["logit_scale"] = out["logit_scale"].detach().float()
-        with torch.no_grad():
-            if cfg.pkd > 0:
+        logged.update(monitors)
+        if cfg.pkd > 0:
+            with torch.no_grad():
                 logged.update(kd_controls(self.pkd, kd.detach(), teacher))
-            logged["volume_cos"] = mean_pairwise_cosine(gather_features(out["volume"].detach().float()))
-            logged["text_cos"] = mean_pairwise_cosine(gather_features(out["text"].detach().float()))
         return backward, logged
 
 
