@@ -82,11 +82,21 @@ def synthetic_ct(shape=(20, 40, 44), seed: int = 0) -> np.ndarray:
     return (hu + rng.normal(0, 15, shape)).astype(np.float32)
 
 
-def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:
-    """Write a RAS (D, H, W) HU volume as an axial CT series with pydicom (int16, slope 2, LPS).
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                       descending: bool = False, origin: tuple[float, float, float] = (37.5, -12.0, -80.0),
+                       rescale: tuple[float, float] = (2.0, -10.0)) -> np.ndarray:
+    """Write a RAS (D, H, W) HU volume as an axial CT series with pydicom (int16, LPS).
 
     Written here rather than with ``ctxray.data.dicom.write_ct_series`` so the reader is checked
-    against an independent writer. Files are named in reverse slice order.
+    against an independent writer. Ascending (default): files are named in reverse slice order;
+    ``descending``: file and instance order run head to feet (``im000.dcm`` is the most superior slice).
+
+    Args:
+        origin: LPS mm of the first voxel of RAS slice 0 (the most inferior).
+        rescale: (RescaleSlope, RescaleIntercept) of the stored values.
+
+    Returns:
+        The LPS mm position of the first pixel of the most superior slice.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -94,11 +104,11 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, f
     folder.mkdir(parents=True, exist_ok=True)
     sz, sy, sx = spacing_zyx
     d, h, w = hu.shape
-    slope, intercept = 2.0, -10.0
+    slope, intercept = rescale
     stored = np.rint((hu - intercept) / slope).astype(np.int16)
     series, study = generate_uid(), generate_uid()
-    origin = np.array([37.5, -12.0, -80.0])  # LPS mm of the first voxel (arbitrary)
-    for k in range(d):
+    first = np.asarray(origin, dtype=float)
+    for k in range(d):  # k: RAS slice index (inferior to superior)
         meta = FileMetaDataset()
         uid = generate_uid()
         meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uid
@@ -110,7 +120,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, f
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientName, ds.PatientID = "TEST^PATIENT", "ID12345"
         # columns run to patient-left (+x LPS) = RAS x decreasing; rows to posterior = RAS y decreasing
-        ds.ImagePositionPatient = [float(v) for v in origin + [0.0, 0.0, k * sz]]
+        ds.ImagePositionPatient = [float(v) for v in first + [0.0, 0.0, k * sz]]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [sy, sx]
         ds.SliceThickness = sz
@@ -120,7 +130,9 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing_zyx: tuple[float, f
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = np.ascontiguousarray(stored[k, ::-1, ::-1]).tobytes()
-        ds.save_as(str(folder / f"slice_{d - k:03d}.dcm"), enforce_file_format=True)
+        name = f"im{d - 1 - k:03d}.dcm" if descending else f"slice_{d - k:03d}.dcm"
+        ds.save_as(str(folder / name), enforce_file_format=True)
+    return first + [0.0, 0.0, (d - 1) * sz]
 
 
 def write_nifti(path: Path, hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:

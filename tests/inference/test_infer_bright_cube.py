@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from infer_helpers import write_nifti
+from infer_helpers import write_dicom_series, write_nifti
 from torch import nn
 
 from ctxray.data.spec import PreprocessSpec
@@ -92,43 +92,6 @@ def _in_cube(point, margin_vox=(0.0, 0.0, 0.0)) -> bool:
     return all(s.start - 0.5 - m <= p <= s.stop - 0.5 + m for p, s, m in zip(point, CUBE, margin_vox))
 
 
-def _write_descending_dicom(folder, hu: np.ndarray) -> np.ndarray:
-    """Write RAS ``hu`` as an axial series whose file/instance order runs head to feet (z descending),
-    rows posterior and columns to patient-left (LPS). Returns the LPS mm position of RAS voxel (z, y, x)
-    as a function's table: lps[z, y, x] -> (3,) (only used at a few points)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    d, h, w = hu.shape
-    sz, sy, sx = SPACING
-    top = np.array([60.0, 40.0, 120.0])  # LPS of the first pixel of the first (most superior) slice
-    series, study = generate_uid(), generate_uid()
-    for k in range(d):
-        meta = FileMetaDataset()
-        uid = generate_uid()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, uid, "CT"
-        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [float(v) for v in top - [0.0, 0.0, k * sz]]  # descending z
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [sy, sx]
-        ds.SliceThickness = sz
-        ds.InstanceNumber = k + 1
-        ds.Rows, ds.Columns = h, w
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
-        # file slice k is RAS slice d-1-k; row r is RAS row h-1-r (posterior), column c is RAS column w-1-c (left)
-        ds.PixelData = np.ascontiguousarray(np.rint(hu[d - 1 - k, ::-1, ::-1]).astype(np.int16)).tobytes()
-        ds.save_as(str(folder / f"im{k:03d}.dcm"), enforce_file_format=True)
-    return top
-
-
 @pytest.mark.parametrize("fmt", ["nifti", "dicom_descending"])
 @pytest.mark.parametrize("method", METHODS)
 def test_bright_cube_points_into_the_cube(tmp_path, method, fmt):
@@ -138,7 +101,9 @@ def test_bright_cube_points_into_the_cube(tmp_path, method, fmt):
         write_nifti(path, hu, SPACING)
     else:
         path = tmp_path / "dicom"
-        top = _write_descending_dicom(path, hu)
+        # file and instance order head to feet (z descending), stored values = HU (slope 1)
+        bottom = (60.0, 40.0, 120.0 - (SHAPE[0] - 1) * SPACING[0])  # LPS of RAS slice 0's first pixel
+        top = write_dicom_series(path, hu, SPACING, descending=True, origin=bottom, rescale=(1.0, 0.0))
     model = _ct_model(RegionMean())
     vol = model.read(path)
     np.testing.assert_allclose(vol.hu, hu)  # the reader gives the RAS array back
