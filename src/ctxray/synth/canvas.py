@@ -270,13 +270,7 @@ class Canvas:
             ok &= w > 0.02
             lins.append(lin[ok])
             weights.append(w[ok])
-        lin, w = np.concatenate(lins), np.concatenate(weights).astype(np.float32)
-        lo = int(lin.min()) if len(lin) else 0
-        buf = np.zeros(int(lin.max()) - lo + 1 if len(lin) else 0, dtype=np.float32)
-        np.maximum.at(buf, lin - lo, w)  # per voxel keep the largest weight
-        lin = np.flatnonzero(buf)
-        w = buf[lin]
-        lin += lo
+        lin, w = _max_per_voxel(np.concatenate(lins), np.concatenate(weights).astype(np.float32), flat_hu.size)
         if sp.within is not None:
             allowed = np.zeros(256, dtype=bool)
             allowed[list(sp.within)] = True
@@ -293,6 +287,28 @@ class Canvas:
         z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
         ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
         return (z * h + y) * w + x, ok
+
+def _max_per_voxel(lin: np.ndarray, w: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each voxel of ``lin`` once, with the largest of its weights ``w``; zero weights dropped.
+
+    Works in a scratch buffer of ``size`` voxels touched only at ``lin``, so its cost follows the number of
+    entries, not the span of voxels they cover (a vessel tree spans the whole grid).
+
+    Shape:
+        lin: (N,) int64 linear voxel indices; w: (N,) float32 -> (M,), (M,)
+    """
+    if not len(lin):
+        return lin, w
+    buf = np.zeros(size, dtype=np.float32)
+    np.maximum.at(buf, lin, w)  # per voxel keep the largest weight
+    last = np.empty(size, dtype=np.int64)
+    order = np.arange(len(lin))
+    last[lin] = order  # the last entry naming each voxel wins
+    lin = lin[last[lin] == order]
+    w = buf[lin]
+    keep = w > 0
+    return lin[keep], w[keep]
+
 
 def merge(spheres: list[Spheres]) -> Spheres:
     """Concatenate balls of the same value, tissue and mask into one shape (one painting pass).

@@ -142,8 +142,9 @@ def coronary_artery_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.
 def hiatal_hernia(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
     sz, sy, sx = a.shift
     rad = (float(rng.uniform(18, 32)), float(rng.uniform(16, 26)), float(rng.uniform(18, 30)))
-    c = (sz + a.dome_l + rad[0] * 0.6, sy - 22, sx - 14)
-    gas_level = c[0] + rad[0] * 0.25
+    # behind the heart, left of the spine: its gas projects through the cardiac shadow on a radiograph
+    c = (sz + a.dome_l + rad[0] * 0.6, sy - 22, sx - 12 - 0.6 * rad[2])
+    gas_level = c[0] - rad[0] * 0.1  # gas over fluid: the air-fluid level a frontal radiograph shows
     shapes: list[Shape] = [
         Ellipsoid(c, rad, 38, T.SOFT, within=(*LUNGS, T.FAT, T.HEART, T.SOFT), edge=2.0),
         Ellipsoid(c, (rad[0] - 4, rad[1] - 4, rad[2] - 4), -1000, T.GAS, within=(T.SOFT,),

@@ -34,9 +34,42 @@ def emphysema(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) 
     depth = (0.0, 10.0) if kind == "paraseptal" else (8.0, 1e9)
     centres = np.concatenate([atlas.sample_lung_points(side, rng, n // 2, "upper", *depth) for side in SIDES])
     radii = rng.uniform(2.5, 7.0 if sev != "mild" else 4.5, len(centres))
-    shapes: list[Shape] = [Spheres(centres, radii, -990, None, within=LUNGS)]
+    shapes: list[Shape] = [Spheres(centres, radii, -990, None, within=LUNGS), *_hyperinflation(a, sev)]
     return [Lesion("Emphysema", f"{kind} emphysema", "both upper lobes", "bilateral", _tup(centres.mean(0)),
                    float(2 * radii.max()), shapes, {"severity": sev})]
+
+
+EMPHYSEMA_DROP_MM = {"mild": 12.0, "moderate": 20.0, "severe": 28.0}
+EMPHYSEMA_LUCENCY_HU = {"mild": -30.0, "moderate": -50.0, "severe": -70.0}
+
+
+def _hyperinflation(a: Anatomy, sev: str) -> list[Shape]:
+    """What makes emphysema visible on a frontal radiograph (and a CT): hyperinflated, hyperlucent lungs.
+
+    Per side, the lung takes over the top of the dome below it (liver on the right, stomach and spleen on
+    the left) down to a flat level ``EMPHYSEMA_DROP_MM`` below the dome: the hemidiaphragms are lower and
+    flattened, and more ribs project over the lungs. The whole lung loses ``EMPHYSEMA_LUCENCY_HU`` of
+    density (destroyed parenchyma), a bit more in the upper zones. No random draws, so adding the signs
+    left every other lesion of a patient as it was.
+    """
+    sz, sy, sx = a.shift
+    drop, lucency = EMPHYSEMA_DROP_MM[sev], EMPHYSEMA_LUCENCY_HU[sev]
+    shapes: list[Shape] = []
+    for side, code, dome, organ in (("right", T.LUNG_R, a.dome_r, (T.LIVER,)), ("left", T.LUNG_L, a.dome_l,
+                                                                                 (T.SOFT, T.GAS))):
+        sign = 1.0 if side == "right" else -1.0
+        # footprint inside the thoracic cavity, clear of the mediastinum (oesophagus, airways)
+        inner, outer = 36.0, 0.94 * a.cavity_ax
+        cx, rx = sx + sign * (inner + outer) / 2, (outer - inner) / 2
+        flat = sz + dome - drop
+        shapes.append(Ellipsoid((flat, sy - 0.08 * a.cavity_ay, cx), (60.0, 0.7 * a.cavity_ay, rx), -880.0, code,
+                                within=organ, plane=((-1.0, 0.0, 0.0), -flat)))
+        c, r = a.lung_box(side)
+        shapes.append(Ellipsoid((c[0] - drop / 2, c[1], c[2]), (r[0] * 1.3, r[1] * 1.2, r[2] * 1.3), lucency,
+                                None, within=(code,), add=True))
+        shapes.append(Ellipsoid((c[0] + r[0] * 0.6, c[1], c[2]), (r[0] * 0.6, r[1] * 1.2, r[2] * 1.3),
+                                lucency * 0.5, None, within=(code,), add=True, edge=20.0))
+    return shapes
 
 
 def atelectasis(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
@@ -59,9 +92,10 @@ def atelectasis(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict
 def lung_nodule(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
     n = int(rng.choice([1, 1, 1, 2, 3]))
     min_d = a.extra.get("min_nodule_mm", 4.0)
+    scale = a.extra.get("nodule_size_scale", 1.0)  # radiograph subjects: the nodules a radiograph reports
     out = []
     for _ in range(n):
-        d = float(np.clip(rng.lognormal(np.log(8), 0.5), min_d, 30))
+        d = float(np.clip(rng.lognormal(np.log(8), 0.5) * scale, min_d, 30))
         side = str(rng.choice(SIDES))
         p = atlas.sample_lung_point(side, rng, "any", d / 2 + 2)
         kind = str(rng.choice(["solid", "part-solid", "calcified"], p=[0.75, 0.12, 0.13]))

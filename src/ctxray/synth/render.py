@@ -7,7 +7,7 @@ can be rendered with and without a finding, with identical noise (the visibility
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +18,8 @@ from ctxray.synth.lesions import Lesion
 
 XRAY_FOV_MM = 420.0
 XRAY_DEPTH_SAMPLES = 0.35  # AP samples per lateral pixel
+METAL_MU = 15.0  # attenuation of metal devices relative to water on a radiograph
+METAL_HU = 2000.0  # shapes painted at least this dense are metal devices
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,22 @@ def project(hu: np.ndarray, spacing_y: float) -> np.ndarray:
     return mu.sum(axis=1) * spacing_y
 
 
+def metal_path(shapes: list[Shape], grid: Grid) -> np.ndarray:
+    """Metal thickness along the antero-posterior axis, from the filled fraction of each voxel.
+
+    CT clips metal at 3071 HU, but a radiograph's beam is stopped by it (steel at 60 keV attenuates ~45
+    times water): devices are painted alone on an empty grid and their thickness is returned, so the
+    caller can add ``METAL_MU`` water-equivalent mm per mm of metal, independent of the coarse depth grid.
+
+    Shape:
+        returns ``(D, W)`` in mm.
+    """
+    canvas = Canvas(grid)
+    for shape in shapes:
+        canvas.paint(replace(shape, value=0.0, within=None, tissue=None))
+    return (canvas.hu + 1000.0).sum(axis=1) * (grid.spacing[1] / 1000.0)
+
+
 def render_xray(anatomy: Anatomy, lesions: Iterable[Lesion], size: int, render: int, noise_seed: int,
                 exclude: Iterable[str] = ()) -> np.ndarray:
     """A frontal (PA-like) radiograph as an 8-bit image, patient's right on the image's left.
@@ -115,11 +133,17 @@ def render_xray(anatomy: Anatomy, lesions: Iterable[Lesion], size: int, render: 
     Returns:
         ``(size, size)`` uint8, row 0 at the top (cranial).
     """
+    lesions = list(lesions)
     grid = xray_grid(anatomy, render)
     canvas = paint_patient(anatomy, lesions, grid, exclude)
     for shape in arm_shapes(anatomy):  # arms hang beside the chest on a radiograph (raised for CT)
         canvas.paint(shape)
     line = project(canvas.hu, grid.spacing[1])
+    skip = set(exclude)
+    metal = [shape for lesion in lesions if lesion.label not in skip for shape in lesion.shapes
+             if shape.value >= METAL_HU]
+    if metal:
+        line = line + (METAL_MU - 1.0) * metal_path(metal, grid)
     img = line[::-1, ::-1]  # superior at the top; larger x (patient's right) on the left
     if size != render:
         img = ndimage.zoom(img, size / render, order=1)

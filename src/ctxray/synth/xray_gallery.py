@@ -3,7 +3,8 @@
 X-ray patients are drawn from the same label model as the CT patients but are different people.
 Their phantoms carry every lesion (a coronary plaque is there on a radiograph too), but the
 reports and label columns only name findings marked ``xray_visible`` in ``labels.json``; nodules
-are drawn at least 12 mm so that a labelled nodule is one a radiograph can show.
+are drawn twice the CT size and at least 12 mm (median about 16 mm), so that a labelled nodule is one a
+radiograph can show.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ctxray.synth.writers import write_png
 XRAY_HEADER_PREFIX = ["id", "subject_id", "split", "image_path", "report"]
 XRAY_CODE = 7
 MIN_VISIBLE_NODULE_MM = 12.0
+NODULE_SIZE_SCALE = 2.0
 
 
 def xray_patient(seed: int, index: int) -> tuple[Anatomy, dict[str, int], list[Lesion]]:
@@ -31,6 +33,7 @@ def xray_patient(seed: int, index: int) -> tuple[Anatomy, dict[str, int], list[L
     rng = np.random.default_rng([seed, XRAY_CODE, index])
     anatomy = sample_anatomy(rng)
     anatomy.extra["min_nodule_mm"] = MIN_VISIBLE_NODULE_MM
+    anatomy.extra["nodule_size_scale"] = NODULE_SIZE_SCALE
     labels, _age = sample_labels(rng)
     return anatomy, labels, build_lesions(anatomy, labels, rng)
 
