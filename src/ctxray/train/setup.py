@@ -248,11 +248,15 @@ def tower_resolved(config: TrainConfig, root: Path) -> TrainConfig:
 
 
 def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
-    """A model of a resolved config; with ``initialise``, volume encoder weights from ``encoder_init`` and
-    the text tower from the teacher when asked (a resumed run loads its own weights instead)."""
+    """A model of a resolved config; with ``initialise``, volume encoder weights from ``model.pretrained`` or
+    ``encoder_init`` and the text tower from the teacher when asked (a resumed run loads its own weights instead)."""
     model = DualEncoder(config.model)
     if not initialise:
         return model
+    if config.model.pretrained:
+        from ctxray.models.i3resnet import load_pretrained
+
+        load_pretrained(model.volume_encoder, config.model.pretrained)
     if config.encoder_init:
         from ctxray.models.registry import load_encoder_weights
 
