@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--few", type=int, default=20, help="training volumes of the few-label arm")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=12, help="scratch training epochs")
-    parser.add_argument("--skip-scratch", action="store_true")
+    parser.add_argument("--arms", nargs="+", default=["astra", "random", "scratch"],
+                        choices=["astra", "random", "scratch"], help="which arms to run (default all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -85,6 +86,8 @@ def main() -> None:
                                      for s in range(args.seeds)], f"all ({n})": [np.arange(n)]}
     rows = []
     for arm, pretrained in (("astra probe", True), ("random probe", False)):
+        if arm.split()[0] not in args.arms:
+            continue
         f = features(arm.split()[0], work, train_ds, valid_ds, pretrained)
         per_volume = float(f["seconds"]) / int(f["n"])
         for label, sets in subsets.items():
@@ -96,7 +99,7 @@ def main() -> None:
             rows.append({"arm": arm, "labels": label, "auroc": float(np.mean(aucs)), "sd": float(np.std(aucs)),
                          "runs": len(aucs), "fit_s": time.perf_counter() - t0, "feature_s_per_volume": per_volume})
             logging.info("%s", rows[-1])
-    if not args.skip_scratch:
+    if "scratch" in args.arms:
         settings = FinetuneSettings(epochs=args.epochs, lr=2e-3, encoder_lr_mult=1.0, weight_decay=1e-4,
                                     batch_size=8)
         yv = valid_ds.labels_matrix()
