@@ -171,3 +171,17 @@ def test_shard_command_writes_and_verifies(tmp_path):
         f.write(b"x")
     assert main(["shard", "--verify", str(tmp_path / "s")]) == 1
     assert main(["shard", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]) == 2
+
+
+def test_the_webdataset_library_reads_the_shards(shards, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    cache, root = shards
+    gz = tmp_path / "gz"
+    write_shards(cache, gz, compress="gzip", shard_bytes=40_000)
+    ref = CTCacheDataset(cache)
+    for folder, ext in ((root, "npy"), (gz, "npy.gz")):
+        urls = sorted(str(p) for p in folder.glob("shard-*.tar"))
+        got = {s["json"]["id"]: s[ext] for s in wds.WebDataset(urls, shardshuffle=False).decode()}
+        assert sorted(got) == sorted(ref.ids)
+        for k, vid in enumerate(ref.ids):
+            np.testing.assert_array_equal(got[vid], np.load(cache / ref.entries[k]["file"]))
