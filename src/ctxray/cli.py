@@ -17,6 +17,7 @@ from ctxray import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("ctxray.commands.synth", "write the synthetic chest world (CT-RATE layout + X-ray gallery)"),
     "preprocess": ("ctxray.commands.preprocess", "CT-RATE / RAD-ChestCT / NIfTI / DICOM -> volume cache"),
+    "shard": ("ctxray.commands.shard", "volume cache -> tar shards (WebDataset layout, SHA-256) for streaming"),
     "teacher": ("ctxray.commands.teacher", "train or embed with the X-ray expert (teacher)"),
     "retrieve": ("ctxray.commands.retrieve", "language-guided CT report -> X-ray retrieval, cache teacher targets"),
     "train": ("ctxray.commands.train", "train the CT-report dual encoder (BIUD losses), CPU or torchrun"),

@@ -19,7 +19,13 @@ demo     7.0, 3.6, 3.6     48, 96, 96        [-1000, 1000]  CPU demo; field of v
 ctclip   1.5, 0.75, 0.75   240, 480, 480     [-1000, 1000]  CT-CLIP (CT-RATE paper)
 fvlm     3.0, 1.0, 1.0     112, 336, 336     [-1150, 350]   fVLM / HLIP-like (shape ours: 336 mm cube)
 merlin   3.0, 1.5, 1.5     160, 224, 224     [-1000, 1000]  Merlin-like (window ours)
+astra    (resize)          160, 224, 224     [-1000, 200]   Astra's chest input (``model.pretrained=astra``)
 ======== ================= ================= ============== =========================================
+
+``astra`` follows the chest preprocessing of the Astra weights' reference extractor: the whole field of view
+resized onto 160 x 224 x 224 (D, H, W), HU window [-1000, 200]. Two differences remain: Astra first crops the
+volume to the bounding box of voxels above -1000 HU, and resizes by area averaging where we resample
+trilinearly (``bench/astra_equivalence.py`` measures what that changes in the features).
 
 ``tiny``, ``small`` and ``demo`` are chosen so a 300-350 mm adult chest (the synthetic world's ~32x64x64 and
 ~64x128x128 volumes at ~5x2.7x2.7 mm) fits whole: only a few mm of air are cropped or padded.
@@ -247,6 +253,8 @@ PRESETS: dict[str, PreprocessSpec] = {
     "ctclip": PreprocessSpec("ctclip", (1.5, 0.75, 0.75), (240, 480, 480)),
     "fvlm": PreprocessSpec("fvlm", (3.0, 1.0, 1.0), (112, 336, 336), hu_min=-1150.0, hu_max=350.0),
     "merlin": PreprocessSpec("merlin", (3.0, 1.5, 1.5), (160, 224, 224)),
+    # spacing is nominal: fit="resize" maps the whole field of view onto the shape
+    "astra": PreprocessSpec("astra", (2.0, 1.5, 1.5), (160, 224, 224), hu_min=-1000.0, hu_max=200.0, fit="resize"),
 }
 
 

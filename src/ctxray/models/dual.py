@@ -30,7 +30,9 @@ class DualEncoderConfig:
 
     Args:
         encoder: a volume encoder name from ``ctxray.models.registry.list_encoders()``.
-        encoder_kwargs: extra keyword arguments for it (e.g. ``grad_checkpointing: true``).
+        encoder_kwargs: extra keyword arguments for it (e.g. ``grad_checkpointing: true``, ``freeze_stages: 2``).
+        pretrained: published volume-encoder weights to start a run from (``astra`` for ``i3resnet_152``; see
+            ``ctxray.models.i3resnet.PRETRAINED``); applied when training starts, not when a checkpoint loads.
         input_shape: (D, H, W) of the model input; filled from the cache's spec when None.
         embed_dim: width E of the shared space.
         teacher_dim: the teacher's width Dt; filled from the retrieval targets; None: no KD head.
@@ -47,6 +49,7 @@ class DualEncoderConfig:
 
     encoder: str = "vit3d_small"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
     input_shape: tuple[int, int, int] | None = None
     embed_dim: int = 256
     teacher_dim: int | None = None

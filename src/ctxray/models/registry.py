@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, Callable[..., VolumeEncoder]] = {}
-_BUILTIN_FAMILIES = ("ctxray.models.vit3d", "ctxray.models.vit3d_axial", "ctxray.models.resnet3d")
+_BUILTIN_FAMILIES = ("ctxray.models.vit3d", "ctxray.models.vit3d_axial", "ctxray.models.resnet3d",
+                     "ctxray.models.i3resnet")
 
 
 class VolumeEncoder(nn.Module):

@@ -184,6 +184,8 @@ class TrainConfig:
             raise ValueError(f"optim.text_lr_scale={op.text_lr_scale}: must be >= 0 (0 freezes the report tower)")
         if self.text_init == "teacher" and not self.teacher_dir:
             raise ValueError("text_init='teacher' needs teacher_dir")
+        if self.model.pretrained and self.encoder_init:
+            raise ValueError("model.pretrained and encoder_init both set the volume encoder's weights; choose one")
         if self.text_init == "hf" and self.model.text.kind != "hf":
             raise ValueError("text_init='hf' needs model.text.kind=hf and model.text.hf_path")
 

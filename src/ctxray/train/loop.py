@@ -41,7 +41,9 @@ from ctxray.train.setup import (
     report_token_stats,
     resolve_config,
     resolve_text,
+    run_text_tower,
     stored_config,
+    tower_resolved,
 )
 from ctxray.train.validate import validate
 from ctxray.utils.progress import progress
@@ -118,7 +120,9 @@ class Trainer:
             config.code_version = ckpt.code_version()
         self.config = config
         self.kd_mean_level = kd_mean_level(self.data, config)
-        self.model = build_model(config, initialise=not resume).to(rt.device)
+        self.model = build_model(tower_resolved(config, out) if resume else config, initialise=not resume).to(rt.device)
+        if not resume:  # an hf report tower is copied into the run and named relatively from here on
+            config = self.config = run_text_tower(config, out, self.model.text_encoder.backbone, rt.main)
         if config.optim.text_lr_scale == 0:  # the report tower stays as initialised (e.g. the expert's)
             self.model.text_encoder.requires_grad_(False)
         self._build_optimisation()

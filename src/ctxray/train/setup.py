@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,12 +206,57 @@ def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> T
     return dataclasses.replace(config, model=model)
 
 
+def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) -> TrainConfig:
+    """A Hugging Face report tower travels with the run: copied into ``RUN/text_backbone/`` (config, weights,
+    tokenizer, licence, README; by the main rank) and named by that relative path in the returned config, so
+    every checkpoint's ``config.json`` points inside the run folder, never at the source folder.
+
+    Args:
+        config: a resolved config; a tower that is not ``hf``, or already relative (a resumed run), is left alone.
+        out: the run folder.
+        backbone: the loaded ``transformers`` model (written as safetensors when the source holds pickles only).
+        main: whether this process writes files (rank 0).
+    """
+    from ctxray.inference.export import copy_text_backbone
+    from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
+
+    text = config.model.text
+    if text.kind != "hf" or not text.hf_path or text.hf_path == TEXT_BACKBONE_DIR:
+        return config
+    src, dest = Path(text.hf_path).resolve(), Path(out) / TEXT_BACKBONE_DIR
+    if main and src != dest.resolve():
+        tmp = Path(out) / f".{TEXT_BACKBONE_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        names = copy_text_backbone(src, tmp, backbone)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        log.info("report tower %s copied into %s (%d files)", src, dest, len(names))
+    text = dataclasses.replace(text, hf_path=TEXT_BACKBONE_DIR)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+
+
+def tower_resolved(config: TrainConfig, root: Path) -> TrainConfig:
+    """``config`` with a relative ``hf`` tower path resolved against the run folder ``root`` (to build a model)."""
+    from ctxray.train.checkpoint import text_backbone_path
+
+    path = text_backbone_path(config, root, "the run's config")
+    if path is None:
+        return config
+    text = dataclasses.replace(config.model.text, hf_path=str(path))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+
+
 def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
-    """A model of a resolved config; with ``initialise``, volume encoder weights from ``encoder_init`` and
-    the text tower from the teacher when asked (a resumed run loads its own weights instead)."""
+    """A model of a resolved config; with ``initialise``, volume encoder weights from ``model.pretrained`` or
+    ``encoder_init`` and the text tower from the teacher when asked (a resumed run loads its own weights instead)."""
     model = DualEncoder(config.model)
     if not initialise:
         return model
+    if config.model.pretrained:
+        from ctxray.models.i3resnet import load_pretrained
+
+        load_pretrained(model.volume_encoder, config.model.pretrained)
     if config.encoder_init:
         from ctxray.models.registry import load_encoder_weights
 
