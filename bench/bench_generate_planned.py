@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--wording", default="frequent", choices=["frequent", "neighbours"])
     ap.add_argument("--betas", nargs="+", type=float, default=[0.75, 0.5, 0.35])
     ap.add_argument("--shares", nargs="+", type=float, default=[0.45, 0.6, 0.75])
+    ap.add_argument("--no-tune", action="store_true", help="use the first --betas and --shares as they are")
     ap.add_argument("--decoders", nargs="*", default=[], metavar="NAME=G")
     ap.add_argument("--work", required=True)
     ap.add_argument("--java", choices=["auto", "on", "off"], default="auto")
@@ -132,9 +133,12 @@ def main() -> None:
         for planner in args.planners:
             base_cfg = PlannedConfig(planner=planner, probe_features=args.probe_features, wording=args.wording,
                                      seed=args.seeds[0])
-            chosen, tuning = choose_operating_point(feats["train"], feats["flip"], *sections, skeleton, base_cfg,
-                                                    groups, prompts, betas=args.betas, shares=args.shares)
-            (work / f"tuning_{planner}_{name}.json").write_text(json.dumps(tuning, indent=1))
+            if args.no_tune:  # a fixed operating point: the first beta and share given
+                chosen = replace(base_cfg, beta=args.betas[0], normal_share=args.shares[0])
+            else:
+                chosen, tuning = choose_operating_point(feats["train"], feats["flip"], *sections, skeleton, base_cfg,
+                                                        groups, prompts, betas=args.betas, shares=args.shares)
+                (work / f"tuning_{planner}_{name}.json").write_text(json.dumps(tuning, indent=1))
             print(f"{planner} ({name}): chosen on the training split: beta {chosen.beta}, normal share "
                   f"{chosen.normal_share} [{time.time() - t0:.0f}s]", flush=True)
             for seed in args.seeds:
