@@ -3,6 +3,7 @@
     ctxray generate train --checkpoint RUN --cache C --out G [--ctrate ROOT] [--config F] [--set a.b=c ...]
     ctxray generate run --model G (--cache C [--split valid] | --volumes V ...) --out DIR
     ctxray generate compare NAME=G [NAME=G ...] [--examples N]
+    ctxray generate plan --checkpoint RUN --cache C --out G [--planner probe|zeroshot] [--seed N] [--ground-truth F]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{train,run,compare}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{train,plan,run,compare}")
     tr = sub.add_parser("train", help="train a decoder on a frozen CT encoder; evaluate it and the trivial baseline")
     tr.add_argument("--checkpoint", required=True, help="a training run or checkpoint folder (ctxray train --out)")
     tr.add_argument("--cache", required=True, help="the volume cache (ctxray preprocess --out)")
@@ -23,6 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--encoder-init", choices=["checkpoint", "random"], default=None,
                     help="'random': same encoder architecture, re-initialised (the control)")
     tr.add_argument("--seed", type=int, default=None, help="seed (overrides the config's)")
+
+    pl = sub.add_parser("plan", help="findings-first generator: planner on the CT encoder + training sentences")
+    pl.add_argument("--checkpoint", required=True, help="a training run or checkpoint folder (ctxray train --out)")
+    pl.add_argument("--cache", required=True, help="the volume cache (train split: planner and sentences)")
+    pl.add_argument("--out", required=True, help="generator folder to write (metrics.json, samples.jsonl)")
+    pl.add_argument("--planner", choices=["probe", "zeroshot"], default="probe",
+                    help="per-label logistic probe on the training split, or the zero-shot prompts")
+    pl.add_argument("--seed", type=int, default=0, help="seeds the probe's folds and solver")
+    pl.add_argument("--eval-split", default="valid", help="split to evaluate on ('none': no evaluation)")
+    pl.add_argument("--no-tune", action="store_true",
+                    help="keep --set beta/wording instead of choosing them on the training split")
+    pl.add_argument("--ground-truth", default=None, help="a synthetic world's ground_truth.jsonl (laterality check)")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a PlannedConfig field, e.g. --set probe_c=0.05 (repeatable)")
 
     rn = sub.add_parser("run", help="write generated Findings + Impression per volume")
     rn.add_argument("--model", required=True, help="a generator folder (ctxray generate train --out)")
@@ -72,6 +87,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from ctxray.config import load_config
+    from ctxray.generate.planned import PlannedConfig
+    from ctxray.generate.run_planned import train_planned
+
+    overrides = [*args.overrides, f"planner={args.planner}", f"seed={args.seed}"]
+    cfg = load_config(PlannedConfig, None, overrides)
+    split = None if args.eval_split == "none" else args.eval_split
+    train_planned(args.checkpoint, args.cache, args.out, cfg, eval_split=split, tune=not args.no_tune,
+                  ground_truth=args.ground_truth)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ctxray.generate.run import run_generator
 
@@ -85,4 +113,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"train": _train, "run": _run, "compare": _compare}[args.action](args)
+    return {"train": _train, "plan": _plan, "run": _run, "compare": _compare}[args.action](args)

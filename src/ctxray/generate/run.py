@@ -157,15 +157,15 @@ def evaluate_generator(gen: Generator, eval_items: Sequence[ReportItem], train_i
     return metrics
 
 
-def _volume_loaders(gen: Generator, volumes: Sequence[str | Path]) -> list[tuple[str, object]]:
+def _volume_loaders(spec_path: Path | None, volumes: Sequence[str | Path]) -> list[tuple[str, object]]:
     """(id, loader) for NIfTI / DICOM / .npz volumes, preprocessed with the generator's spec."""
     from ctxray.data.ingest import safe_id
     from ctxray.data.readers import load_volume
     from ctxray.data.spec import PreprocessSpec
 
-    if gen.spec_path is None:
+    if spec_path is None:
         raise ValueError("the generator folder has no spec.json; cannot preprocess raw volumes")
-    spec = PreprocessSpec.load(gen.spec_path)
+    spec = PreprocessSpec.load(spec_path)
 
     def loader(path: Path):
         vol = load_volume(path)
@@ -197,6 +197,10 @@ def run_generator(model: str | Path, out: str | Path, cache: str | Path | None =
     if (cache is None) == (not volumes):
         raise ValueError("give exactly one of a cache (with a split) or volume files")
     out = Path(out)
+    from ctxray.generate.planned import is_planned
+
+    if is_planned(model):
+        return _run_planned(model, out, cache, split, volumes, ctrate_root)
     device = resolve_device("auto")
     gen = load_generator(model, str(device))
     dcfg = replace(gen.cfg.decode, **(decode_overrides or {}))
@@ -204,7 +208,7 @@ def run_generator(model: str | Path, out: str | Path, cache: str | Path | None =
     if items is not None:
         ids, loaders = [i.id for i in items], [lambda p=i.path: load_cached_volume(p) for i in items]
     else:
-        ids, loaders = map(list, zip(*_volume_loaders(gen, volumes or [])))
+        ids, loaders = map(list, zip(*_volume_loaders(gen.spec_path, volumes or [])))
     feats = extract_features(gen.encoder.feature_map, loaders, gen.cfg.decoder.visual_grid, gen.cfg.feature_batch,
                              str(device))
     sections = generate_sections(gen.decoder, gen.tokenizer, feats, dcfg)
@@ -218,6 +222,27 @@ def run_generator(model: str | Path, out: str | Path, cache: str | Path | None =
     _write_outputs(out, rows)
     if items is not None:
         metrics = score_reports(texts, [i.report for i in items], gen.cfg.label_set)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    return rows
+
+
+def _run_planned(model: str | Path, out: Path, cache, split, volumes, ctrate_root) -> list[dict]:
+    """``run_generator`` for a planned generator folder (``ctxray generate plan``)."""
+    from ctxray.generate.run_planned import planned_reports
+
+    items = read_items(cache, split, ctrate_root) if cache is not None else None
+    if items is not None:
+        ids, loaders = [i.id for i in items], [lambda p=i.path: load_cached_volume(p) for i in items]
+    else:
+        spec = Path(model) / "spec.json"
+        ids, loaders = map(list, zip(*_volume_loaders(spec if spec.is_file() else None, volumes or [])))
+    rows = [{"id": vid, **r} for vid, r in zip(ids, planned_reports(model, loaders, str(resolve_device("auto"))))]
+    if items is not None:
+        for row, item in zip(rows, items):
+            row["reference"] = item.report
+    _write_outputs(out, rows)
+    if items is not None:
+        metrics = score_reports([r["report"] for r in rows], [i.report for i in items], "ct")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     return rows
 

@@ -1,0 +1,351 @@
+"""The planned generator: findings from the CT encoder, text from the training reports.
+
+    volume --frozen CT encoder--> embedding (E,), last feature map (C, d, h, w)
+      --label probe (or zero-shot prompts) + training-chosen thresholds--> plan: findings
+      --side probe on the left/right thirds of the feature map--> plan: sides
+      --SentenceBank.realise(plan, nearest training volumes)--> Findings + Impression
+
+Why this design: with the current encoders a learnt decoder writes the majority (normal) report, because
+the language model's loss is dominated by the normal sentences every report shares. Here the clinical
+content is an explicit decision per label taken from what the encoder sees (and checkable on its own:
+the plan's F1), and the wording is copied from real training sentences, so fluency matches the normal
+template where the scan is normal and a report cannot contradict itself. A better encoder improves the
+plan without any change to the text side.
+
+Generator folder ``G`` (``ctxray generate plan --out G``)::
+
+    G/config.json         {"kind": "planned", "planned": PlannedConfig, "encoder": description,
+                           "labels": [...], "sided": [...], "thresholds": [...]}
+    G/encoder.safetensors the frozen volume encoder (+ ``proj.*``: its projection to the joint space)
+    G/planner.safetensors label probe / zero-shot prompt embeddings, side probe, training embeddings
+    G/bank.json           training report sections (the sentence bank) and the skeleton report
+    G/spec.json           the cache's preprocessing spec
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctxray.config import from_dict, to_dict
+from ctxray.generate.plan import (
+    LabelProbe,
+    Plan,
+    SideProbe,
+    f1_thresholds,
+    plan_matrix,
+    plans_from_reports,
+    plans_from_scores,
+    side_targets,
+)
+from ctxray.generate.realise import SentenceBank
+from ctxray.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+Features = dict[str, np.ndarray]
+
+
+@dataclass
+class PlannedConfig:
+    """Settings of the planned generator (stored in ``G/config.json``).
+
+    Args:
+        planner: ``probe`` (logistic regression per label on the training split) or ``zeroshot``.
+        probe_features: ``embedding`` (joint-space vector), ``pooled`` (mean of the last feature map) or
+            ``both``.
+        probe_c: inverse L2 strength of the probes.
+        folds: k of the out-of-fold training predictions the probe's thresholds are chosen on.
+        beta: thresholds maximise F-beta on the training split (``< 1``: fewer, surer findings).
+        normal_share: the normal gate: volumes whose probability of a normal report (a probe on the same
+            features) is above its ``1 - normal_share`` training quantile get no findings at all (0: off).
+        wording: ``neighbours`` (prefer the sentences of the nearest training volumes) or ``frequent``
+            (the most frequent training sentence that states the planned finding).
+        neighbours: training volumes whose sentences are preferred, nearest first.
+        sided_min_rate: a label is sided when at least this share of its training mentions names a side.
+        seed: seeds the probes' folds and solver.
+        label_set: the labeler's label set.
+        train_split: manifest split the planner and the sentence bank are built from.
+    """
+
+    planner: Literal["probe", "zeroshot"] = "probe"
+    probe_features: Literal["embedding", "pooled", "both"] = "embedding"
+    probe_c: float = 0.1
+    folds: int = 5
+    beta: float = 1.0
+    normal_share: float = 0.0
+    wording: Literal["neighbours", "frequent"] = "neighbours"
+    neighbours: int = 10
+    sided_min_rate: float = 0.5
+    seed: int = 0
+    label_set: Literal["ct"] = "ct"
+    train_split: str = "train"
+
+
+class VolumeView(nn.Module):
+    """The frozen volume tower of a dual encoder: feature map, pooled vector and joint-space embedding."""
+
+    def __init__(self, encoder: nn.Module, proj: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.proj = encoder, proj
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third."""
+        fmap = self.encoder.feature_map(x).float()  # (B, C, d, h, w)
+        w = fmap.shape[-1]
+        third = max(1, w // 3)
+        cols = fmap.mean(dim=(2, 3))  # (B, C, w)
+        low, high = cols[..., :third].mean(-1), cols[..., w - third:].mean(-1)
+        emb = nn.functional.normalize(self.proj(self.encoder(x).float()), dim=-1)
+        return {"embedding": emb, "pooled": fmap.mean(dim=(2, 3, 4)), "sides": torch.cat([low, high], dim=1)}
+
+
+def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor]], batch_size: int = 4,
+                   flip: bool = False) -> Features:
+    """Features of many volumes (``flip``: of their left-right mirror images, last axis reversed).
+
+    Returns:
+        ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C), float32 numpy.
+    """
+    from ctxray.utils.progress import progress
+
+    device = next(iter(view.parameters()), torch.empty(0)).device
+    parts: dict[str, list[np.ndarray]] = {}
+    view.eval()
+    for start in progress(range(0, len(loaders), batch_size), desc="features", unit="batch"):
+        x = torch.cat([load() for load in loaders[start:start + batch_size]]).to(device)
+        if flip:
+            x = torch.flip(x, dims=[-1])
+        for k, v in view.features(x).items():
+            parts.setdefault(k, []).append(v.cpu().numpy().astype(np.float32))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def probe_input(feats: Features, kind: str) -> np.ndarray:
+    if kind == "both":
+        return np.concatenate([feats["embedding"], feats["pooled"]], axis=1)
+    return feats[kind]
+
+
+def sided_labels(plans: Sequence[Plan], names: Sequence[str], min_rate: float) -> list[str]:
+    """Labels whose training mentions name a side at least ``min_rate`` of the time."""
+    out = []
+    for n in names:
+        sides = [p.sides.get(n) for p in plans if n in p.labels]
+        if sides and sum(s is not None for s in sides) / len(sides) >= min_rate:
+            out.append(n)
+    return out
+
+
+@dataclass
+class PlannedGenerator:
+    """A fitted planned generator (see the module docstring)."""
+
+    cfg: PlannedConfig
+    names: list[str]
+    sided: list[str]
+    thresholds: np.ndarray  # (L,)
+    probe: LabelProbe | None
+    prompts: tuple[np.ndarray, np.ndarray, float] | None  # zero-shot (pos (L, E), neg (L, E), scale)
+    sides: SideProbe
+    train_embedding: np.ndarray  # (N_train, E), for the nearest-neighbour sentences
+    bank: SentenceBank
+    gate: LabelProbe | None = None  # P(normal report); volumes above gate_threshold get no findings
+    gate_threshold: float = float("inf")
+    train_oof: np.ndarray | None = None  # (N_train, L) out-of-fold training scores (after fitting only)
+    train_gate_oof: np.ndarray | None = None  # (N_train,) out-of-fold P(normal)
+
+    def scores(self, feats: Features) -> np.ndarray:
+        """Per-label scores (probabilities) of volumes. Shape: -> (N, L)."""
+        if self.cfg.planner == "probe":
+            return self.probe.scores(probe_input(feats, self.cfg.probe_features))
+        pos, neg, scale = self.prompts
+        logits = scale * (feats["embedding"] @ pos.T - feats["embedding"] @ neg.T)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def plan(self, feats: Features) -> list[Plan]:
+        scores = self.scores(feats)
+        if self.gate is not None:
+            normal = self.gate.scores(probe_input(feats, self.cfg.probe_features))[:, 0] >= self.gate_threshold
+            scores = np.where(normal[:, None], -np.inf, scores)
+        return plans_from_scores(scores, self.thresholds, self.names, feats["sides"], self.sides, self.sided)
+
+    def neighbours(self, feats: Features) -> np.ndarray:
+        """Training report indices, nearest first. Shape: -> (N, k)."""
+        if self.cfg.wording == "frequent":
+            return np.zeros((len(feats["embedding"]), 0), dtype=np.int64)
+        sim = feats["embedding"] @ self.train_embedding.T
+        return np.argsort(-sim, axis=1, kind="stable")[:, : self.cfg.neighbours]
+
+    def write(self, plans: Sequence[Plan], neighbours: np.ndarray | None = None) -> list[tuple[str, str]]:
+        """(Findings, Impression) per plan."""
+        rows = neighbours if neighbours is not None else [()] * len(plans)
+        return [self.bank.realise(p, nb) for p, nb in zip(plans, rows)]
+
+    def generate(self, feats: Features) -> list[tuple[str, str]]:
+        return self.write(self.plan(feats), self.neighbours(feats))
+
+
+def fit_planned(train_feats: Features, train_flipped: Features, findings: Sequence[str],
+                impressions: Sequence[str], skeleton: tuple[str, str], cfg: PlannedConfig,
+                prompts: tuple[np.ndarray, np.ndarray, float] | None = None,
+                groups: Sequence[str] | None = None) -> PlannedGenerator:
+    """Fit the planner on the training split and build the sentence bank.
+
+    Args:
+        train_feats, train_flipped: :func:`encode_volumes` of the training volumes and of their mirror images.
+        findings, impressions: the training reports' sections (the labels, sides and sentences).
+        skeleton: the report to edit (the most common training report).
+        prompts: zero-shot prompt embeddings and scale (needed for ``planner="zeroshot"``).
+        groups: scan ids, so the out-of-fold split keeps a scan's reconstructions together.
+    """
+    from ctxray.data.text import report_text
+    from ctxray.labeler import label_names
+
+    names = label_names(cfg.label_set)
+    plans = plans_from_reports([report_text(f, i) for f, i in zip(findings, impressions)], cfg.label_set)
+    y = plan_matrix(plans, names)
+    sided = sided_labels(plans, names, cfg.sided_min_rate)
+    probe = None
+    if cfg.planner == "probe":
+        x = probe_input(train_feats, cfg.probe_features)
+        probe = LabelProbe(cfg.probe_c, cfg.seed)
+        oof = probe.out_of_fold(x, y, cfg.folds, groups)
+        thresholds = f1_thresholds(y, oof, cfg.beta)
+        probe.fit(x, y)
+    elif cfg.planner == "zeroshot":
+        if prompts is None:
+            raise ValueError("planner='zeroshot' needs the prompt embeddings")
+        gen0 = PlannedGenerator(cfg, names, sided, np.zeros(len(names)), None, prompts, SideProbe(), np.zeros((0, 1)),
+                                None)  # type: ignore[arg-type]
+        oof = gen0.scores(train_feats)
+        thresholds = f1_thresholds(y, oof, cfg.beta)
+    else:
+        raise ValueError(f"PlannedConfig.planner={cfg.planner!r}: expected 'probe' or 'zeroshot'")
+    sides = SideProbe(c=cfg.probe_c, seed=cfg.seed).fit(train_feats["sides"], train_flipped["sides"],
+                                                       side_targets(plans, names))
+    bank = SentenceBank(findings, impressions, skeleton, cfg.label_set)
+    log.info("planned generator: %d training reports, sided labels %s", len(findings), sided)
+    gen = PlannedGenerator(cfg, names, sided, thresholds, probe, prompts, sides,
+                           train_feats["embedding"].astype(np.float32), bank)
+    gen.train_oof = oof
+    x = probe_input(train_feats, cfg.probe_features)
+    normal = (y.sum(1) == 0).astype(np.float32)[:, None]
+    gate = LabelProbe(cfg.probe_c, cfg.seed)
+    gen.train_gate_oof = gate.out_of_fold(x, normal, cfg.folds, groups)[:, 0]
+    gen.gate = gate.fit(x, normal)
+    gen.gate_threshold = gate_threshold(gen.train_gate_oof, cfg.normal_share)
+    return gen
+
+
+def gate_threshold(p_normal: np.ndarray, share: float) -> float:
+    """The P(normal) above which a volume is planned normal: the ``1 - share`` quantile (``inf`` when 0)."""
+    if share <= 0:
+        return float("inf")
+    return float(np.quantile(p_normal, 1.0 - share))
+
+
+def save_planned(out: str | Path, gen: PlannedGenerator, view: VolumeView, encoder_desc: dict,
+                 train_sections: tuple[Sequence[str], Sequence[str]], skeleton: tuple[str, str],
+                 spec_path: Path | None) -> None:
+    """Write the generator folder (see the module docstring)."""
+    from safetensors.numpy import save_file as save_np
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {f"encoder.{k}": v for k, v in view.encoder.state_dict().items()}
+    state.update({f"proj.{k}": v for k, v in view.proj.state_dict().items()})
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "encoder.safetensors"))
+    arrays = {"train_embedding": gen.train_embedding}
+    if gen.probe is not None:
+        arrays.update({f"probe.{k}": v for k, v in gen.probe.state().items()})
+    if gen.prompts is not None:
+        arrays.update({"prompts.pos": gen.prompts[0], "prompts.neg": gen.prompts[1],
+                       "prompts.scale": np.array([gen.prompts[2]])})
+    arrays.update({f"sides.{k}": v for k, v in gen.sides.state().items()})
+    if gen.gate is not None:
+        arrays.update({f"gate.{k}": v for k, v in gen.gate.state().items()})
+        arrays["gate.threshold"] = np.array([gen.gate_threshold])
+    save_np({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}, str(out / "planner.safetensors"))
+    bank = {"findings": list(train_sections[0]), "impressions": list(train_sections[1]), "skeleton": list(skeleton)}
+    atomic_write_text(out / "bank.json", json.dumps(bank))
+    if spec_path is not None and Path(spec_path).is_file():
+        shutil.copyfile(spec_path, out / "spec.json")
+    config = {"kind": "planned", "planned": to_dict(gen.cfg), "encoder": encoder_desc, "labels": gen.names,
+              "sided": gen.sided, "thresholds": [float(t) if np.isfinite(t) else None for t in gen.thresholds]}
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
+
+
+def is_planned(folder: str | Path) -> bool:
+    """Whether a generator folder holds a planned generator (else a learnt decoder)."""
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text()).get("kind") == "planned"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_planned(folder: str | Path, device: str = "cpu") -> tuple[PlannedGenerator, VolumeView, Path | None]:
+    """Rebuild a planned generator folder: (generator, frozen volume view, spec path or None).
+
+    Raises:
+        FileNotFoundError / ValueError: a file is missing or does not fit (the message names it).
+    """
+    from safetensors.numpy import load_file as load_np
+    from safetensors.torch import load_file
+
+    from ctxray.generate.train import freeze
+    from ctxray.models.registry import create_volume_encoder
+
+    root = Path(folder)
+    for name in ("config.json", "encoder.safetensors", "planner.safetensors", "bank.json"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name}: missing; is {root} a planned generator folder?")
+    try:
+        data = json.loads((root / "config.json").read_text())
+        cfg = from_dict(PlannedConfig, data["planned"], f"{root / 'config.json'}:planned")
+        desc, names, sided = data["encoder"], list(data["labels"]), list(data["sided"])
+        thresholds = np.array([np.inf if t is None else float(t) for t in data["thresholds"]])
+        bank_data = json.loads((root / "bank.json").read_text())
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{root}: not a planned generator folder: {err}") from err
+    state = load_file(str(root / "encoder.safetensors"))
+    encoder = create_volume_encoder(desc["name"], **desc["kwargs"])
+    enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    proj_w = state["proj.weight"]
+    proj = nn.Linear(proj_w.shape[1], proj_w.shape[0], bias="proj.bias" in state)
+    try:
+        encoder.load_state_dict(enc_state)
+        proj.load_state_dict({k[len("proj."):]: v for k, v in state.items() if k.startswith("proj.")})
+    except RuntimeError as err:
+        raise ValueError(f"{root / 'encoder.safetensors'}: does not fit encoder {desc['name']!r}: {err}") from err
+    view = VolumeView(freeze(encoder), freeze(proj)).to(device)
+    arrays = load_np(str(root / "planner.safetensors"))
+    probe = None
+    if any(k.startswith("probe.") for k in arrays):
+        probe = LabelProbe.from_state({k[6:]: v for k, v in arrays.items() if k.startswith("probe.")},
+                                      cfg.probe_c, cfg.seed)
+    prompts = None
+    if "prompts.pos" in arrays:
+        prompts = (arrays["prompts.pos"], arrays["prompts.neg"], float(arrays["prompts.scale"][0]))
+    sides = SideProbe.from_state({k[6:]: v for k, v in arrays.items() if k.startswith("sides.")}, c=cfg.probe_c,
+                                 seed=cfg.seed)
+    bank = SentenceBank(bank_data["findings"], bank_data["impressions"], tuple(bank_data["skeleton"]), cfg.label_set)
+    gen = PlannedGenerator(cfg, names, sided, thresholds, probe, prompts, sides, arrays["train_embedding"], bank)
+    if "gate.coef" in arrays:
+        gen.gate = LabelProbe.from_state({k: arrays[f"gate.{k}"] for k in ("mean", "std", "coef", "bias")},
+                                         cfg.probe_c, cfg.seed)
+        gen.gate_threshold = float(arrays["gate.threshold"][0])
+    spec = root / "spec.json"
+    return gen, view, spec if spec.is_file() else None

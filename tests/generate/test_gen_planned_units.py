@@ -1,0 +1,97 @@
+"""The planned generator's parts: thresholds, sentence bank, contradiction and laterality checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctxray.generate.checks import contradictions, laterality_agreement, stated_sides
+from ctxray.generate.plan import Plan, f1_thresholds, plans_from_reports, shuffled_plans
+from ctxray.generate.realise import SentenceBank, sentences_of
+from ctxray.labeler import label_report
+
+NORMAL = ("Heart size is normal. No pleural effusion or thickening was detected. No pulmonary nodule was detected. "
+          "No atelectasis. Bones are normal.", "No significant pathology was detected in the thorax.")
+TRAIN = [
+    NORMAL,
+    ("Heart size is normal. Pleural effusion is present on the left, 20 mm at its deepest. No pulmonary nodule "
+     "was detected. Atelectatic changes are seen in the left lower lobe. Bones are normal.",
+     "Left pleural effusion. Atelectasis in the left lower lobe."),
+    ("Heart size is normal. Small right pleural effusion measuring 12 mm in depth is seen. A 9 mm solid nodule is "
+     "seen in the right upper lobe. No atelectasis. Bones are normal.",
+     "Right pleural effusion. Pulmonary nodule in the right upper lobe; follow-up is recommended."),
+    ("Cardiomegaly is present. No pleural effusion or thickening was detected. No pulmonary nodule was detected. "
+     "No atelectasis. Bones are normal.", "Cardiomegaly."),
+]
+
+
+@pytest.fixture(scope="module")
+def bank() -> SentenceBank:
+    return SentenceBank([f for f, _ in TRAIN], [i for _, i in TRAIN], NORMAL)
+
+
+def test_f1_thresholds_pick_the_best_cut_and_beta_below_one_is_stricter() -> None:
+    y = np.array([[1], [1], [0], [1], [0], [0]], dtype=float)
+    s = np.array([[0.9], [0.8], [0.7], [0.6], [0.2], [0.1]])
+    # cuts: 0.9 -> F1 .5, 0.8 -> .8, 0.7 -> .667, 0.6 -> .857 (best), 0.2 -> .75
+    assert f1_thresholds(y, s)[0] == pytest.approx(0.6)
+    assert f1_thresholds(y, s, beta=0.3)[0] == pytest.approx(0.8)  # precision 1 wins when it weighs more
+    assert np.isinf(f1_thresholds(np.zeros((3, 1)), s[:3])[0])  # no positives: never planned
+
+
+def test_empty_plan_gives_the_skeleton_report(bank) -> None:
+    findings, impression = bank.realise(Plan())
+    assert (findings, impression) == NORMAL
+
+
+def test_planned_finding_replaces_its_negation_on_the_planned_side(bank) -> None:
+    for side in ("left", "right"):
+        findings, impression = bank.realise(Plan(("Pleural effusion",), {"Pleural effusion": side}))
+        text = f"{findings} {impression}"
+        status = label_report(text)
+        assert status["Pleural effusion"] == "positive"
+        assert status["Lung nodule"] == "negative"  # untouched slots stay normal
+        assert stated_sides(text)["Pleural effusion"] == {side}
+        assert contradictions(text) == []
+        assert "No pleural effusion" not in text
+
+
+def test_bilateral_plan_is_written_from_two_one_sided_sentences(bank) -> None:
+    findings, _ = bank.realise(Plan(("Pleural effusion",), {"Pleural effusion": "bilateral"}))
+    assert stated_sides(findings)["Pleural effusion"] == {"left", "right"}
+
+
+def test_sentences_stating_unplanned_findings_are_never_used(bank) -> None:
+    # the left-effusion training report also states atelectasis: its sentences must not leak it
+    plan = Plan(("Pleural effusion",), {"Pleural effusion": "left"})
+    text = " ".join(bank.realise(plan, neighbours=[1]))
+    assert label_report(text)["Atelectasis"] in ("negative", "absent")
+
+
+def test_every_plan_of_the_training_reports_comes_back_without_contradiction(bank) -> None:
+    from ctxray.data.text import report_text
+
+    plans = plans_from_reports([report_text(f, i) for f, i in TRAIN])
+    for plan in plans + shuffled_plans(plans, 0):
+        text = " ".join(bank.realise(plan))
+        assert contradictions(text) == []
+        got = plans_from_reports([text])[0]
+        assert set(got.labels) == set(plan.labels)
+        for label in plan.labels:
+            assert got.sides.get(label) == plan.sides.get(label)
+
+
+def test_contradiction_and_laterality_checks_can_fail() -> None:
+    assert contradictions("No pleural effusion. Small left pleural effusion is seen.") == ["Pleural effusion"]
+    assert contradictions("Small left pleural effusion is seen. No atelectasis.") == []
+    truth = [{"lesions": [{"label": "Pleural effusion", "laterality": "right"}]},
+             {"lesions": [{"label": "Pleural effusion", "laterality": "left"},
+                          {"label": "Pleural effusion", "laterality": "right"}]}]
+    lat = laterality_agreement(["Small left pleural effusion is seen.", "Bilateral pleural effusions."], truth)
+    assert lat["n"] == 2 and lat["exact"] == pytest.approx(0.5)
+    assert lat["per_label"]["Pleural effusion"]["n"] == 2
+
+
+def test_sentence_split_keeps_case_and_abbreviations() -> None:
+    assert sentences_of("Heart is normal. Calcified plaques (LAD and RCA). No effusion.") == [
+        "Heart is normal.", "Calcified plaques (LAD and RCA).", "No effusion."]

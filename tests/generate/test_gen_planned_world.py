@@ -1,0 +1,103 @@
+"""The planned generator on the tiny synthetic world: its findings come from the image.
+
+The "encoder" is fixed and untrained (the volume's intensity bands averaged on a coarse grid), so what the
+probes find is in the voxels; the checks: clinical F1 above the always-normal template and above the same
+generator fed other volumes' plans (shuffled), no report that states a finding and its negation, and sides
+that follow the plan (the oracle's sides match the ground truth; mirrored sides do not).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctxray.data.text import report_text
+from ctxray.generate.checks import contradictions, grouped_clinical_efficacy, laterality_agreement
+from ctxray.generate.plan import Plan, plans_from_reports, shuffled_plans
+
+
+class IntensityBands(nn.Module):
+    """A fixed feature map: the share of voxels above each of 9 levels, on a 4x6x6 grid (no weights)."""
+
+    levels = torch.linspace(0.1, 0.9, 9)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, 1, D, H, W) -> (B, 9, 4, 6, 6)"""
+        return F.adaptive_avg_pool3d((x > self.levels.view(1, -1, 1, 1, 1)).float(), (4, 6, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_world, tmp_path_factory):
+    from ctxray.data.cache import build_cache
+    from ctxray.data.ingest import discover
+    from ctxray.data.spec import get_preset
+    from ctxray.generate.data import load_cached_volume, most_common_report, read_items
+    from ctxray.generate.planned import PlannedConfig, VolumeView, encode_volumes, fit_planned
+    from ctxray.generate.run_planned import patient_of
+
+    cache = tmp_path_factory.mktemp("planned_world") / "cache"
+    found = discover(tiny_world / "ct-rate")
+    build_cache(found.items, cache, get_preset("small"), workers=1, prior_errors=found.errors)
+    train, valid = read_items(cache, "train"), read_items(cache, "valid")
+    view = VolumeView(IntensityBands(), nn.Identity())
+
+    def loaders(items):
+        return [lambda p=i.path: load_cached_volume(p) for i in items]
+
+    feats, flipped = encode_volumes(view, loaders(train)), encode_volumes(view, loaders(train), flip=True)
+    base = most_common_report(train)
+    gen = fit_planned(feats, flipped, [i.findings for i in train], [i.impression for i in train],
+                      (base.findings, base.impression), PlannedConfig(folds=3, wording="frequent"),
+                      groups=[patient_of(i.id) for i in train])
+    records = [json.loads(line) for line in (tiny_world / "ct-rate" / "ground_truth.jsonl").read_text().splitlines()]
+    by_id = {r["VolumeName"].removesuffix(".nii.gz"): r for r in records}
+    return gen, encode_volumes(view, loaders(valid)), valid, base.report, [by_id[i.id] for i in valid]
+
+
+def _texts(gen, plans) -> list[str]:
+    return [report_text(f, i) for f, i in gen.write(plans)]
+
+
+def _mirrored(plans: list[Plan]) -> list[Plan]:
+    swap = {"left": "right", "right": "left"}
+    return [Plan(p.labels, {k: swap.get(v, v) for k, v in p.sides.items()}) for p in plans]
+
+
+def test_planned_reports_beat_the_template_and_the_shuffled_plans(fitted) -> None:
+    gen, feats, valid, template, _ = fitted
+    refs = [i.report for i in valid]
+    plans = gen.plan(feats)
+    planned = grouped_clinical_efficacy(_texts(gen, plans), refs)["macro_f1"]
+    normal = grouped_clinical_efficacy([template] * len(refs), refs)["macro_f1"]
+    shuffled = [grouped_clinical_efficacy(_texts(gen, shuffled_plans(plans, s)), refs)["macro_f1"] for s in range(3)]
+    assert normal == 0.0
+    assert planned > max(shuffled) + 0.02, (planned, shuffled)  # measured 0.244 vs 0.17-0.20
+
+
+def test_no_report_states_a_finding_and_its_negation(fitted) -> None:
+    gen, feats, valid, _, _ = fitted
+    plans = gen.plan(feats)
+    oracle = plans_from_reports([i.report for i in valid])
+    for plan_set in (plans, oracle, shuffled_plans(plans, 0), _mirrored(oracle)):
+        texts = _texts(gen, plan_set)
+        assert [t for t in texts if contradictions(t)] == []
+        assert all(t.strip() for t in texts)
+
+
+def test_sides_follow_the_plan_and_the_planned_sides_beat_their_mirror(fitted) -> None:
+    gen, feats, valid, _, truths = fitted
+    oracle = plans_from_reports([i.report for i in valid])
+    exact = laterality_agreement(_texts(gen, oracle), truths)
+    assert exact["n"] >= 30 and exact["exact"] == 1.0  # the reference's sides, written back, match the world
+    assert laterality_agreement(_texts(gen, _mirrored(oracle)), truths)["exact"] < 0.5
+    plans = gen.plan(feats)
+    got = laterality_agreement(_texts(gen, plans), truths)
+    mirror = laterality_agreement(_texts(gen, _mirrored(plans)), truths)
+    assert got["n"] >= 10 and got["exact"] > mirror["exact"], (got["exact"], mirror["exact"])
