@@ -175,6 +175,7 @@ class Canvas:
         self.hu = np.full(grid.shape, -1000.0, dtype=np.float32)
         self.tissue = np.zeros(grid.shape, dtype=np.uint8)
         self._axes = grid.axes()
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def paint(self, shape: Shape) -> None:
         """Paint one shape."""
@@ -270,7 +271,9 @@ class Canvas:
             ok &= w > 0.02
             lins.append(lin[ok])
             weights.append(w[ok])
-        lin, w = _max_per_voxel(np.concatenate(lins), np.concatenate(weights).astype(np.float32), flat_hu.size)
+        if self._scratch is None:  # reused by every ball shape: zero again wherever it was written
+            self._scratch = (np.zeros(flat_hu.size, dtype=np.float32), np.empty(flat_hu.size, dtype=np.int64))
+        lin, w = _max_per_voxel(np.concatenate(lins), np.concatenate(weights).astype(np.float32), *self._scratch)
         if sp.within is not None:
             allowed = np.zeros(256, dtype=bool)
             allowed[list(sp.within)] = True
@@ -288,24 +291,24 @@ class Canvas:
         ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
         return (z * h + y) * w + x, ok
 
-def _max_per_voxel(lin: np.ndarray, w: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _max_per_voxel(lin: np.ndarray, w: np.ndarray, buf: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each voxel of ``lin`` once, with the largest of its weights ``w``; zero weights dropped.
 
-    Works in a scratch buffer of ``size`` voxels touched only at ``lin``, so its cost follows the number of
-    entries, not the span of voxels they cover (a vessel tree spans the whole grid).
+    Works in scratch buffers of the grid's size touched only at ``lin``, so its cost follows the number of
+    entries, not the span of voxels they cover (a vessel tree spans the whole grid). ``buf`` must be all
+    zeros and is left so; ``last`` may hold anything.
 
     Shape:
         lin: (N,) int64 linear voxel indices; w: (N,) float32 -> (M,), (M,)
     """
     if not len(lin):
         return lin, w
-    buf = np.zeros(size, dtype=np.float32)
     np.maximum.at(buf, lin, w)  # per voxel keep the largest weight
-    last = np.empty(size, dtype=np.int64)
     order = np.arange(len(lin))
     last[lin] = order  # the last entry naming each voxel wins
     lin = lin[last[lin] == order]
     w = buf[lin]
+    buf[lin] = 0.0
     keep = w > 0
     return lin[keep], w[keep]
 

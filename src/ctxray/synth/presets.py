@@ -32,7 +32,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 160, 60, (32, 64, 64), (10.0, 5.4, 5.4), 80, 64, 64),
-    "demo": Preset("demo", 400, 100, (64, 128, 128), (5.0, 2.7, 2.7), 3000, 128, 64),
+    # demo: 10 radiographs per CT train volume, projected at 128 (the expert is trained at 128 too)
+    "demo": Preset("demo", 400, 100, (64, 128, 128), (5.0, 2.7, 2.7), 4000, 128, 128),
     "bench": Preset("bench", 2000, 500, (96, 192, 192), (3.3, 1.8, 1.8), 20000, 256, 128),
     # the powered ablation (bench/ablation/powered.py): CT on the grid it trains at (the ``small`` spec), 1,000
     # validation volumes so a 0.03 difference in macro AUROC is not lost in the noise, a gallery 10x the

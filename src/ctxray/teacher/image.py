@@ -15,13 +15,16 @@ class ImageEncoderConfig:
     Args:
         widths: channels of the residual stages; each stage after the first halves the resolution.
         blocks: residual blocks per stage.
-        stem_width: channels of the stride-2 5x5 stem (followed by a 2x2 max-pool, so stage 1 runs
-            at a quarter of the input resolution).
+        stem_width: channels of the stem convolution (followed by a 2x2 max-pool).
+        stem_stride: 2: a stride-2 5x5 convolution, stage 1 at a quarter of the input resolution; 4: 4x4
+            pixel blocks folded into 16 channels and a 3x3 convolution (a 12x12 window every 4 pixels), stage 1
+            at an eighth, so a 128 px input costs about what a 64 px input costs with stride 2.
     """
 
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: int = 1
     stem_width: int = 24
+    stem_stride: int = 2
 
 
 class _BasicBlock(nn.Module):
@@ -57,11 +60,14 @@ class XrayImageEncoder(nn.Module):
         super().__init__()
         if not cfg.widths or cfg.blocks < 1:
             raise ValueError(f"ImageEncoderConfig: need at least one stage and one block, got {cfg}")
+        if cfg.stem_stride not in (2, 4):
+            raise ValueError(f"ImageEncoderConfig: stem_stride must be 2 or 4, got {cfg.stem_stride}")
         self.cfg = cfg
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, cfg.stem_width, 5, 2, 2, bias=False), nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
+        if cfg.stem_stride == 2:
+            conv: list[nn.Module] = [nn.Conv2d(1, cfg.stem_width, 5, 2, 2, bias=False)]
+        else:  # 4x4 pixel blocks to channels, then a 3x3 convolution: a 12x12 window every 4 pixels
+            conv = [nn.PixelUnshuffle(4), nn.Conv2d(16, cfg.stem_width, 3, 1, 1, bias=False)]
+        self.stem = nn.Sequential(*conv, nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         layers: list[nn.Module] = []
         c = cfg.stem_width
         for i, w in enumerate(cfg.widths):
@@ -73,5 +79,5 @@ class XrayImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - 0.5) / 0.25  # [0, 1] -> roughly zero-mean, unit-variance
-        x = self.stages(self.stem(x))  # (B, C, H/32, W/32) for four stages
+        x = self.stages(self.stem(x))  # (B, C, H/32, W/32) for four stages and stem stride 2
         return x.mean(dim=(2, 3))  # (B, C)

