@@ -122,8 +122,7 @@ def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
     """
     raw = read_item(item)
     check_raw(raw, item.source)
-    out = spec.apply_encoded(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
-    lo, hi = (float(v) for v in PreprocessSpec.decode(np.array([out.min(), out.max()])))
+    out, (lo, hi) = spec.apply_encoded_range(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise VolumeReadError(item.source, "non-finite values after resampling")
     if hi - lo < 1e-6:
