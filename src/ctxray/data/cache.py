@@ -16,12 +16,10 @@ checksum, so a killed run or a corrupted file is redone and nothing half-written
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -195,6 +193,9 @@ def run_tasks(tasks: list, workers: int) -> Iterator[tuple[str, dict | str]]:
         for t in tasks:
             yield _work(t)
         return
+    import concurrent.futures as cf  # here: one worker (a single DICOM series) does not pay for the imports
+    import multiprocessing as mp
+
     todo = list(reversed(tasks))
     ctx = mp.get_context("spawn")
     while todo:
