@@ -189,3 +189,13 @@ def test_fast_and_pydicom_headers_give_the_same_volume(tmp_path, monkeypatch):
     assert fast.values.dtype == slow.values.dtype and fast.spacing_zyx == slow.spacing_zyx
     assert (fast.slope, fast.intercept) == (slow.slope, slow.intercept)
     np.testing.assert_array_equal(fast.affine, slow.affine)
+
+
+def test_median_of_slice_gaps_equals_numpys():
+    from ctxray.data.dicom import _median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 39, 40, 299):
+        x = rng.normal(1.25, 0.3, n) * 10 ** rng.uniform(-3, 3)
+        assert _median(x) == float(np.median(x))
+    assert np.isnan(_median(np.array([1.0, np.nan, 2.0])))

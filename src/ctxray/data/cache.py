@@ -34,7 +34,6 @@ from ctxray.data.ingest import WorkItem, read_item
 from ctxray.data.readers import RawVolume, VolumeReadError
 from ctxray.data.spec import PreprocessSpec
 from ctxray.utils.io import atomic_write, atomic_write_text, sha256_file
-from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +301,11 @@ def build_cache(
         for line in errors:
             err_f.write(line + "\n")
         results = run_tasks(tasks, workers)
-        for status, payload in progress(results, total=len(tasks), desc="preprocess", unit="vol"):
+        if len(tasks) > 1:  # no bar (nor its import) for a single volume, e.g. one DICOM series
+            from ctxray.utils.progress import progress
+
+            results = progress(results, total=len(tasks), desc="preprocess", unit="vol")
+        for status, payload in results:
             counts[status] += 1
             if status == "error":
                 errors.append(payload)

@@ -203,7 +203,7 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     if np.abs(in_plane - in_plane[0]).max() > 0.5:
         raise ValueError("slices are not stacked along the slice normal (tilted gantry or mixed stacks)")
     gaps = np.diff(pos)
-    step = float(np.median(gaps))
+    step = _median(gaps)
     if gaps.min() < 0.01 * max(step, 1e-6):
         raise ValueError(f"duplicate slice positions ({int((gaps < 0.01 * max(step, 1e-6)).sum())} pairs)")
     if gaps.max() > 1.5 * step:
@@ -212,6 +212,15 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     if (gaps.max() - gaps.min()) > 0.1 * step:
         raise ValueError(f"uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm)")
     return slices
+
+
+def _median(x: np.ndarray) -> float:
+    """``float(np.median(x))`` of a 1-D float array, without ``np.median``'s import of ``numpy.ma``."""
+    if len(x) == 0 or np.isnan(x).any():
+        return float("nan")
+    s = np.sort(x)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
 
 
 _RAW_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
