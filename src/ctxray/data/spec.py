@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ctxray.data.resample import resample_grid
+from ctxray.data.resample import resample_grid, resample_slices
 
 __all__ = ["PRESETS", "PreprocessSpec", "get_preset", "list_presets", "resample_grid", "unit_float16"]
 
@@ -159,15 +160,28 @@ class PreprocessSpec:
         Returns:
             (Shape: ``shape_zyx`` in ``dtype``, (low, high)).
         """
-        lows: list[np.float32] = []
-        highs: list[np.float32] = []
-        out = self._transform(hu, spacing_zyx, slope, intercept, encode=True, lows=lows, highs=highs)
-        ends = np.array([np.min(lows), np.max(highs)], dtype=np.float32)  # np.min/max: NaN propagates
-        lo, hi = (float(v) for v in self.decode(self.encode(ends)))
-        return out, (lo, hi)
+        stream = self.apply_encoded_slices(hu, spacing_zyx, slope=slope, intercept=intercept)
+        out = np.empty(self.shape_zyx, dtype=self.dtype)
+        for k, sl in enumerate(stream.slices):
+            out[k] = sl
+        return out, stream.value_range()
+
+    def apply_encoded_slices(
+        self, hu: np.ndarray, spacing_zyx: tuple[float, float, float], *, slope: float = 1.0, intercept: float = 0.0
+    ) -> EncodedSlices:
+        """:meth:`apply_encoded_range` one output slice at a time (a writer streams them: no output-sized array).
+
+        Returns:
+            :class:`EncodedSlices`: ``slices`` (each Shape: ``shape_zyx[1:]`` in ``dtype``; read, never modify),
+            then ``value_range()`` once they are all taken.
+        """
+        stream = EncodedSlices(iter(()), self)
+        stream.slices = self._transform(hu, spacing_zyx, slope, intercept, encode=True, lows=stream.lows,
+                                        highs=stream.highs, one_by_one=True)
+        return stream
 
     def _transform(self, hu: np.ndarray, spacing_zyx, slope: float, intercept: float, encode: bool,
-                   lows: list | None = None, highs: list | None = None) -> np.ndarray:
+                   lows: list | None = None, highs: list | None = None, one_by_one: bool = False):
         if hu.ndim != 3:
             raise ValueError(f"spec.apply expects a (D, H, W) volume, got shape {tuple(hu.shape)}")
         if slope == 0:
@@ -189,6 +203,8 @@ class PreprocessSpec:
             return self._encode_unit(x, bool(lo >= 0.0 and hi <= 1.0))
 
         fill = (self.hu_min - intercept) / slope
+        if one_by_one:
+            return resample_slices(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill, to_unit)
         dtype = np.dtype(self.dtype) if encode else np.float32
         return resample_grid(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill, to_unit, dtype)
 
@@ -289,6 +305,25 @@ PRESETS: dict[str, PreprocessSpec] = {
     # spacing is nominal: fit="resize" maps the whole field of view onto the shape
     "astra": PreprocessSpec("astra", (2.0, 1.5, 1.5), (160, 224, 224), hu_min=-1000.0, hu_max=200.0, fit="resize"),
 }
+
+
+@dataclass
+class EncodedSlices:
+    """Output slices of :meth:`PreprocessSpec.apply_encoded_slices`, in order, and the value range they had."""
+
+    slices: Iterator[np.ndarray]
+    spec: PreprocessSpec
+    lows: list = dataclasses.field(default_factory=list)
+    highs: list = dataclasses.field(default_factory=list)
+
+    def value_range(self) -> tuple[float, float]:
+        """Smallest and largest stored voxel decoded to [0, 1] floats (NaN when a voxel is NaN); call it after
+        every slice was taken."""
+        if not self.lows:
+            raise RuntimeError("value_range() before the slices were taken")
+        ends = np.array([np.min(self.lows), np.max(self.highs)], dtype=np.float32)  # np.min/max: NaN propagates
+        lo, hi = (float(v) for v in self.spec.decode(self.spec.encode(ends)))
+        return lo, hi
 
 
 def unit_float16(x: np.ndarray) -> np.ndarray:
