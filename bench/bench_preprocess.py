@@ -10,6 +10,10 @@ as ``.nii.gz`` and as an axial DICOM series (one file per slice). For each forma
 * MONAI: ``LoadImage -> EnsureChannelFirst -> Orientation(RAS) -> Spacing -> ScaleIntensityRange ->
   ResizeWithPadOrCrop`` + the same float16 .npy write (torch limited to one thread, as ours is single-threaded).
 
+Each format's first preset is checked voxel for voxel: the cached array must equal ``encode(apply(...))``,
+the plain NumPy path (float32 resample and window, then ``astype``), bit for bit (asserted); MONAI's output is
+compared and its difference printed (its output grid starts at voxel 0 where ours is centred, so it differs).
+
 Then volumes/s with 1 and 2 worker processes (``build_cache``), and the peak resident memory of one
 volume in a fresh process (ours at S and 1000 slices, MONAI at S). Times are medians over ``--n`` runs,
 as wall and CPU seconds; the ratios use CPU seconds, which other processes on shared cores barely move.
@@ -119,6 +123,31 @@ def monai_chain(path: Path, fmt: str, preset: str, out: Path) -> None:
     np.save(out / "monai.npy", arr)
 
 
+def check_voxels(path: Path, fmt: str, preset: str, tmp: Path, monai: bool) -> str:
+    """Assert that the cached volume equals ``encode(apply(...))``, the plain NumPy path (float32 resample,
+    window, ``astype``), voxel for voxel; with ``monai``, say how far MONAI's output is (its grid differs).
+    """
+    from ctxray.data.ingest import read_item
+    from ctxray.data.spec import get_preset
+
+    spec = get_preset(preset)
+    ours(path, fmt, preset, tmp)
+    if monai:
+        monai_chain(path, fmt, preset, tmp)
+    raw = read_item(item_for(path, fmt))
+    cached = np.load(tmp / "volumes" / "v.npy")
+    plain = spec.encode(spec.apply(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept))
+    assert cached.dtype == plain.dtype and np.array_equal(cached.view(np.uint8), plain.view(np.uint8)), \
+        f"{fmt} {preset}: the cache differs from encode(apply(...))"
+    text = "cache == encode(apply()) bit for bit (asserted)"
+    if monai:
+        other = np.load(tmp / "monai.npy")
+        diff = np.abs(cached.astype(np.float32) - other.astype(np.float32))
+        text += (f"; MONAI's output differs (grid placed from voxel 0, ours centred): max |diff| {diff.max():.3f}, "
+                 f"{(diff == 0).mean():.0%} of voxels equal")
+    return text
+
+
 def timed(fn, n: int) -> tuple[float, float]:
     """Median (wall seconds, CPU seconds of this process) over ``n`` runs.
 
@@ -168,6 +197,7 @@ def bench_format(fmt: str, path: Path, args, tmp: Path) -> dict:
     for preset in monai_presets:
         row[f"monai_{preset}"] = timed(lambda p=preset: monai_chain(path, fmt, p, tmp), max(1, args.n - 1))
     floor = row["floor"][1]
+    checks = {p: check_voxels(path, fmt, p, tmp, p in monai_presets) for p in args.presets[:1]}
     print(f"\n[{fmt}] 512x512x{args.slices} int16, median of {args.n}: wall s / CPU s (ratios from CPU time)")
     print(f"  read floor (decompress + read)     {row['floor'][0]:6.2f} / {floor:5.2f}")
     for preset in args.presets:
@@ -178,6 +208,8 @@ def bench_format(fmt: str, path: Path, args, tmp: Path) -> dict:
         ratio = c / row[f"ours_{preset}"][1]
         print(f"  MONAI Compose, preset {preset:<8}  {w:6.2f} / {c:5.2f}   ours is {ratio:4.1f}x faster"
               "   (goal >= 5x)")
+    for preset, text in checks.items():
+        print(f"  voxels, preset {preset}: {text}")
     return row
 
 

@@ -11,7 +11,7 @@ import pytest
 from test_data_ctrate import phantom_hu
 
 from ctxray.cli import main
-from ctxray.data.dicom import scan_dicom_folder, series_id, write_ct_series
+from ctxray.data.dicom import read_dicom_raw, scan_dicom_folder, series_id, write_ct_series
 from ctxray.data.readers import VolumeReadError, load_volume
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "PID4711", "PatientBirthDate": "19530412",
@@ -137,3 +137,65 @@ def test_twelve_bit_pixels_go_through_pydicom_and_agree(tmp_path):
         ds.BitsStored, ds.HighBit = 12, 11  # not the direct 16-bit path
         ds.save_as(p)
     np.testing.assert_array_equal(load_volume(tmp_path / "s").hu, hu)
+
+
+def _as_pydicom_gives(value):
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, list | MultiValue):
+        return [_as_pydicom_gives(v) for v in value]
+    return value if value is None or isinstance(value, int | float) else str(value)
+
+
+def test_fast_header_equals_pydicom_on_every_file_it_accepts():
+    # pydicom's own test files: explicit/implicit VR, sequences, big endian, compressed, odd charsets...
+    import pydicom
+    import pydicom.data
+
+    from ctxray.data.dicom_header import TAGS, read_fast_header
+
+    files = sorted(p for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*") if p.is_file())
+    accepted = 0
+    for path in files:
+        head = read_fast_header(path)
+        if head is None:  # not the plain case: the reader uses pydicom for it
+            continue
+        accepted += 1
+        ds = pydicom.dcmread(str(path))
+        for keyword, _ in TAGS.values():
+            want = _as_pydicom_gives(ds.get(keyword))
+            assert head.get(keyword) == (None if want == "" else want), (path.name, keyword)
+        if "PixelData" in ds:
+            raw = path.read_bytes()[head.pixel_offset:head.pixel_offset + head.pixel_length]
+            assert raw == ds.PixelData, path.name
+    assert accepted >= 20  # the plain case is common, not a corner
+
+
+def test_fast_and_pydicom_headers_give_the_same_volume(tmp_path, monkeypatch):
+    from ctxray.data import dicom_header
+
+    hu = np.random.default_rng(5).integers(-1000, 1500, (6, 12, 10)).astype(np.float32)
+    write_ct_series(tmp_path / "s", hu, (2.0, 0.8, 0.9), patient={"PatientName": "DOE^JANE", "PatientID": "P123"})
+    fast = read_dicom_raw(tmp_path / "s")
+    fast_series = scan_dicom_folder(tmp_path / "s")[0]
+    assert all(s.raw is not None for s in fast_series.slices)
+    monkeypatch.setattr(dicom_header, "read_fast_header", lambda path: None)
+    slow_series = scan_dicom_folder(tmp_path / "s")[0]
+    assert all(s.raw is None for s in slow_series.slices)
+    assert slow_series.identifiers == fast_series.identifiers >= {"DOE", "JANE", "P123"}
+    assert [s.path for s in slow_series.slices] == [s.path for s in fast_series.slices]
+    slow = read_dicom_raw(tmp_path / "s")
+    np.testing.assert_array_equal(fast.values, slow.values)
+    assert fast.values.dtype == slow.values.dtype and fast.spacing_zyx == slow.spacing_zyx
+    assert (fast.slope, fast.intercept) == (slow.slope, slow.intercept)
+    np.testing.assert_array_equal(fast.affine, slow.affine)
+
+
+def test_median_of_slice_gaps_equals_numpys():
+    from ctxray.data.dicom import _median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 39, 40, 299):
+        x = rng.normal(1.25, 0.3, n) * 10 ** rng.uniform(-3, 3)
+        assert _median(x) == float(np.median(x))
+    assert np.isnan(_median(np.array([1.0, np.nan, 2.0])))

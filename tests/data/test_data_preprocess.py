@@ -255,3 +255,22 @@ def test_other_spec_in_the_same_cache_is_refused(tmp_path):
 def test_bad_shard_argument_is_rejected(tmp_path, bad):
     with pytest.raises(SystemExit):
         main(["preprocess", str(tmp_path), "--out", str(tmp_path / "c"), "--shard", bad])
+
+
+def test_streamed_npy_equals_write_npy_and_a_failed_check_leaves_no_file(tmp_path):
+    from ctxray.data.cache import write_npy, write_npy_slices
+
+    arr = np.random.default_rng(1).random((5, 7, 3)).astype(np.float16)
+    want = write_npy(tmp_path / "a.npy", arr)
+    got = write_npy_slices(tmp_path / "b.npy", arr.shape, arr.dtype, iter(arr), lambda: None)
+    assert got == want and (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), arr)
+
+    def refuse() -> None:
+        raise ValueError("constant volume")
+
+    with pytest.raises(ValueError, match="constant volume"):
+        write_npy_slices(tmp_path / "c.npy", arr.shape, arr.dtype, iter(arr), refuse)
+    with pytest.raises(ValueError, match="4 slices written, expected 5"):
+        write_npy_slices(tmp_path / "d.npy", arr.shape, arr.dtype, iter(arr[:4]), lambda: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npy"]  # no file, no temporary left

@@ -67,3 +67,28 @@ def test_errors_name_the_file_and_the_reason(tmp_path, name, content, reason):
         (tmp_path / name).write_bytes(content)
     with pytest.raises(VolumeReadError, match=rf"{name}: {reason}"):
         load_volume(tmp_path / name)
+
+
+def test_canonical_zyx_equals_nibabels_reorientation_on_every_axis_order():
+    import itertools
+
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    from ctxray.data.readers import canonical_zyx
+
+    data = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    rng = np.random.default_rng(0)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((-1.0, 1.0), repeat=3):
+            for tilt in (0.0, 0.02, 0.3):  # axis-aligned, ~1 degree (ours), ~17 degrees (nibabel decides)
+                aff = np.zeros((4, 4))
+                aff[3, 3] = 1.0
+                for i, (p, sg) in enumerate(zip(perm, signs, strict=True)):
+                    aff[p, i] = sg * rng.uniform(0.5, 3.0)
+                aff[:3, :3] += tilt * rng.uniform(-1, 1, (3, 3)) * np.abs(aff[:3, :3]).max()
+                aff[:3, 3] = rng.uniform(-200, 200, 3)
+                ornt = io_orientation(aff)
+                want = apply_orientation(data, ornt).transpose(2, 1, 0)
+                got, got_aff = canonical_zyx(data, aff)
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(got_aff, aff @ inv_ornt_aff(ornt, data.shape))

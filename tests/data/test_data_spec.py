@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctxray.data.spec import PreprocessSpec, get_preset, list_presets
+from ctxray.data.spec import PreprocessSpec, get_preset, list_presets, unit_float16
 
 
 def test_presets_match_the_documented_conventions():
@@ -167,3 +167,41 @@ def test_apply_encoded_equals_encode_of_apply(dtype):
     b = spec.encode(spec.apply(raw, (2.5, 1.5, 1.7), slope=1.0, intercept=-1024.0))
     assert a.dtype == np.dtype(dtype) and a.shape == (9, 14, 12)
     np.testing.assert_array_equal(a, b)
+
+
+def _float32_bits(bits: np.ndarray) -> np.ndarray:
+    return np.asarray(bits, dtype=np.uint32).view(np.float32)
+
+
+def test_unit_float16_equals_numpys_cast_on_every_boundary_and_tie():
+    # every float32 exponent in [0, 1] (subnormal halves included) x mantissas around the 13 dropped bits:
+    # just below / at / above each rounding tie, with even and odd kept bits; then a random sample
+    exps = np.arange(0, 128, dtype=np.uint32) << 23
+    low = np.array([0, 1, 2, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x2FFF, 0x3000, 0x3001, 0x7FFFFF,
+                    0x7FE000, 0x7FEFFF, 0x7FF000, 0x7FF001, 0x400000, 0x401000, 0x403000], dtype=np.uint32)
+    bits = (exps[:, None] | low[None, :]).ravel()
+    sub = np.arange(0, 113 << 23, (113 << 23) // 200_000, dtype=np.uint32)  # across the subnormal-half range
+    rand = np.random.default_rng(0).integers(0, 0x3F800001, 1_000_000, dtype=np.uint32)
+    x = _float32_bits(np.concatenate([bits[bits <= 0x3F800000], sub, rand, [0x3F800000]]))
+    assert x.min() == 0.0 and x.max() == 1.0
+    np.testing.assert_array_equal(unit_float16(x).view(np.uint16), x.astype(np.float16).view(np.uint16))
+    grid = np.linspace(0, 1, 4097, dtype=np.float32).reshape(17, 241)
+    out = unit_float16(grid)
+    assert out.dtype == np.float16 and out.shape == (17, 241)
+    np.testing.assert_array_equal(out, grid.astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
+def test_apply_encoded_range_is_the_decoded_min_and_max(dtype):
+    spec = PreprocessSpec("r", (3.0, 2.0, 2.0), (7, 12, 10), hu_min=-700, hu_max=300, dtype=dtype)
+    hu = np.random.default_rng(4).normal(-300, 400, (9, 14, 11)).astype(np.float32)
+    out, (lo, hi) = spec.apply_encoded_range(hu, (2.2, 1.6, 1.9))
+    np.testing.assert_array_equal(out, spec.encode(spec.apply(hu, (2.2, 1.6, 1.9))))
+    assert (lo, hi) == tuple(float(v) for v in spec.decode(np.array([out.min(), out.max()])))
+    assert 0.0 <= lo < hi <= 1.0
+    if dtype == "uint8":  # NaN to uint8 is undefined
+        return
+    hu[4, 7, 5] = np.nan  # float caches keep the NaN, and the range says so (process_item refuses the volume)
+    out, (lo, hi) = spec.apply_encoded_range(hu, (2.2, 1.6, 1.9))
+    assert np.isnan(out.astype(np.float32)).any()
+    assert np.isnan(lo) and np.isnan(hi)

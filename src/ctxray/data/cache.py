@@ -16,16 +16,14 @@ checksum, so a killed run or a corrupted file is redone and nothing half-written
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,7 +34,6 @@ from ctxray.data.ingest import WorkItem, read_item
 from ctxray.data.readers import RawVolume, VolumeReadError
 from ctxray.data.spec import PreprocessSpec
 from ctxray.utils.io import atomic_write, atomic_write_text, sha256_file
-from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +111,44 @@ def write_npy(path: Path, arr: np.ndarray) -> tuple[str, int]:
     return digest.hexdigest(), len(header) + body.nbytes
 
 
+def write_npy_slices(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, slices: Iterable[np.ndarray], check: Callable[[], None]
+) -> tuple[str, int]:
+    """Write an array given slice by slice as a .npy file atomically, hashing as it goes; ``check`` runs after
+    the last slice and may raise, and then no file is left. Same bytes as :func:`write_npy` of the whole array.
+
+    Returns:
+        (hex SHA-256 of the file, its size in bytes).
+    """
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    header = head.getvalue()
+    digest = hashlib.sha256(header)
+    nbytes = len(header)
+
+    def write(tmp: Path) -> None:
+        nonlocal nbytes
+        n = 0
+        with open(tmp, "wb") as f:
+            f.write(header)
+            for sl in slices:
+                sl = np.ascontiguousarray(sl, dtype=dtype)
+                if sl.shape != tuple(shape[1:]):
+                    raise ValueError(f"slice {n} has shape {sl.shape}, expected {tuple(shape[1:])}")
+                body = memoryview(sl.reshape(-1).view(np.uint8))
+                digest.update(body)
+                f.write(body)
+                nbytes += body.nbytes
+                n += 1
+        if n != shape[0]:
+            raise ValueError(f"{n} slices written, expected {shape[0]}")
+        check()
+
+    atomic_write(path, write)
+    return digest.hexdigest(), nbytes
+
+
 def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
     """Read, check, resample and write one volume. Returns its manifest entry.
 
@@ -122,15 +157,18 @@ def process_item(item: WorkItem, spec: PreprocessSpec, cache_dir: Path) -> dict:
     """
     raw = read_item(item)
     check_raw(raw, item.source)
-    out = spec.apply_encoded(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
-    lo, hi = (float(v) for v in PreprocessSpec.decode(np.array([out.min(), out.max()])))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise VolumeReadError(item.source, "non-finite values after resampling")
-    if hi - lo < 1e-6:
-        hu = spec.hu_min + lo * (spec.hu_max - spec.hu_min)
-        raise VolumeReadError(item.source, f"volume is constant after windowing (all {hu:.0f} HU): wrong rescale?")
+    stream = spec.apply_encoded_slices(raw.values, raw.spacing_zyx, slope=raw.slope, intercept=raw.intercept)
+
+    def check() -> None:  # once every slice is written, before the file gets its name
+        lo, hi = stream.value_range()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise VolumeReadError(item.source, "non-finite values after resampling")
+        if hi - lo < 1e-6:
+            hu = spec.hu_min + lo * (spec.hu_max - spec.hu_min)
+            raise VolumeReadError(item.source, f"volume is constant after windowing (all {hu:.0f} HU): wrong rescale?")
+
     rel = f"volumes/{item.id}.npy"
-    sha, nbytes = write_npy(cache_dir / rel, out)
+    sha, nbytes = write_npy_slices(cache_dir / rel, spec.shape_zyx, np.dtype(spec.dtype), stream.slices, check)
     entry = {
         "id": item.id, "file": rel, "shape": list(spec.shape_zyx),
         "spacing": [round(float(s), 6) for s in spec.output_grid(raw.values.shape, raw.spacing_zyx)[1]],
@@ -196,6 +234,9 @@ def run_tasks(tasks: list, workers: int) -> Iterator[tuple[str, dict | str]]:
         for t in tasks:
             yield _work(t)
         return
+    import concurrent.futures as cf  # here: one worker (a single DICOM series) does not pay for the imports
+    import multiprocessing as mp
+
     todo = list(reversed(tasks))
     ctx = mp.get_context("spawn")
     while todo:
@@ -302,7 +343,11 @@ def build_cache(
         for line in errors:
             err_f.write(line + "\n")
         results = run_tasks(tasks, workers)
-        for status, payload in progress(results, total=len(tasks), desc="preprocess", unit="vol"):
+        if len(tasks) > 1:  # no bar (nor its import) for a single volume, e.g. one DICOM series
+            from ctxray.utils.progress import progress
+
+            results = progress(results, total=len(tasks), desc="preprocess", unit="vol")
+        for status, payload in results:
             counts[status] += 1
             if status == "error":
                 errors.append(payload)

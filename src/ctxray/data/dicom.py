@@ -71,6 +71,19 @@ class SliceHeader:
     position: np.ndarray  # (3,) LPS mm
     orientation: np.ndarray  # (6,) row cosine, column cosine
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing)
+    raw: RawPixels | None = None  # where plain pixel data lies (None: decode the slice with pydicom)
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """Plain 16-bit little-endian pixel data of one slice, located by the fast header parser."""
+
+    offset: int
+    rows: int
+    columns: int
+    dtype: str  # "<i2" or "<u2"
+    slope: float
+    intercept: float
 
 
 @dataclass
@@ -90,6 +103,16 @@ class DicomSeries:
 
 
 def _read_header(path: Path):
+    """The header of one file: by :mod:`ctxray.data.dicom_header` in the plain case, else by pydicom (None when
+    the file is not DICOM or unreadable)."""
+    from ctxray.data.dicom_header import read_fast_header
+
+    try:
+        fast = read_fast_header(path)
+    except OSError:
+        fast = None
+    if fast is not None:
+        return fast
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -110,7 +133,22 @@ def _add_slice(series: DicomSeries, ds, path: Path) -> None:
         series.problems.append("slice without ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
         return
     series.slices.append(SliceHeader(path, np.array([float(v) for v in ipp]), np.array([float(v) for v in iop]),
-                                     (float(ps[0]), float(ps[1]))))
+                                     (float(ps[0]), float(ps[1])), _raw_pixels(ds)))
+
+
+def _raw_pixels(ds) -> RawPixels | None:
+    """Where a fast-parsed header's pixel data lies, when :func:`_pixels` would read it directly too."""
+    from ctxray.data.dicom_header import FastHeader
+
+    if not isinstance(ds, FastHeader) or ds.pixel_offset is None:
+        return None
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not (ds.get("BitsAllocated") == 16 and ds.get("BitsStored") == 16 and ds.get("SamplesPerPixel", 1) == 1
+            and ds.get("PhotometricInterpretation") == "MONOCHROME2" and rows and cols
+            and ds.pixel_length >= rows * cols * 2):
+        return None
+    return RawPixels(ds.pixel_offset, rows, cols, "<i2" if ds.get("PixelRepresentation") == 1 else "<u2",
+                     float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
 
 
 def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
@@ -128,7 +166,7 @@ def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
         ds = _read_header(path)
         if ds is None or "SeriesInstanceUID" not in ds:
             continue
-        uid = str(ds.SeriesInstanceUID)
+        uid = str(ds.get("SeriesInstanceUID"))
         series = by_uid.setdefault(uid, DicomSeries(uid, str(ds.get("Modality", "")).upper()))
         series.identifiers |= _identifiers(ds)
         _add_slice(series, ds, path)
@@ -165,7 +203,7 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     if np.abs(in_plane - in_plane[0]).max() > 0.5:
         raise ValueError("slices are not stacked along the slice normal (tilted gantry or mixed stacks)")
     gaps = np.diff(pos)
-    step = float(np.median(gaps))
+    step = _median(gaps)
     if gaps.min() < 0.01 * max(step, 1e-6):
         raise ValueError(f"duplicate slice positions ({int((gaps < 0.01 * max(step, 1e-6)).sum())} pairs)")
     if gaps.max() > 1.5 * step:
@@ -174,6 +212,15 @@ def check_series(series: DicomSeries, min_slices: int = 3) -> list[SliceHeader]:
     if (gaps.max() - gaps.min()) > 0.1 * step:
         raise ValueError(f"uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm)")
     return slices
+
+
+def _median(x: np.ndarray) -> float:
+    """``float(np.median(x))`` of a 1-D float array, without ``np.median``'s import of ``numpy.ma``."""
+    if len(x) == 0 or np.isnan(x).any():
+        return float("nan")
+    s = np.sort(x)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
 
 
 _RAW_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
@@ -197,28 +244,39 @@ def _pixels(ds) -> np.ndarray:
 
 def _read_pixels(slices: list[SliceHeader]) -> tuple[np.ndarray, float, float]:
     """Stack pixel data (k, row, col); one slope/intercept if shared, else float32 HU with (1, 0)."""
-    import pydicom
 
-    def read(path: Path):
+    def read(s: SliceHeader) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+        raw = s.raw
+        if raw is not None:  # located by the header scan: one read, nothing parsed again
+            with open(s.path, "rb") as f:
+                f.seek(raw.offset)
+                data = f.read(raw.rows * raw.columns * 2)
+            if len(data) == raw.rows * raw.columns * 2:
+                px = np.frombuffer(data, dtype=np.dtype(raw.dtype)).reshape(raw.rows, raw.columns)
+                return px, (raw.slope, raw.intercept), (raw.rows, raw.columns)
+        import pydicom  # a compressed or unusual slice, or a file changed since the scan
+
         try:
-            ds = pydicom.dcmread(str(path))
-            return ds, _pixels(ds)
+            ds = pydicom.dcmread(str(s.path))
+            px = _pixels(ds)
         except Exception as err:  # truncated or corrupt file: name it, not only the series
             reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-            raise ValueError(f"{path}: unreadable slice ({reason})") from None
+            raise ValueError(f"{s.path}: unreadable slice ({reason})") from None
+        rescale = (float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
+        return px, rescale, (int(ds.Rows), int(ds.Columns))
 
-    first, px = read(slices[0].path)
-    shape = (len(slices), int(first.Rows), int(first.Columns))
+    first = read(slices[0])
+    shape = (len(slices), *first[2])
     params = []
     vol = None
     for k, s in enumerate(slices):
-        ds, px = (first, px) if k == 0 else read(s.path)
+        px, rescale, _ = first if k == 0 else read(s)
         if px.shape != shape[1:]:
             raise ValueError(f"{s.path}: slice {k} has shape {px.shape}, expected {shape[1:]}")
         if vol is None:
             vol = np.empty(shape, dtype=px.dtype)
         vol[k] = px
-        params.append((float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)))
+        params.append(rescale)
     if len(set(params)) == 1:
         return vol, params[0][0], params[0][1]
     hu = vol.astype(np.float32)

@@ -100,12 +100,41 @@ def canonical_zyx(data_xyz: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray,
     Returns:
         (view of the data shaped (D, H, W), affine of the canonical (x, y, z) array).
     """
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+    ornt = _near_axes_orientation(affine)
+    if ornt is None:  # far from the axes: nibabel's polar decomposition decides
+        from nibabel.orientations import io_orientation
 
-    ornt = io_orientation(affine)
-    data = apply_orientation(data_xyz, ornt)
-    new_affine = affine @ inv_ornt_aff(ornt, data_xyz.shape)
-    return data.transpose(2, 1, 0), new_affine
+        ornt = io_orientation(affine)
+    data = data_xyz
+    for ax, flip in enumerate(ornt[:, 1]):
+        if flip == -1:
+            data = np.flip(data, axis=ax)
+    data = data.transpose(np.argsort(ornt[:, 0]))
+    # voxel index of the reoriented array -> the original's (nibabel's inv_ornt_aff, same arithmetic)
+    undo_reorder = np.eye(4)[[int(v) for v in ornt[:, 0]] + [3], :]
+    undo_flip = np.diag([*ornt[:, 1], 1.0])
+    centre = -(np.array(data_xyz.shape[:3]) - 1) / 2.0
+    undo_flip[:3, 3] = ornt[:, 1] * centre - centre
+    return data.transpose(2, 1, 0), affine @ np.dot(undo_flip, undo_reorder)
+
+
+def _near_axes_orientation(affine: np.ndarray, min_cosine: float = 0.99) -> np.ndarray | None:
+    """nibabel's ``io_orientation`` for an affine whose voxel axes lie within ~8 degrees of distinct world axes
+    (each column's nearest axis and sign), without importing nibabel; None for any other affine.
+
+    Returns:
+        (3, 2) float: world axis and sign (+1/-1) of each voxel axis.
+    """
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.sqrt((m * m).sum(axis=0))
+    if not np.all(np.isfinite(m)) or norms.min() <= 0:
+        return None
+    cols = m / norms
+    axes = np.abs(cols).argmax(axis=0)
+    if sorted(axes.tolist()) != [0, 1, 2] or np.abs(cols).max(axis=0).min() < min_cosine:
+        return None
+    signs = np.where(cols[axes, [0, 1, 2]] < 0, -1.0, 1.0)
+    return np.stack([axes.astype(np.float64), signs], axis=1)
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:

@@ -12,7 +12,7 @@ a voxel outside the input takes the edge value, farther ones take ``fill``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -91,19 +91,42 @@ def resample_grid(
     Returns:
         Shape: ``out_shape_zyx``, ``out_dtype``.
     """
+    out = np.empty(tuple(int(n) for n in out_shape_zyx), dtype=out_dtype)
+    slices = resample_slices(values, in_spacing_zyx, in_origin_zyx, out_shape_zyx, out_spacing_zyx, out_origin_zyx,
+                             fill, post)
+    for k, sl in enumerate(slices):
+        out[k] = sl
+    return out
+
+
+def resample_slices(
+    values: np.ndarray,
+    in_spacing_zyx: tuple[float, ...] | np.ndarray,
+    in_origin_zyx: tuple[float, ...] | np.ndarray,
+    out_shape_zyx: tuple[int, ...],
+    out_spacing_zyx: tuple[float, ...] | np.ndarray,
+    out_origin_zyx: tuple[float, ...] | np.ndarray,
+    fill: float,
+    post: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
+    """:func:`resample_grid` one output slice at a time, in order (no array of the output's size: a writer can
+    stream them to a file). A yielded slice may be yielded again or be internal state: copy it, never modify it.
+
+    Shape: each slice ``out_shape_zyx[1:]``.
+    """
     s_in, o_in = np.asarray(in_spacing_zyx, np.float64), np.asarray(in_origin_zyx, np.float64)
     s_out, o_out = np.asarray(out_spacing_zyx, np.float64), np.asarray(out_origin_zyx, np.float64)
     pz, py, px = (axis_plan(values.shape[a], s_in[a], o_in[a], int(out_shape_zyx[a]), s_out[a], o_out[a])
                   for a in range(3))
-    out = np.empty(tuple(int(n) for n in out_shape_zyx), dtype=out_dtype)
+    plane = (int(out_shape_zyx[1]), int(out_shape_zyx[2]))
     done: dict[int, np.ndarray] = {}  # input slice -> in-plane resampled (float32, never modified)
     fill_slice = None
-    for k in range(out.shape[0]):
+    for k in range(int(out_shape_zyx[0])):
         if not pz.inside[k]:
             if fill_slice is None:
-                blank = np.full(out.shape[1:], fill, dtype=np.float32)
+                blank = np.full(plane, fill, dtype=np.float32)
                 fill_slice = post(blank) if post else blank
-            out[k] = fill_slice
+            yield fill_slice
             continue
         i0, i1, w = int(pz.i0[k]), int(pz.i1[k]), float(pz.w[k])
         needed = (i0, i1) if w > EXACT else (i0,)
@@ -119,5 +142,4 @@ def resample_grid(
             s += done[i0]
         else:
             s = done[i0].copy() if post else done[i0]
-        out[k] = post(s) if post else s
-    return out
+        yield post(s) if post else s

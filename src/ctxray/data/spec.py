@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ctxray.data.resample import resample_grid
+from ctxray.data.resample import resample_grid, resample_slices
 
-__all__ = ["PRESETS", "PreprocessSpec", "get_preset", "list_presets", "resample_grid"]
+__all__ = ["PRESETS", "PreprocessSpec", "get_preset", "list_presets", "resample_grid", "unit_float16"]
 
 SPEC_VERSION = 1
 Fit = Literal["crop_pad", "resize"]
@@ -145,9 +146,42 @@ class PreprocessSpec:
         Returns:
             Shape: ``shape_zyx`` in ``dtype``.
         """
-        return self._transform(hu, spacing_zyx, slope, intercept, encode=True)
+        return self.apply_encoded_range(hu, spacing_zyx, slope=slope, intercept=intercept)[0]
 
-    def _transform(self, hu: np.ndarray, spacing_zyx, slope: float, intercept: float, encode: bool) -> np.ndarray:
+    def apply_encoded_range(
+        self, hu: np.ndarray, spacing_zyx: tuple[float, float, float], *, slope: float = 1.0, intercept: float = 0.0
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """:meth:`apply_encoded` plus its smallest and largest voxel, decoded to floats in [0, 1].
+
+        The range is taken on each float32 slice before encoding (every encoding is monotone, so it equals
+        ``decode`` of the encoded array's min and max) and costs no pass over the encoded volume; NaN when a
+        voxel is NaN.
+
+        Returns:
+            (Shape: ``shape_zyx`` in ``dtype``, (low, high)).
+        """
+        stream = self.apply_encoded_slices(hu, spacing_zyx, slope=slope, intercept=intercept)
+        out = np.empty(self.shape_zyx, dtype=self.dtype)
+        for k, sl in enumerate(stream.slices):
+            out[k] = sl
+        return out, stream.value_range()
+
+    def apply_encoded_slices(
+        self, hu: np.ndarray, spacing_zyx: tuple[float, float, float], *, slope: float = 1.0, intercept: float = 0.0
+    ) -> EncodedSlices:
+        """:meth:`apply_encoded_range` one output slice at a time (a writer streams them: no output-sized array).
+
+        Returns:
+            :class:`EncodedSlices`: ``slices`` (each Shape: ``shape_zyx[1:]`` in ``dtype``; read, never modify),
+            then ``value_range()`` once they are all taken.
+        """
+        stream = EncodedSlices(iter(()), self)
+        stream.slices = self._transform(hu, spacing_zyx, slope, intercept, encode=True, lows=stream.lows,
+                                        highs=stream.highs, one_by_one=True)
+        return stream
+
+    def _transform(self, hu: np.ndarray, spacing_zyx, slope: float, intercept: float, encode: bool,
+                   lows: list | None = None, highs: list | None = None, one_by_one: bool = False):
         if hu.ndim != 3:
             raise ValueError(f"spec.apply expects a (D, H, W) volume, got shape {tuple(hu.shape)}")
         if slope == 0:
@@ -160,9 +194,17 @@ class PreprocessSpec:
             x *= scale
             x += offset
             np.clip(x, 0.0, 1.0, out=x)
-            return self.encode(x) if encode else x
+            if not encode:
+                return x
+            lo, hi = x.min(), x.max()  # NaN if any voxel is NaN
+            if lows is not None and highs is not None:
+                lows.append(lo)
+                highs.append(hi)
+            return self._encode_unit(x, bool(lo >= 0.0 and hi <= 1.0))
 
         fill = (self.hu_min - intercept) / slope
+        if one_by_one:
+            return resample_slices(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill, to_unit)
         dtype = np.dtype(self.dtype) if encode else np.float32
         return resample_grid(hu, spacing_zyx, (0.0, 0.0, 0.0), self.shape_zyx, s_out, origin, fill, to_unit, dtype)
 
@@ -212,6 +254,13 @@ class PreprocessSpec:
             return np.rint(x * 255.0).astype(np.uint8)
         return x.astype(self.dtype, copy=False)
 
+    def _encode_unit(self, x: np.ndarray, in_unit: bool) -> np.ndarray:
+        """:meth:`encode` of a float32 array, through :func:`unit_float16` when the cache dtype is float16 and
+        ``in_unit`` says every value lies in [0, 1]: the same bits either way."""
+        if in_unit and self.dtype == "float16" and x.dtype == np.float32 and x.flags.c_contiguous:
+            return unit_float16(x)
+        return self.encode(x)
+
     @staticmethod
     def decode(x: np.ndarray) -> np.ndarray:
         """A cached array back to float32 in [0, 1]."""
@@ -256,6 +305,50 @@ PRESETS: dict[str, PreprocessSpec] = {
     # spacing is nominal: fit="resize" maps the whole field of view onto the shape
     "astra": PreprocessSpec("astra", (2.0, 1.5, 1.5), (160, 224, 224), hu_min=-1000.0, hu_max=200.0, fit="resize"),
 }
+
+
+@dataclass
+class EncodedSlices:
+    """Output slices of :meth:`PreprocessSpec.apply_encoded_slices`, in order, and the value range they had."""
+
+    slices: Iterator[np.ndarray]
+    spec: PreprocessSpec
+    lows: list = dataclasses.field(default_factory=list)
+    highs: list = dataclasses.field(default_factory=list)
+
+    def value_range(self) -> tuple[float, float]:
+        """Smallest and largest stored voxel decoded to [0, 1] floats (NaN when a voxel is NaN); call it after
+        every slice was taken."""
+        if not self.lows:
+            raise RuntimeError("value_range() before the slices were taken")
+        ends = np.array([np.min(self.lows), np.max(self.highs)], dtype=np.float32)  # np.min/max: NaN propagates
+        lo, hi = (float(v) for v in self.spec.decode(self.spec.encode(ends)))
+        return lo, hi
+
+
+def unit_float16(x: np.ndarray) -> np.ndarray:
+    """``x.astype(np.float16)`` for a C-contiguous float32 array whose values all lie in [0, 1], ~3x faster.
+
+    NumPy's float32 -> float16 cast is scalar code (~12 ns a value on our CPU), a third of the ``ctclip``
+    output step. This rounds to nearest, ties to even, on the bits in a few vectorised integer passes: a normal
+    half (x >= 2**-14) re-biases the exponent from 127 to 15 and keeps the top 10 mantissa bits after adding
+    0xFFF plus the lowest kept bit (ties go to even); a subnormal half (or zero) is the bits of ``x + 0.5`` in
+    float32, whose ulp (2**-24) is the subnormal half's, minus those of 0.5. Equal to NumPy's cast on every
+    one of the 1,065,353,217 float32 values in [0, 1] (checked once exhaustively; the tests check a sample,
+    every exponent boundary and every tie).
+
+    Shape: any -> same, float16.
+    """
+    u = x.view(np.uint32)
+    h = u >> np.uint32(13)
+    h &= np.uint32(1)  # lowest kept mantissa bit: a tie rounds to even
+    h += u
+    h += np.uint32(0xC8000FFF)  # (15 - 127) << 23 (mod 2**32) + 0xFFF (just under half an ulp)
+    h >>= np.uint32(13)
+    sub = (x + np.float32(0.5)).view(np.uint32)
+    sub -= np.uint32(0x3F000000)
+    np.copyto(h, sub, where=u < np.uint32(113 << 23))  # below 2**-14: a subnormal half (0 stays 0)
+    return h.astype(np.uint16).view(np.float16)
 
 
 def get_preset(name: str) -> PreprocessSpec:
