@@ -67,7 +67,12 @@ def test_text_retrieval_beats_random_pairing(teacher_dir, tiny_world, tmp_path):
     assert q["label_oracle"]["exact"] >= q["text"]["exact"] - 0.05
     hub = quality["hubness"]
     assert hub["n_gallery"] == 80 and 1 <= hub["max_ct_per_xray"] <= 220
-    assert hub["max_share"] < 0.25  # was 166/220 = 0.75 with the whole-report query
+    # was 166/220 = 0.75 with the whole-report query (an abnormal X-ray for normal CTs). Every report without an
+    # X-ray-visible finding asks the same query, so those CTs share one normal radiograph by design (the same
+    # target for the same content): 88/220 = 0.40 on world seed 0. A hub of normal CTs on an abnormal X-ray
+    # is what must not happen:
+    assert hub["max_share"] < 0.5
+    assert quality["normal_to_abnormal"] <= 0.1
     assert quality["normal_to_abnormal"] < 0.2
 
 

@@ -60,7 +60,10 @@ def tiny_chain(tiny_world, tmp_path_factory):
     return cache, teacher, ret
 
 
-PKD_GAP = 0.025  # real targets end >= 0.039 below the constant level on seeds 0 and 1; shuffled ones within 0.003
+# On the world with the visible-lesion changes and the tiny expert trained with labels (world seed 0): real
+# targets end 0.024 / 0.101 below the constant level and 0.050 / 0.116 below the shuffled one (training seeds
+# 0 / 1); zero-shot 0.676 / 0.677.
+PKD_GAP = 0.015
 
 
 def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path):

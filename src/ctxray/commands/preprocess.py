@@ -25,7 +25,8 @@ def _shard(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", help="CT-RATE root, RAD-ChestCT folder, NIfTI folder or DICOM folder")
     parser.add_argument("--out", required=True, help="cache folder (spec.json, volumes/, manifest.jsonl, errors.log)")
-    parser.add_argument("--preset", default="demo", help="tiny, small, demo, ctclip, fvlm or merlin (default: demo)")
+    parser.add_argument("--preset", default="demo",
+                        help="tiny, small, demo, ctclip, fvlm, merlin or astra (default: demo)")
     parser.add_argument("--spec", default=None, help="a spec.json file instead of --preset")
     parser.add_argument("--format", default="auto", choices=["auto", "ctrate", "radchest", "nifti", "dicom"],
                         help="input kind (default: detected)")

@@ -78,7 +78,8 @@ def medical_material(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels:
 
 
 def arterial_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
-    n = int(rng.integers(3, 14))
+    # plaques large and dense enough to survive resampling to a 5 mm training grid (a heavy plaque burden)
+    n = int(rng.integers(8, 25))
     seg = rng.choice(["aortic arch", "descending thoracic aorta", "aortic arch and descending aorta"])
     k0, k1 = {"aortic arch": (1, 3), "descending thoracic aorta": (3, 5)}.get(seg, (1, 5))
     t = rng.uniform(0, 1, n)
@@ -87,8 +88,8 @@ def arterial_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.Generat
     d = rng.normal(0, 1, (n, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     centres = pts + d * a.aorta_r
-    radii = rng.uniform(1.6, 3.5, n)
-    shapes: list[Shape] = [Spheres(centres, radii, float(rng.uniform(450, 900)), T.LESION, within=NOT_BONE)]
+    radii = rng.uniform(2.4, 4.5, n)
+    shapes: list[Shape] = [Spheres(centres, radii, float(rng.uniform(700, 1200)), T.LESION, within=NOT_BONE)]
     return [Lesion("Arterial wall calcification", "atherosclerotic plaques", str(seg), "midline",
                    _tup(centres.mean(0)), float(2 * radii.max()), shapes, {"count": n})]
 
@@ -124,7 +125,7 @@ def coronary_artery_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.
     angles = {"LAD": (0.9, 1.6), "RCA": (0.0, 0.6), "LCx": (2.3, 2.9)}
     centres = []
     for v in vessels:
-        phi = rng.uniform(*angles[v], int(rng.integers(2, 6)))
+        phi = rng.uniform(*angles[v], int(rng.integers(3, 8)))
         h = rng.uniform(0.1, 0.6, len(phi))
         local = np.stack([h * r[0], np.sin(phi) * r[1] * np.sqrt(1 - h**2), np.cos(phi) * r[2] * np.sqrt(1 - h**2)],
                          axis=1)
@@ -133,8 +134,8 @@ def coronary_artery_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.
         y = -sr * local[:, 2] + cr * local[:, 1]
         centres.append(np.stack([local[:, 0], y, x], axis=1) + np.array(a.heart_centre))
     pts = np.concatenate(centres)
-    radii = rng.uniform(1.4, 3.2, len(pts))
-    shapes: list[Shape] = [Spheres(pts, radii, float(rng.uniform(400, 1000)), T.LESION, within=NOT_BONE)]
+    radii = rng.uniform(2.2, 4.0, len(pts))
+    shapes: list[Shape] = [Spheres(pts, radii, float(rng.uniform(600, 1100)), T.LESION, within=NOT_BONE)]
     return [Lesion("Coronary artery wall calcification", "coronary plaques", ", ".join(sorted(vessels)), "midline",
                    _tup(pts.mean(0)), float(2 * radii.max()), shapes, {"vessels": sorted(vessels)})]
 
@@ -169,7 +170,7 @@ def lymphadenopathy(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: 
         candidates = carina + d + rng.normal(0, 6, (12, 3))
         fat = [c for c in candidates if atlas.tissue_at(c) in (T.FAT, *LUNGS)]
         c = fat[0] if fat else candidates[0]  # nodes grow in the mediastinal and hilar fat
-        short = float(rng.uniform(11, 24))
+        short = float(rng.uniform(14, 28))
         rad = (short * 0.65, short / 2, short / 2 * rng.uniform(1.0, 1.4))
         side = "right" if "right" in name else "left" if "left" in name or "aorto" in name else "midline"
         shapes: list[Shape] = [Ellipsoid(_tup(c), rad, float(rng.uniform(32, 48)), T.LESION,

@@ -207,7 +207,7 @@ def consolidation(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: di
 def bronchiectasis(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
     sides = _sides(rng, 0.5)
     p0, p1, r = _bronchi(a, sides, lower_only=True)
-    factor = float(rng.uniform(1.8, 2.6))
+    factor = float(rng.uniform(2.6, 3.6))  # lumen well beyond its artery's calibre (the signet-ring sign)
     shapes: list[Shape] = [
         segments(p0, p1, r * factor + 1.5, 45, step=1.0, within=LUNGS),
         segments(p0, p1, r * factor, -990, step=1.0, tissue=T.AIRWAY, within=(*LUNGS, T.AIRWAY)),
@@ -226,12 +226,12 @@ def interlobular_septal_thickening(a: Anatomy, atlas: Atlas, rng: np.random.Gene
     pts = []
     for side in sides:
         c, _ = a.lung_box(side)
-        for p in atlas.sample_lung_points(side, rng, 28, "lower", 0.0, 8.0):
+        for p in atlas.sample_lung_points(side, rng, 44, "lower", 0.0, 8.0):
             inward = np.array([0.0, c[1] - p[1], c[2] - p[2]])
             inward /= max(np.linalg.norm(inward), 1e-6)
             pts.append(p)
             line = np.stack([p - inward * 4, p + inward * rng.uniform(12, 22)])
-            shapes.append(tube(line, float(rng.uniform(0.9, 1.4)), -150, step=1.0, within=LUNGS))
+            shapes.append(tube(line, float(rng.uniform(1.2, 1.8)), -120, step=1.0, within=LUNGS))
     shapes = [merge(shapes)]
     return [Lesion("Interlobular septal thickening", "smooth septal thickening", "lung bases, subpleural",
                    _lat(sides), _tup(np.mean(pts, axis=0)), 2.0, shapes)]

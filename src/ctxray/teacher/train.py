@@ -85,7 +85,10 @@ def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(8, 16, 32), stem_width=8), embed_dim=32,
                                image_size=64)
         model.text = replace(model.text, hidden=32, layers=1, heads=2, max_length=512)
-        cfg = TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400)
+        # labels through a head and the prompts, as the demo's: CLIP alone scored chance here (0.57 / 0.47 / 0.42
+        # zero-shot over 3 seeds), with them 0.71 / 0.68 / 0.70
+        cfg = TeacherTrainConfig(model=model, epochs=15, batch_size=16, lr=3e-3, vocab_size=400, label_weight=1.0,
+                                 prompt_weight=1.0)
     elif name == "demo":  # 128 px through a stride-4 stem: the stages cost what 64 px cost with stride 2
         model = XrayCLIPConfig(image=ImageEncoderConfig(widths=(16, 32, 64, 128), stem_width=16, stem_stride=4),
                                embed_dim=128, image_size=128)
