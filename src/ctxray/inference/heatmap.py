@@ -15,6 +15,8 @@ Methods (``Method``):
   stride half the patch) is set to ``baseline`` (0 = the window floor, air) and the map is the mean
   score drop ``relu(S(x) - S(x_occluded))`` over the patches covering each voxel. Model-agnostic and
   slow (one forward pass per patch position); the usual reference.
+- ``rollout`` / ``gradrollout``: attention rollout and its gradient-weighted variant, for the ViT encoders
+  only (``ctxray.inference.rollout``); on the token grid. Plain rollout ignores the label.
 
 Layer (``stage``): for the 3D ResNets, stage 1 by default (after the stem and the first residual stage;
 1/4 of the input per axis: 8x16x16 at 32x64x64, 12x24x24 at 48x96x96). The last stage (1/32: 1x2x2 at
@@ -45,8 +47,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-Method = Literal["gradcam", "hirescam", "occlusion"]
-METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion")
+Method = Literal["gradcam", "hirescam", "occlusion", "rollout", "gradrollout"]
+METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion", "rollout", "gradrollout")
+ATTENTION_METHODS: tuple[str, ...] = ("rollout", "gradrollout")  # ViT encoders only (ctxray.inference.rollout)
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, D, H, W) -> (B,)
 
 _TEXT = {
@@ -205,7 +208,7 @@ def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: M
         model: the network ``score_fn`` runs (searched for an encoder with ``feature_module``).
         volume: one preprocessed volume.
         score_fn: the explained score, e.g. :func:`direction_score` or a classifier logit.
-        method: ``gradcam``, ``hirescam`` or ``occlusion``.
+        method: ``gradcam``, ``hirescam``, ``occlusion``, or for a ViT ``rollout`` / ``gradrollout``.
         stage: feature stage of the CAMs: ``"auto"`` is the encoder's ``explain_stage`` (ResNet: 1, ViT: the
             final tokens), None the last; ignored by encoders without stages and by occlusion.
         patch, stride: occlusion patch and stride in voxels (default: a quarter of each axis, half of it).
@@ -229,6 +232,12 @@ def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: M
     try:
         if method == "occlusion":
             cam, text, score, grid = _occlusion(score_fn, volume, patch, stride, baseline, batch)
+        elif method in ATTENTION_METHODS:
+            from ctxray.inference.rollout import rollout
+
+            cam, text, score, grid = rollout(model, volume, score_fn, weighted=method == "gradrollout")
+            text += ("; upsampled trilinearly and mapped back to the scan grid with the preprocessing spec's "
+                     "inverse; scaled to [0, 1] per map.")
         else:
             cam, text, score, grid = _cam(model, volume, score_fn, method, stage)
     finally:
