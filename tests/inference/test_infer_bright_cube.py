@@ -213,3 +213,19 @@ def test_plain_rollout_ignores_the_score_gradient_weighted_follows_its_sign():
     rel = explain(net, x, up, "gradrollout")
     assert rel.grid == (4, 8, 8) and rel.map[5:7, 9:11, 21:23].min() > 0.5 and rel.map[:, :, :12].max() < 0.1
     assert float(explain(net, x, down, "gradrollout").map.max()) == 0.0
+
+
+def test_occlusion_with_a_blurred_fill_points_at_the_cube_and_ignores_uniform_tissue():
+    """Filling the patch with a smoothed copy removes the cube's contrast (the score drops there) but changes
+    nothing in uniform tissue, where an air fill would make every patch look relevant to a score that
+    falls with darkness."""
+    x = torch.full((1, 1, 16, 32, 32), 0.5)
+    x[0, 0, 4:8, 20:28, 4:12] = 0.95
+    net = RegionMean()
+    contrast = lambda v: net.encode_volume(v * (v > 0.7))[:, 0]  # noqa: E731  (reads only bright voxels)
+    rel = explain(net, x, contrast, "occlusion", baseline="blur")
+    point = map_point(rel.map)
+    assert 3.5 <= point[0] <= 8 and 19.5 <= point[1] <= 28 and 3.5 <= point[2] <= 12, point
+    flat = explain(net, torch.full((1, 1, 16, 32, 32), 0.5), lambda v: net.encode_volume(v)[:, 0], "occlusion",
+                   baseline="blur")
+    assert float(flat.map.max()) == 0.0
