@@ -12,7 +12,8 @@ of the body; also the energy of a uniform map). Then a method x label matrix.
 The model is an exported CT-report model (``--model``, ``ctxray export``; zero-shot decisions and
 prompt-direction scores) or a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
 decisions at its validation Youden thresholds, label logits explained). A method ``gradcam:2`` is Grad-CAM
-on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half).
+on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half),
+``occlusion:blur`` occlusion whose patch is filled with a smoothed copy of the volume instead of air.
 ``--json`` writes the results (``ctxray export --localisation`` reads it to mark validated labels).
 
     .venv/bin/python bench/pointing_game.py (--model MODEL_DIR | --classifier DIR --spec small) --world W \
@@ -39,7 +40,9 @@ class _Staged:
 
     def __init__(self, model, option: str):
         self._model = model
-        if "x" in option:  # occlusion patch DxHxW (stride: half of it)
+        if option == "blur":  # occlusion with a smoothed copy of the volume as the fill
+            self._kw = {"baseline": "blur"}
+        elif "x" in option:  # occlusion patch DxHxW (stride: half of it)
             self._kw = {"patch": tuple(int(v) for v in option.split("x"))}
         else:
             self._kw = {"stage": int(option)}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ctxray.data.spec import PreprocessSpec
 from ctxray.inference.api import CTModel
-from ctxray.inference.heatmap import METHODS, explain
+from ctxray.inference.heatmap import ATTENTION_METHODS, METHODS, explain
 from ctxray.inference.pointing import map_point
 from ctxray.labels import load_labels
 
@@ -92,9 +92,44 @@ def _in_cube(point, margin_vox=(0.0, 0.0, 0.0)) -> bool:
     return all(s.start - 0.5 - m <= p <= s.stop - 0.5 + m for p, s, m in zip(point, CUBE, margin_vox))
 
 
+class AttendToBright(nn.Module):
+    """A hand-set one-block ViT (patch 4^3: a 4x8x8 token grid of 16 mm cells) whose tokens attend to the
+    brightest patches: channel 0 of a token is its patch's mean, channel 1 a constant; query = 40 x channel 1,
+    key = channel 0, so attention goes to bright keys; value = channel 0 written to channel 2; no norms, no
+    MLP. Score = channel 2 averaged over the tokens (mean pooling) = an attention-weighted mean brightness."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ctxray.models.vit3d import ViT3D
+
+        enc = ViT3D(input_shape=SPEC.shape_zyx, patch_size=4, embed_dim=6, depth=1, num_heads=1)
+        with torch.no_grad():
+            for p in enc.parameters():
+                p.zero_()
+            enc.patch_embed.weight[0] = 1.0 / 64
+            enc.patch_embed.bias[1] = 1.0
+            block = enc.blocks[0]
+            block.norm1 = block.norm2 = enc.norm = nn.Identity()
+            qkv = block.attn.qkv.weight  # (18, 6): rows q 0-5, k 6-11, v 12-17
+            qkv[0, 1], qkv[6, 0], qkv[12 + 2, 0] = 40.0, 1.0, 1.0
+            block.attn.proj.weight.copy_(torch.eye(6))
+        self.volume_encoder = enc
+
+    def scale(self):
+        return torch.tensor(10.0)
+
+    def encode_volume(self, x):
+        m = self.volume_encoder.feature_map(x)[:, 2].mean(dim=(1, 2, 3))
+        return torch.stack([m, torch.zeros_like(m)], dim=1)
+
+
+CASES = [(m, RegionMean) for m in METHODS if m not in ATTENTION_METHODS] + [
+    (m, AttendToBright) for m in ATTENTION_METHODS]
+
+
 @pytest.mark.parametrize("fmt", ["nifti", "dicom_descending"])
-@pytest.mark.parametrize("method", METHODS)
-def test_bright_cube_points_into_the_cube(tmp_path, method, fmt):
+@pytest.mark.parametrize(("method", "net"), CASES, ids=[m for m, _ in CASES])
+def test_bright_cube_points_into_the_cube(tmp_path, method, net, fmt):
     hu = _cube_scan()
     if fmt == "nifti":
         path = tmp_path / "cube.nii.gz"
@@ -104,13 +139,13 @@ def test_bright_cube_points_into_the_cube(tmp_path, method, fmt):
         # file and instance order head to feet (z descending), stored values = HU (slope 1)
         bottom = (60.0, 40.0, 120.0 - (SHAPE[0] - 1) * SPACING[0])  # LPS of RAS slice 0's first pixel
         top = write_dicom_series(path, hu, SPACING, descending=True, origin=bottom, rescale=(1.0, 0.0))
-    model = _ct_model(RegionMean())
+    model = _ct_model(net())
     vol = model.read(path)
     np.testing.assert_allclose(vol.hu, hu)  # the reader gives the RAS array back
     heat = model.explain(path, "Lung nodule", method=method)
     assert heat.shape == SHAPE and heat.max() == pytest.approx(1.0)
     point = map_point(heat)
-    # within the cube, up to half a stage-1 cell (8 mm) of the feature grid
+    # within the cube, up to half a stage-1 cell or token (8 mm) of the feature grid
     margin = tuple(8.0 / s for s in SPACING) if method != "occlusion" else (0.0, 0.0, 0.0)
     assert _in_cube(point, margin), (method, fmt, point, CUBE)
     # the map is high on the cube and low far from it
@@ -157,3 +192,40 @@ def test_feature_stage_is_the_one_named():
     assert explain(net, x, score, "gradcam").grid == (4, 8, 8)  # the encoder's explain_stage
     with pytest.raises(ValueError, match="unknown explanation method"):
         explain(net, x, score, "saliency")  # type: ignore[arg-type]
+
+
+def test_rollout_needs_a_vit():
+    x = torch.rand(1, 1, 16, 32, 32)
+    net = RegionMean()
+    with pytest.raises(ValueError, match="needs a ViT encoder"):
+        explain(net, x, lambda v: net.encode_volume(v)[:, 0], "gradrollout")
+
+
+def test_plain_rollout_ignores_the_score_gradient_weighted_follows_its_sign():
+    """Rollout shows where the encoder attends whatever the label; the gradient-weighted variant of a score
+    that falls with the bright patch's brightness has no positive evidence there."""
+    x = torch.full((1, 1, 16, 32, 32), 0.05)
+    x[0, 0, 4:8, 8:12, 20:24] = 0.9
+    net = AttendToBright()
+    up = lambda v: net.encode_volume(v)[:, 0]  # noqa: E731
+    down = lambda v: -net.encode_volume(v)[:, 0]  # noqa: E731
+    np.testing.assert_allclose(explain(net, x, up, "rollout").map, explain(net, x, down, "rollout").map)
+    rel = explain(net, x, up, "gradrollout")
+    assert rel.grid == (4, 8, 8) and rel.map[5:7, 9:11, 21:23].min() > 0.5 and rel.map[:, :, :12].max() < 0.1
+    assert float(explain(net, x, down, "gradrollout").map.max()) == 0.0
+
+
+def test_occlusion_with_a_blurred_fill_points_at_the_cube_and_ignores_uniform_tissue():
+    """Filling the patch with a smoothed copy removes the cube's contrast (the score drops there) but changes
+    nothing in uniform tissue, where an air fill would make every patch look relevant to a score that
+    falls with darkness."""
+    x = torch.full((1, 1, 16, 32, 32), 0.5)
+    x[0, 0, 4:8, 20:28, 4:12] = 0.95
+    net = RegionMean()
+    contrast = lambda v: net.encode_volume(v * (v > 0.7))[:, 0]  # noqa: E731  (reads only bright voxels)
+    rel = explain(net, x, contrast, "occlusion", baseline="blur")
+    point = map_point(rel.map)
+    assert 3.5 <= point[0] <= 8 and 19.5 <= point[1] <= 28 and 3.5 <= point[2] <= 12, point
+    flat = explain(net, torch.full((1, 1, 16, 32, 32), 0.5), lambda v: net.encode_volume(v)[:, 0], "occlusion",
+                   baseline="blur")
+    assert float(flat.map.max()) == 0.0

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per scan)")
     parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive",
                         help="relevance maps for positive findings (default), every label, or none")
-    parser.add_argument("--explain-method", choices=("gradcam", "hirescam", "occlusion"), default="gradcam",
-                        help="relevance-map method (ctxray.inference.heatmap; occlusion is slow)")
+    parser.add_argument("--explain-method", choices=("gradcam", "hirescam", "occlusion", "rollout", "gradrollout"),
+                        default="gradcam", help="relevance-map method (ctxray.inference.heatmap; occlusion is slow; "
+                        "rollout and gradrollout: attention rollout, ViT encoders only)")
     parser.add_argument("--explain-unvalidated", action="store_true",
                         help="also draw maps of labels whose localisation the model folder never validated "
                              "(by default only labels listed in its localisation.json get maps)")

@@ -12,9 +12,12 @@ Methods (``Method``):
   features by their mean it is exactly each voxel's contribution to the score, and it cannot spread a
   channel's weight onto places that did not contribute (Grad-CAM can).
 - ``occlusion``: occlusion sensitivity. A 3D patch of the input (default a quarter of each axis,
-  stride half the patch) is set to ``baseline`` (0 = the window floor, air) and the map is the mean
+  stride half the patch) is set to ``baseline`` (0 = the window floor, air; or ``"blur"``, a smoothed copy
+  of the volume, which removes a lesion without cutting an air hole into the body) and the map is the mean
   score drop ``relu(S(x) - S(x_occluded))`` over the patches covering each voxel. Model-agnostic and
   slow (one forward pass per patch position); the usual reference.
+- ``rollout`` / ``gradrollout``: attention rollout and its gradient-weighted variant, for the ViT encoders
+  only (``ctxray.inference.rollout``); on the token grid. Plain rollout ignores the label.
 
 Layer (``stage``): for the 3D ResNets, stage 1 by default (after the stem and the first residual stage;
 1/4 of the input per axis: 8x16x16 at 32x64x64, 12x24x24 at 48x96x96). The last stage (1/32: 1x2x2 at
@@ -45,8 +48,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-Method = Literal["gradcam", "hirescam", "occlusion"]
-METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion")
+Method = Literal["gradcam", "hirescam", "occlusion", "rollout", "gradrollout"]
+METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion", "rollout", "gradrollout")
+ATTENTION_METHODS: tuple[str, ...] = ("rollout", "gradrollout")  # ViT encoders only (ctxray.inference.rollout)
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, D, H, W) -> (B,)
 
 _TEXT = {
@@ -167,13 +171,19 @@ def _cam(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: Meth
 
 
 def _occlusion(score_fn: ScoreFn, volume: torch.Tensor, patch: tuple[int, int, int] | None,
-               stride: tuple[int, int, int] | None, baseline: float, batch: int
+               stride: tuple[int, int, int] | None, baseline: float | str, batch: int
                ) -> tuple[torch.Tensor, str, float, tuple[int, int, int]]:
     shape = tuple(int(s) for s in volume.shape[2:])
     patch = patch or tuple(max(1, s // 4) for s in shape)
     stride = stride or tuple(max(1, p // 2) for p in patch)
     starts = [sorted({*range(0, max(s - p, 0) + 1, st), max(s - p, 0)}) for s, p, st in zip(shape, patch, stride)]
     grid = tuple(-(-s // st) for s, st in zip(shape, stride))  # the map is constant on stride-sized blocks
+    if baseline == "blur":  # the patch replaced by a heavily smoothed copy of the volume (its surroundings)
+        k = tuple(2 * (p // 2) + 1 for p in patch)
+        fill = F.avg_pool3d(F.pad(volume, [v // 2 for v in k[::-1] for _ in (0, 1)], mode="replicate"), k, stride=1)
+        what = "a smoothed copy of the volume (box filter of the patch size)"
+    else:
+        fill, what = torch.full_like(volume, float(baseline)), f"{float(baseline):g} (the HU window floor)"
     with torch.no_grad():
         ref = float(score_fn(volume)[0])
         drop = torch.zeros(shape)
@@ -183,7 +193,8 @@ def _occlusion(score_fn: ScoreFn, volume: torch.Tensor, patch: tuple[int, int, i
             chunk = corners[i:i + batch]
             xs = volume.repeat(len(chunk), 1, 1, 1, 1)
             for j, (z, y, x) in enumerate(chunk):
-                xs[j, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]] = baseline
+                region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                xs[(j, slice(None), *region)] = fill[(0, slice(None), *region)]
             scores = score_fn(xs).float().cpu()  # (b,)
             for (z, y, x), s in zip(chunk, scores):
                 region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
@@ -191,25 +202,28 @@ def _occlusion(score_fn: ScoreFn, volume: torch.Tensor, patch: tuple[int, int, i
                 count[region] += 1
     cam = F.relu(drop / count.clamp_min(1))[None, None]
     text = (f"occlusion sensitivity: mean drop of the label's score when a {'x'.join(map(str, patch))}-voxel patch "
-            f"(stride {'x'.join(map(str, stride))}) is set to {baseline:g} (the HU window floor), "
+            f"(stride {'x'.join(map(str, stride))}) is set to {what}, "
             "mapped back to the scan grid with the preprocessing spec's inverse; scaled to [0, 1] per map.")
     return cam, text, ref, grid  # type: ignore[return-value]
 
 
 def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: Method = "gradcam",
             stage: int | None | Literal["auto"] = "auto", patch: tuple[int, int, int] | None = None,
-            stride: tuple[int, int, int] | None = None, baseline: float = 0.0, batch: int = 8) -> Relevance:
+            stride: tuple[int, int, int] | None = None, baseline: float | Literal["blur"] = 0.0,
+            batch: int = 8) -> Relevance:
     """A relevance map of ``score_fn`` for one volume.
 
     Args:
         model: the network ``score_fn`` runs (searched for an encoder with ``feature_module``).
         volume: one preprocessed volume.
         score_fn: the explained score, e.g. :func:`direction_score` or a classifier logit.
-        method: ``gradcam``, ``hirescam`` or ``occlusion``.
+        method: ``gradcam``, ``hirescam``, ``occlusion``, or for a ViT ``rollout`` / ``gradrollout``.
         stage: feature stage of the CAMs: ``"auto"`` is the encoder's ``explain_stage`` (ResNet: 1, ViT: the
             final tokens), None the last; ignored by encoders without stages and by occlusion.
         patch, stride: occlusion patch and stride in voxels (default: a quarter of each axis, half of it).
-        baseline: the occluded value (model input units).
+        baseline: the occluded value (model input units), or ``"blur"``: the patch is filled with a smoothed
+            copy of the volume (a box filter of the patch size), so that occluding removes local detail (a
+            lesion) without putting an air-filled hole into the body, which the model may react to anywhere.
         batch: occluded volumes per forward pass.
 
     Returns:
@@ -229,6 +243,12 @@ def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: M
     try:
         if method == "occlusion":
             cam, text, score, grid = _occlusion(score_fn, volume, patch, stride, baseline, batch)
+        elif method in ATTENTION_METHODS:
+            from ctxray.inference.rollout import rollout
+
+            cam, text, score, grid = rollout(model, volume, score_fn, weighted=method == "gradrollout")
+            text += ("; upsampled trilinearly and mapped back to the scan grid with the preprocessing spec's "
+                     "inverse; scaled to [0, 1] per map.")
         else:
             cam, text, score, grid = _cam(model, volume, score_fn, method, stage)
     finally:

@@ -215,7 +215,8 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
         out: output folder.
         explain: relevance maps for positive findings, all labels, or none; of those, only labels whose maps
             the model folder's ``localisation.json`` validated for ``explain_method``, unless ``explain_unvalidated``.
-        explain_method: ``gradcam``, ``hirescam`` or ``occlusion`` (``ctxray.inference.heatmap``).
+        explain_method: ``gradcam``, ``hirescam``, ``occlusion``, ``rollout`` or ``gradrollout``
+            (``ctxray.inference.heatmap``).
         explain_unvalidated: also draw maps of labels whose localisation was never validated (marked so).
         html: write ``report.html`` per scan.
         max_voxels: display-grid budget of the HTML viewer.

@@ -58,20 +58,33 @@ def sincos_pos_embed_3d(grid: Sequence[int], dim: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention on top of ``scaled_dot_product_attention``."""
+    """Multi-head self-attention on top of ``scaled_dot_product_attention``.
+
+    ``keep_attention`` (off by default; set by explanation code, e.g. attention rollout in
+    ``ctxray.inference.heatmap``): the attention probabilities are computed explicitly (same result as the
+    fused kernel up to rounding, without its memory savings) and kept in ``attention`` (B, heads, N, N),
+    still in the autograd graph so that a score's gradient with respect to them can be taken.
+    """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: x (B, N, C) -> (B, N, C)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, C/heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
+        if self.keep_attention:
+            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, heads, N, N)
+            self.attention = attn
+            out = attn @ v  # (B, heads, N, C/heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
