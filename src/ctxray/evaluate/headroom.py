@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,12 @@ class CeilingSettings:
     encoder_kwargs: dict | None = None
 
 
+@lru_cache(maxsize=2)
 def load_split(cache: str | Path, split: str) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Every volume of one split in memory (float16, to halve the RAM of repeated training).
+
+    Kept for the process (the last two splits): a benchmark probes many encoders on the same cache, and
+    reading every volume again for each was most of a probe's time. Callers index it; none may modify it.
 
     Returns:
         (volumes (N, 1, D, H, W) float16, labels (N, 18) float64 with NaN, ids).
