@@ -38,6 +38,7 @@ class Tissue(IntEnum):
 
 
 LUNGS = (Tissue.LUNG_R, Tissue.LUNG_L)
+SMALL_BOX = 32768  # ellipsoid boxes of fewer voxels are painted with one dense pass
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,59 @@ class Canvas:
         xr, yr = (x, y) if not e.rot else (c * x + sn * y, -sn * x + c * y)
         # sum of |coordinate / radius|^p: per-axis powers on 1-D / 2-D arrays, one 3-D addition
         s_xy = np.abs(yr / e.radii[1]) ** p + np.abs(xr / e.radii[2]) ** p  # (h, w)
-        s = (np.abs(z / e.radii[0]) ** p)[:, None, None] + s_xy[None]  # (d, h, w)
+        s_z = np.abs(z / e.radii[0]) ** p  # (d,)
+        small = len(z) * s_xy.size < SMALL_BOX  # the 3-D pass is cheap: skip the set-up of the row limits
+        rows = np.ones(len(z), dtype=bool) if e.plane is None or small else self._plane_rows(e, z, y, x)
+        if small or rows is None or s_z.dtype != np.float32 or s_xy.dtype != np.float32:
+            self._ellipsoid_dense(e, box, z, y, x, s_xy, s_z)
+            return
+        if e.edge > 0:
+            self._ellipsoid_soft(e, box, rows, s_xy, s_z)
+            return
+        rows &= s_z <= 1.0  # s >= s_z: no voxel of a row with s_z > 1 lies inside
+        if not rows.any():
+            return
+        limit = _row_limits(s_z)  # s_z + s_xy <= 1 exactly when s_xy <= limit (float32 sums)
+        foot = s_xy <= limit[rows].max()  # (h, w): columns any row can reach
+        if not foot.any():
+            return
+        (i0, i1), (j0, j1), (k0, k1) = _span(rows), _span(foot.any(axis=1)), _span(foot.any(axis=0))
+        w = s_xy[None, j0:j1, k0:k1] <= limit[i0:i1, None, None]  # (d', h', w')
+        if not rows[i0:i1].all():
+            w &= rows[i0:i1, None, None]
+        self._apply(_sub(box, (i0, i1), (j0, j1), (k0, k1)), w, e.value, e.tissue, e.within, e.add)
+
+    @staticmethod
+    def _plane_rows(e: Ellipsoid, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+        """Rows of the box on the painted side of a plane normal to z, or None for any other plane.
+
+        For a normal ``(nz, 0, 0)`` the 3-D left side ``nz z + (0 y + 0 x)`` equals ``nz z`` exactly.
+        """
+        (nz, ny, nx), off = e.plane
+        if ny != 0.0 or nx != 0.0:
+            return None
+        lhs = (nz * z)[:, None] + (ny * y + nx * x).reshape(-1)[:1]  # (d, 1): the 3-D sum's dtype, its values
+        return lhs[:, 0] <= off - (nz * e.centre[0] + ny * e.centre[1] + nx * e.centre[2])
+
+    def _ellipsoid_soft(self, e: Ellipsoid, box: tuple[slice, ...], rows: np.ndarray, s_xy: np.ndarray,
+                        s_z: np.ndarray) -> None:
+        """Soft-edged ellipsoid on the box rows that a z-normal plane keeps (all rows without a plane)."""
+        if not rows.any():
+            return
+        i0, i1 = _span(rows)
+        s = s_z[i0:i1, None, None] + s_xy[None]  # (d', h, w)
+        r = np.sqrt(s) if e.power == 2.0 else s ** (1.0 / e.power)
+        w = np.clip((1.0 - r) * (min(e.radii) / e.edge) + 0.5, 0.0, 1.0)
+        if not rows[i0:i1].all():
+            w = w * rows[i0:i1, None, None]
+        self._apply(_sub(box, (i0, i1), (0, s_xy.shape[0]), (0, s_xy.shape[1])), w, e.value, e.tissue,
+                    e.within, e.add)
+
+    def _ellipsoid_dense(self, e: Ellipsoid, box: tuple[slice, ...], z: np.ndarray, y: np.ndarray, x: np.ndarray,
+                         s_xy: np.ndarray, s_z: np.ndarray) -> None:
+        """The general case: every voxel of the box (a slanted plane, or sizes that make float64 sums)."""
+        p = e.power
+        s = s_z[:, None, None] + s_xy[None]  # (d, h, w)
         if e.edge > 0:
             r = np.sqrt(s) if p == 2.0 else s ** (1.0 / p)
             w = np.clip((1.0 - r) * (min(e.radii) / e.edge) + 0.5, 0.0, 1.0)
@@ -225,9 +278,11 @@ class Canvas:
         """Blend ``value`` into the box with weights ``w`` (bool: hard mask)."""
         hu, ts = self.hu[box], self.tissue[box]
         if within is not None:
-            allowed = np.zeros(256, dtype=bool)
-            allowed[list(within)] = True
-            w = w & allowed[ts] if w.dtype == bool else w * allowed[ts]
+            allowed = _tissue_in(ts, within)
+            if w.dtype == bool:
+                w &= allowed
+            else:
+                w = w * allowed
         if w.dtype == bool:
             if add:
                 np.add(hu, np.float32(value), out=hu, where=w)
@@ -290,6 +345,55 @@ class Canvas:
         z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
         ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
         return (z * h + y) * w + x, ok
+
+
+def _tissue_in(ts: np.ndarray, within: tuple[int, ...]) -> np.ndarray:
+    """Whether each tissue code of ``ts`` is one of ``within`` (equality tests: faster than a lookup table)."""
+    out = ts == within[0]
+    for code in within[1:]:
+        out |= ts == code
+    return out
+
+
+def _span(flags: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last index of the true entries of a 1-D bool array (which has one)."""
+    idx = np.flatnonzero(flags)
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def _sub(box: tuple[slice, ...], *spans: tuple[int, int]) -> tuple[slice, ...]:
+    """Slices of ``box`` narrowed to ``spans`` (offsets within the box)."""
+    return tuple(slice(b.start + lo, b.start + hi) for b, (lo, hi) in zip(box, spans))
+
+
+def _row_limits(s_z: np.ndarray) -> np.ndarray:
+    """Per row, the largest float32 ``t >= 0`` with ``float32(s_z + t) <= 1``, so that for float32 ``s >= 0``
+    ``s_z + s <= 1`` holds exactly when ``s <= t`` (float32 addition is monotone in each operand).
+
+    Rows with ``s_z > 1`` (or NaN) get a meaningless value; callers drop them. A bisection over the float32
+    bit patterns (they order non-negative floats as integers), started a few patterns around ``1 - s_z``.
+
+    Shape:
+        s_z: (d,) float32 >= 0 -> (d,) float32
+    """
+    one = np.float32(1.0)
+
+    def fits(bits: np.ndarray) -> np.ndarray:
+        return (s_z + bits.view(np.float32)) <= one
+
+    guess = np.maximum(one - s_z, np.float32(0.0)).view(np.int32)
+    lo, hi = np.maximum(guess - 4, 0), guess + 4
+    bad = (~fits(lo) | fits(hi)) & (s_z <= one)  # the bracket missed: bisect those rows over all of [0, 2)
+    lo[bad], hi[bad] = 0, np.float32(2.0).view(np.int32)
+    while True:
+        open_ = hi - lo > 1
+        if not open_.any():
+            return lo.view(np.float32)
+        mid = lo + (hi - lo) // 2
+        ok = fits(mid)
+        lo = np.where(open_ & ok, mid, lo)
+        hi = np.where(open_ & ~ok, mid, hi)
+
 
 def _max_per_voxel(lin: np.ndarray, w: np.ndarray, buf: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each voxel of ``lin`` once, with the largest of its weights ``w``; zero weights dropped.
