@@ -305,46 +305,59 @@ class Canvas:
             return
         spacing = np.asarray(self.grid.spacing)
         vox = self.grid.to_voxel(sp.centres)
+        cen = np.round(vox).astype(np.int64)  # (n, 3) nearest voxel of each ball
+        lin_c = self._linear(cen)  # (n,)
         flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
         size = float(spacing[1:].mean())
         lins, weights = [], []
         thin = sp.radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
         if thin.any():
-            lin, ok = self._linear(np.round(vox[thin]).astype(np.int64))
-            lins.append(lin[ok])
+            ok = self._inside(cen[thin])
+            lins.append(lin_c[thin][ok])
             weights.append(((2 * sp.radii[thin] / size) ** 1.5)[ok])
-        for q in np.unique(np.ceil(sp.radii[~thin] * 2)):  # other balls grouped by radius (0.5 mm bins)
-            mask = ~thin & (np.ceil(sp.radii * 2) == q)
-            v = vox[mask]
-            centres = np.round(v).astype(np.int64)
-            offsets = _ball_offsets(q / 2 + 0.5 * size, spacing)
-            dmm = ((centres - v) * spacing)[:, None, :] + (offsets * spacing)[None, :, :]  # (n, K, 3)
+        keys = np.ceil(sp.radii * 2)  # other balls grouped by radius (0.5 mm bins)
+        keys[thin] = -1.0
+        order = np.argsort(keys, kind="stable")
+        bounds = np.searchsorted(keys[order], np.unique(keys[~thin]), side="left").tolist() + [len(order)]
+        for q, lo, hi in zip(np.unique(keys[~thin]), bounds[:-1], bounds[1:]):
+            sel = order[lo:hi]
+            v, centres = vox[sel], cen[sel]
+            offsets, off_mm, off_lin = self._offsets(q / 2 + 0.5 * size, spacing)
+            dmm = ((centres - v) * spacing)[:, None, :] + off_mm[None, :, :]  # (n, K, 3)
             d = np.sqrt(np.einsum("nkc,nkc->nk", dmm, dmm))
-            r = sp.radii[mask][:, None]
+            r = sp.radii[sel][:, None]
             w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)  # (n, K)
-            lin, ok = self._linear(centres[:, None, :] + offsets[None, :, :])
-            ok &= w > 0.02
-            lins.append(lin[ok])
+            ok = w > 0.02
+            edge = ~(self._inside(centres + offsets.min(axis=0)) & self._inside(centres + offsets.max(axis=0)))
+            if edge.any():  # balls whose offsets may leave the grid: test each voxel
+                ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
+            lins.append((lin_c[sel][:, None] + off_lin[None, :])[ok])
             weights.append(w[ok])
         if self._scratch is None:  # reused by every ball shape: zero again wherever it was written
             self._scratch = (np.zeros(flat_hu.size, dtype=np.float32), np.empty(flat_hu.size, dtype=np.int64))
         lin, w = _max_per_voxel(np.concatenate(lins), np.concatenate(weights).astype(np.float32), *self._scratch)
         if sp.within is not None:
-            allowed = np.zeros(256, dtype=bool)
-            allowed[list(sp.within)] = True
-            keep = allowed[flat_ts[lin]]
+            keep = _tissue_in(flat_ts[lin], sp.within)
             lin, w = lin[keep], w[keep]
         flat_hu[lin] += w * (np.float32(sp.value) - flat_hu[lin])
         if sp.tissue is not None:
             flat_ts[lin[w > 0.5]] = sp.tissue
 
+    def _linear(self, idx: np.ndarray) -> np.ndarray:
+        """Linear indices of integer voxel indices ``(..., 3)`` (meaningful only inside the grid)."""
+        _, h, w = self.grid.shape
+        return (idx[..., 0] * h + idx[..., 1]) * w + idx[..., 2]
 
-    def _linear(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Linear indices of integer voxel indices ``(..., 3)`` and whether each lies inside the grid."""
+    def _inside(self, idx: np.ndarray) -> np.ndarray:
+        """Whether integer voxel indices ``(..., 3)`` lie inside the grid."""
         d, h, w = self.grid.shape
         z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
-        ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        return (z * h + y) * w + x, ok
+        return (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
+
+    def _offsets(self, radius: float, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel offsets of a ball (:func:`_ball_offsets`), in mm and as linear-index steps on this grid."""
+        offsets = _ball_offsets(radius, spacing)
+        return offsets, offsets * spacing, self._linear(offsets)
 
 
 def _tissue_in(ts: np.ndarray, within: tuple[int, ...]) -> np.ndarray:
