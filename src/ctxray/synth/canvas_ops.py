@@ -33,7 +33,7 @@ def row_limits(s_z: np.ndarray) -> np.ndarray:
     ``s_z + s <= 1`` holds exactly when ``s <= t`` (float32 addition is monotone in each operand).
 
     Rows with ``s_z > 1`` (or NaN) get a meaningless value; callers drop them. A bisection over the float32
-    bit patterns (they order non-negative floats as integers), started a few patterns around ``1 - s_z``.
+    bit patterns (they order non-negative floats as integers) checks the closed-form guess.
 
     Shape:
         s_z: (d,) float32 >= 0 -> (d,) float32
@@ -43,9 +43,14 @@ def row_limits(s_z: np.ndarray) -> np.ndarray:
     def fits(bits: np.ndarray) -> np.ndarray:
         return (s_z + bits.view(np.float32)) <= one
 
-    guess = np.maximum(one - s_z, np.float32(0.0)).view(np.int32)
-    lo, hi = np.maximum(guess - 4, 0), guess + 4
-    bad = (~fits(lo) | fits(hi)) & (s_z <= one)  # the bracket missed: bisect those rows over all of [0, 2)
+    # float32(x) <= 1 exactly when x <= 1 + 2**-24 (a tie rounds to the even 1), so t is the largest float32
+    # not above c = 1 + 2**-24 - s_z, which float64 holds exactly for s_z >= 2**-29 (and closely enough below)
+    c = (1.0 + 2.0**-24) - s_z.astype(np.float64)
+    t = c.astype(np.float32)
+    t = np.where(t.astype(np.float64) > c, np.nextafter(t, np.float32(0.0)), t)
+    lo = np.maximum(t, np.float32(0.0)).view(np.int32)
+    hi = lo + 1
+    bad = (~fits(lo) | fits(hi)) & (s_z <= one)  # checked all the same; any miss: bisect over all of [0, 2)
     lo[bad], hi[bad] = 0, np.float32(2.0).view(np.int32)
     while True:
         open_ = hi - lo > 1
