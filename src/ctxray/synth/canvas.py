@@ -140,13 +140,19 @@ def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: floa
         radii: one radius or ``(K,)`` radii at the vertices (interpolated along the line).
     """
     points = np.asarray(points, dtype=np.float64)
-    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
+    one_radius = np.ndim(radii) == 0
+    radii = np.asarray(radii, dtype=np.float64) if one_radius else \
+        np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
     seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
     step = max(step, 0.4 * float(radii.min()))  # thick tubes: overlapping balls, the wall stays smooth
     s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
-    centres = np.stack([np.interp(s, arc, points[:, i]) for i in range(3)], axis=1)
-    return Spheres(centres, np.interp(s, arc, radii), value, tissue, within)
+    centres = np.empty((len(s), 3))
+    for i in range(3):
+        centres[:, i] = np.interp(s, arc, points[:, i])
+    # np.interp of a constant returns the constant exactly
+    return Spheres(centres, np.full(len(s), float(radii)) if one_radius else np.interp(s, arc, radii), value,
+                   tissue, within)
 
 
 def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: float, step: float = 1.5,
