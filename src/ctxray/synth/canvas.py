@@ -363,7 +363,7 @@ class Canvas:
     def _radius_groups(radii: np.ndarray, thin: np.ndarray, n_thin: int) -> list[tuple[float, np.ndarray | None]]:
         """The radius bins ``ceil(2 r)`` of the balls that are not thin, each with its balls (None: all)."""
         keys = np.ceil(radii * 2)
-        if not n_thin and keys[0] == keys[-1] and keys.min() == keys.max():  # one bin (a tube of one radius)
+        if not n_thin and keys.min() == keys.max():  # one bin (a tube of one radius)
             return [(keys[0], None)]
         keys[thin] = -1.0
         order = np.argsort(keys, kind="stable")
@@ -378,8 +378,8 @@ class Canvas:
         return (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
 
     def _offsets(self, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Voxel offsets ``(K, 3)`` of a ball (:func:`_ball_offsets`), in mm, as linear-index steps on this grid,
-        and their per-axis minimum and maximum ``(2, 3)`` (cached per canvas)."""
+        """Voxel offsets ``(K, 3)`` of a ball (:func:`canvas_ops.ball_offsets`), in mm, as linear-index steps on
+        this grid, and their per-axis minimum and maximum ``(2, 3)`` (cached per canvas)."""
         radius = float(radius)
         if radius not in self._offset_cache:
             offsets = ops.ball_offsets(radius, self._spacing)
