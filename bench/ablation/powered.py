@@ -77,7 +77,7 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
     from ctxray.data.spec import get_preset
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -106,8 +106,8 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     for pairing in ("text", "label_oracle", "random"):
         out = work / f"retrieval_{pairing}"
         stage(f"retrieve {pairing}", out / "targets.json",
-              lambda out=out, pairing=pairing: retrieve(str(teacher), cache, world / "xray", out, pairing=pairing,
-                                                        seed=s.world_seed))
+              lambda out=out, pairing=pairing: retrieve(RetrievalConfig(str(teacher), cache, world / "xray", out,
+                                                                        pairing=pairing, seed=s.world_seed)))
     info: dict[str, Any] = {"seconds": seconds}
     for name, path in (("teacher", teacher / "metrics.json"), ("retrieval_text", work / "retrieval_text/quality.json"),
                        ("retrieval_label_oracle", work / "retrieval_label_oracle/quality.json")):
@@ -139,9 +139,9 @@ def score_run(ckpt: Path, cache: Path, s: Settings, out: Path) -> dict[str, Any]
     """Zero-shot probabilities of the validation split (saved) and the frozen-feature probe."""
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.evaluate.headroom import group_macros, probe_readout
-    from ctxray.evaluate.metrics import auroc_per_label
     from ctxray.evaluate.run import embed_dataset, select_labels, zero_shot_scores
     from ctxray.labels import load_labels
+    from ctxray.metrics import auroc_per_label
     from ctxray.train.checkpoint import load_model
 
     model, tok, cfg = load_model(ckpt)
@@ -159,7 +159,7 @@ def score_run(ckpt: Path, cache: Path, s: Settings, out: Path) -> dict[str, Any]
 
 def _macros(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     from ctxray.evaluate.headroom import group_macros
-    from ctxray.evaluate.metrics import auroc_per_label
+    from ctxray.metrics import auroc_per_label
 
     m = group_macros(auroc_per_label(y, p))
     return np.array([m["macro"], m["xray_visible"], m["ct_only"]])

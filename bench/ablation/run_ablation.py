@@ -106,7 +106,7 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     """World, cache, teacher and the two retrievals (each skipped when its output already exists)."""
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -137,8 +137,8 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     for pairing in ("text", "random"):
         out = work / f"retrieval_{pairing}"
         stage(f"retrieve {pairing}", out / "targets.json",
-              lambda out=out, pairing=pairing: retrieve(str(teacher), cache, world / "xray", out, pairing=pairing,
-                                                        seed=s.world_seed))
+              lambda out=out, pairing=pairing: retrieve(RetrievalConfig(str(teacher), cache, world / "xray", out,
+                                                                        pairing=pairing, seed=s.world_seed)))
     info: dict[str, Any] = {"seconds": seconds}
     for name, path in (("teacher", teacher / "metrics.json"), ("retrieval_text", work / "retrieval_text/quality.json"),
                        ("retrieval_random", work / "retrieval_random/quality.json")):

@@ -138,7 +138,7 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     from ctxray.data.spec import get_preset
     from ctxray.evaluate.finetune import finetune_checkpoint
     from ctxray.evaluate.run import evaluate_checkpoint
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -164,7 +164,8 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     tcfg.seed = seed
     tcfg.epochs = settings.teacher_epochs or tcfg.epochs
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
-    quality = stage("retrieve", lambda: retrieve(str(teacher_dir), cache, world / "xray", ret, seed=seed))
+    retrieval = RetrievalConfig(str(teacher_dir), cache, world / "xray", ret, seed=seed)
+    quality = stage("retrieve", lambda: retrieve(retrieval))
 
     # Evaluate the *last* checkpoint: "best" is chosen by validation AUROC, and the demo scores the
     # validation split, so using "best" would select the model on the split it is scored on.

@@ -74,7 +74,7 @@ def test_canonical_zyx_equals_nibabels_reorientation_on_every_axis_order():
 
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-    from ctxray.data.readers import canonical_zyx
+    from ctxray.data.volume import canonical_zyx
 
     data = np.arange(3 * 4 * 5).reshape(3, 4, 5)
     rng = np.random.default_rng(0)

@@ -20,8 +20,8 @@ from ctxray.inference.export import export_model, read_thresholds
 def _reference_probs(run, hu, spacing):
     """Zero-shot probabilities straight from the training checkpoint, without the inference package."""
     from ctxray.data.spec import PreprocessSpec
-    from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
     from ctxray.labels import load_labels
+    from ctxray.models.zeroshot import prompt_embeddings, zero_shot_probs
     from ctxray.train.checkpoint import load_model
 
     model, tok, cfg = load_model(run)
@@ -53,7 +53,7 @@ def test_export_load_gives_identical_zero_shot(tiny_run, tiny_model_dir, tiny_me
 
 
 def test_embed_text_matches_checkpoint(tiny_run, tiny_model_dir):
-    from ctxray.evaluate.zeroshot import encode_texts
+    from ctxray.models.zeroshot import encode_texts
     from ctxray.train.checkpoint import load_model
 
     m, tok, _ = load_model(tiny_run)

@@ -32,7 +32,7 @@ def _outputs(model):
 
 
 def test_moved_model_folder_loads_without_the_original_tower(hf_model, tmp_path, monkeypatch):
-    from ctxray.evaluate.zeroshot import encode_texts
+    from ctxray.models.zeroshot import encode_texts
     from ctxray.train.checkpoint import load_model
 
     run, model_dir, tower = hf_model

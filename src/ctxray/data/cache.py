@@ -31,8 +31,8 @@ from typing import Literal
 import numpy as np
 
 from ctxray.data.ingest import WorkItem, read_item
-from ctxray.data.readers import RawVolume, VolumeReadError
 from ctxray.data.spec import PreprocessSpec
+from ctxray.data.volume import RawVolume, VolumeReadError
 from ctxray.utils.io import atomic_write, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)

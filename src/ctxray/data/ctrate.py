@@ -25,8 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, VolumeReadError, read_nifti_raw
+from ctxray.data.nifti import read_nifti_raw
 from ctxray.data.text import report_text
+from ctxray.data.volume import RawVolume, VolumeReadError
 from ctxray.labels import CT_RATE_LABELS
 
 log = logging.getLogger(__name__)

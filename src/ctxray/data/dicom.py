@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, VolumeReadError, canonical_zyx, spacing_from_affine
+from ctxray.data.validate import check_affine
+from ctxray.data.volume import RawVolume, VolumeReadError, canonical_zyx, spacing_from_affine
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,6 @@ def read_series(series: DicomSeries, where: str | Path, min_slices: int = 3) -> 
     except ValueError as err:
         raise VolumeReadError(f"{label} [series {series.id}]", redact(str(err), series.identifiers)) from None
     affine = series_affine_ras(slices)
-    from ctxray.data.validate import check_affine
-
     check_affine(affine, f"{label} [series {series.id}]")
     zyx, canon = canonical_zyx(values.transpose(2, 1, 0), affine)  # stored (k, row, col) -> (col, row, k)
     return RawVolume(zyx, spacing_from_affine(canon), canon, series.id, slope, intercept)

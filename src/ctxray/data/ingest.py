@@ -8,10 +8,7 @@ goes on. Reading volumes happens in :mod:`ctxray.data.cache`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +16,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, read_nifti_raw
+from ctxray.data.ids import safe_id
+from ctxray.data.nifti import read_nifti_raw
 from ctxray.data.text import report_text
+from ctxray.data.volume import RawVolume
 from ctxray.labels import CT_RATE_LABELS
 
 log = logging.getLogger(__name__)
 
 InputKind = Literal["auto", "ctrate", "radchest", "nifti", "dicom"]
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FILE_COLUMNS = ("VolumeName", "filename", "file", "path", "image", "volume")
 
 
@@ -58,21 +56,6 @@ class WorkItem:
 class Discovery:
     items: list[WorkItem]
     errors: list[str]  # "source: reason" lines
-
-
-def safe_id(text: str) -> str:
-    """A filesystem-safe id for a name: unchanged rules for ASCII names; others ASCII-folded plus a hash.
-
-    A non-ASCII name is folded (``Müller`` -> ``Muller``) and gets ``-`` + 8 hex digits of the SHA-256
-    of its NFC form, so names that differ only in non-ASCII characters (``Müller``/``Möller``,
-    ``胸部1``/``腹部1``) stay distinct, and an NFD file name (macOS) gives the same id as its NFC twin.
-    """
-    if text.isascii():
-        return _SAFE.sub("_", text).strip("_") or "volume"
-    nfc = unicodedata.normalize("NFC", text)
-    folded = unicodedata.normalize("NFKD", nfc).encode("ascii", "ignore").decode()
-    stem = _SAFE.sub("_", folded).strip("_") or "volume"
-    return f"{stem}-{hashlib.sha256(nfc.encode()).hexdigest()[:8]}"
 
 
 def detect_kind(path: Path) -> str:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxray.evaluate.metrics import auroc_per_label
 from ctxray.labels import CT_RATE_LABELS, load_labels
+from ctxray.metrics import auroc_per_label
 
 log = logging.getLogger(__name__)
 

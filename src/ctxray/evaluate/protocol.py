@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ctxray.evaluate.bootstrap import bootstrap_ci, cluster_rows
-from ctxray.evaluate.metrics import classification_metrics, macro, youden_thresholds
+from ctxray.metrics import classification_metrics, macro, youden_thresholds
 
 log = logging.getLogger(__name__)
 

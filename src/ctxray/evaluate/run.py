@@ -21,9 +21,9 @@ import torch
 from ctxray.evaluate.protocol import aggregate_by_scan, zero_shot_protocols
 from ctxray.evaluate.report import per_label_rows, plot_roc, score_rows, write_csv, write_json
 from ctxray.evaluate.retrieval_metrics import retrieval_with_ci
-from ctxray.evaluate.zeroshot import encode_texts, eval_mode, logit_scale_of, model_device, prompt_embeddings
-from ctxray.evaluate.zeroshot import zero_shot_probs as _probs
 from ctxray.labels import CT_RATE_LABELS, LabelSet, load_labels
+from ctxray.models.zeroshot import encode_texts, eval_mode, logit_scale_of, model_device, prompt_embeddings
+from ctxray.models.zeroshot import zero_shot_probs as _probs
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def report_zero_shot(model: Any, tokenizer: Any, text_emb: torch.Tensor, y: np.n
     Returns:
         ``macro`` AUROC and ``per_label`` (NaN where the split has one class).
     """
-    from ctxray.evaluate.metrics import auroc_per_label
+    from ctxray.metrics import auroc_per_label
 
     pos, neg = prompt_embeddings(model, tokenizer, label_set, max_length=max_length)
     scores = _probs(text_emb, pos, neg, logit_scale_of(model)).numpy()

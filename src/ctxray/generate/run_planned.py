@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 
 def _load_view(checkpoint: str | Path) -> tuple[VolumeView, tuple[np.ndarray, np.ndarray, float], dict]:
     """The frozen volume tower of a training run, its zero-shot prompt embeddings and a description."""
-    from ctxray.evaluate.zeroshot import logit_scale_of, prompt_embeddings
     from ctxray.generate.train import freeze
     from ctxray.labels import load_labels
+    from ctxray.models.zeroshot import logit_scale_of, prompt_embeddings
     from ctxray.train.checkpoint import load_model
 
     model, tokenizer, train_cfg = load_model(checkpoint)

@@ -175,7 +175,7 @@ class CTModel:
         Shape:
             output: (N, E) float32
         """
-        from ctxray.evaluate.zeroshot import encode_texts
+        from ctxray.models.zeroshot import encode_texts
 
         texts = [texts] if isinstance(texts, str) else list(texts)
         return encode_texts(self.model, self.tokenizer, texts).numpy()
@@ -183,7 +183,7 @@ class CTModel:
     def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Positive and negative prompt-ensemble embeddings (computed once). Shape: (L, E) each."""
         if self._prompts is None:
-            from ctxray.evaluate.zeroshot import prompt_embeddings
+            from ctxray.models.zeroshot import prompt_embeddings
 
             self._prompts = prompt_embeddings(self.model, self.tokenizer, self.label_set)
         return self._prompts
@@ -197,7 +197,7 @@ class CTModel:
 
     def findings_from_embedding(self, emb: torch.Tensor | np.ndarray, labels: list[str] | None = None) -> list[Finding]:
         """Zero-shot findings for an embedding already computed (see :meth:`zero_shot`)."""
-        from ctxray.evaluate.zeroshot import zero_shot_probs
+        from ctxray.models.zeroshot import zero_shot_probs
 
         pos, neg = self.prompt_embeddings()
         v = torch.as_tensor(np.asarray(emb, dtype=np.float32)).reshape(1, -1)

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from ctxray.data.dicom import SkippedSeries
-from ctxray.data.readers import RawVolume
+from ctxray.data.volume import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.export import make_readable
 from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ctxray.data.readers import RawVolume
+from ctxray.data.volume import RawVolume
 from ctxray.utils.io import sha256_file
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz")

@@ -78,7 +78,7 @@ class RunData:
 def _load_targets(config: TrainConfig) -> Any:
     if not config.needs_targets:
         return None
-    from ctxray.retrieval import load_targets
+    from ctxray.retrieval.targets import load_targets
 
     targets = load_targets(config.data.retrieval)
     return targets.centred() if config.loss.kd_center else targets
