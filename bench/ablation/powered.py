@@ -38,16 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from ctxray.train.variants import NO_KD, NO_PKD, NO_SRKD, PLAIN_CLIP
+
 log = logging.getLogger("powered")
 
 ROWS: dict[str, tuple[str, tuple[str, ...], str | None]] = {  # key -> (name, overrides, pairing)
-    "plain": ("plain CLIP (InfoNCE)", ("loss.correction=none", "loss.pkd=0", "loss.srkd=0"), None),
-    "roco": ("robust contrastive (RoCo)", ("loss.pkd=0", "loss.srkd=0"), None),
+    "plain": ("plain CLIP (InfoNCE)", PLAIN_CLIP, None),
+    "roco": ("robust contrastive (RoCo)", NO_KD, None),
     "full": ("full (RoCo + PKD + SRKD)", (), "text"),
     "oracle": ("full, label-oracle pairing", (), "label_oracle"),
     "shuffled": ("full, targets shuffled (control)", ("data.shuffle_targets=true",), "text"),
-    "pkd": ("RoCo + PKD", ("loss.srkd=0",), "text"),
-    "srkd": ("RoCo + SRKD", ("loss.pkd=0",), "text"),
+    "pkd": ("RoCo + PKD", NO_SRKD, "text"),
+    "srkd": ("RoCo + SRKD", NO_PKD, "text"),
     "random": ("full, random pairing", (), "random"),
 }
 

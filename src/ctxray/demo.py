@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxray.train.variants import PLAIN_CLIP
 from ctxray.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ PRESETS: dict[str, DemoSettings] = {
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
 RUNS: dict[str, list[str]] = {
-    "plain": ["loss.correction=none", "loss.pkd=0", "loss.srkd=0"],
+    "plain": list(PLAIN_CLIP),
     "full": [],
 }
 

@@ -12,7 +12,8 @@ from infer_helpers import REPORTS, make_run, synthetic_ct
 
 import ctxray
 from ctxray.inference.api import ModelFolderError
-from ctxray.inference.export import MANIFEST, export_model
+from ctxray.inference.export import export_model
+from ctxray.inference.folder import MANIFEST
 
 SPACING = (9.0, 8.0, 8.0)
 
@@ -97,7 +98,7 @@ def test_a_relative_tower_path_that_does_not_exist_names_it(hf_model, tmp_path):
 def test_a_tower_with_pickled_weights_only_travels_as_safetensors(tmp_path):
     from transformers import AutoModel, BertConfig, BertModel
 
-    from ctxray.inference.export import copy_text_backbone, tower_licence
+    from ctxray.models.hf_folder import copy_text_backbone, tower_licence
 
     src = tmp_path / "src"
     model = BertModel(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,

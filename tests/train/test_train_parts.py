@@ -9,15 +9,10 @@ import torch
 
 from ctxray.models.dual import DualEncoder, DualEncoderConfig, init_text_from_teacher, teacher_text_tower
 from ctxray.models.text import TextEncoderConfig
+from ctxray.optim import lr_factor, param_groups
 from ctxray.train.config import OptimConfig
 from ctxray.train.data import ResumableSampler, shuffled_id_map
-from ctxray.train.optim import (
-    build_optimizer,
-    lr_factor,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    param_groups,
-)
+from ctxray.train.optim import build_optimizer, optimizer_state_from_tensors, optimizer_state_to_tensors
 
 
 def _model(**kw) -> DualEncoder:

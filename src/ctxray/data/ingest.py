@@ -16,8 +16,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ctxray.data.csvfile import read_csv_records
+from ctxray.data.ctrate import dataset_dir, read_ctrate, resolve_ct_raw
+from ctxray.data.dicom import SkippedSeries, check_series, read_series, redact, scan_dicom_folder
 from ctxray.data.ids import safe_id
 from ctxray.data.nifti import read_nifti_raw
+from ctxray.data.radchest import (
+    is_radchest_folder,
+    list_radchest,
+    missing_volume_error,
+    radchest_split,
+    read_radchest_labels,
+    read_radchest_raw,
+)
 from ctxray.data.text import report_text
 from ctxray.data.volume import RawVolume
 from ctxray.labels import CT_RATE_LABELS
@@ -60,9 +71,6 @@ class Discovery:
 
 def detect_kind(path: Path) -> str:
     """Guess the input kind of a folder (CT-RATE, RAD-ChestCT, NIfTI, DICOM)."""
-    from ctxray.data.ctrate import dataset_dir
-    from ctxray.data.radchest import is_radchest_folder
-
     try:
         dataset_dir(path)
         return "ctrate"
@@ -78,18 +86,12 @@ def detect_kind(path: Path) -> str:
 def read_item(item: WorkItem) -> RawVolume:
     """Read a work item's volume (stored values + rescale) on the RAS grid."""
     if item.kind == "ctrate":
-        from ctxray.data.ctrate import resolve_ct_raw
-
         return resolve_ct_raw(item.payload)
     if item.kind == "nifti":
         return read_nifti_raw(item.payload)
     if item.kind == "radchest":
-        from ctxray.data.radchest import read_radchest_raw
-
         return read_radchest_raw(item.payload)
     if item.kind == "dicom":
-        from ctxray.data.dicom import read_series
-
         return read_series(item.payload, item.source)
     raise ValueError(f"unknown work item kind {item.kind!r}")
 
@@ -102,8 +104,6 @@ def _check_report(item: WorkItem, require: bool, errors: list[str]) -> bool:
 
 
 def discover_ctrate(root: Path, splits: list[str] | None, require_report: bool) -> Discovery:
-    from ctxray.data.ctrate import dataset_dir, read_ctrate
-
     ds = dataset_dir(root)
     items, errors = [], []
     for split in splits or ["train", "valid"]:
@@ -123,8 +123,6 @@ def discover_ctrate(root: Path, splits: list[str] | None, require_report: bool) 
 
 
 def discover_radchest(folder: Path) -> Discovery:
-    from ctxray.data.radchest import list_radchest, missing_volume_error, radchest_split, read_radchest_labels
-
     labels, positives = read_radchest_labels(folder)
     items, errors = [], []
     for note_id, path in list_radchest(folder):
@@ -179,8 +177,6 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
     to ``folder`` or a file name) and a report (``report``, or ``Findings_EN``/``Impressions_EN``, or
     ``findings``/``impression``); optional ``split`` and any of the 18 label columns.
     """
-    from ctxray.data.csvfile import read_csv_records
-
     files = sorted(p for p in folder.rglob("*") if p.name.endswith((".nii", ".nii.gz")))
     by_rel = {p.relative_to(folder).as_posix(): p for p in files}
     by_name: dict[str, list[Path]] = {}
@@ -234,8 +230,6 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
 def discover_dicom(folder: Path) -> Discovery:
     """One item per valid CT series below ``folder``; rejected series become error lines (redacted), localizers
     are logged as skipped (not errors)."""
-    from ctxray.data.dicom import SkippedSeries, check_series, redact, scan_dicom_folder
-
     items, errors = [], []
     series_list = scan_dicom_folder(folder)
     if not series_list:

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.data.cachedir import read_scan_ids
+from ctxray.data.dataset import CTCacheDataset
 from ctxray.evaluate.protocol import zero_shot_protocols
+from ctxray.evaluate.report import write_csv, write_json
+from ctxray.evaluate.run import resolve_device
+from ctxray.labels import CT_RATE_LABELS
+from ctxray.models.registry import create_volume_encoder
+from ctxray.train.checkpoint import load_model
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -278,12 +285,6 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
     """
     from pathlib import Path
 
-    from ctxray.data.dataset import CTCacheDataset
-    from ctxray.evaluate.report import write_csv, write_json
-    from ctxray.evaluate.run import read_scan_ids, resolve_device
-    from ctxray.labels import CT_RATE_LABELS
-    from ctxray.models.registry import create_volume_encoder
-    from ctxray.train.checkpoint import load_model
 
     dev = resolve_device(device)
     model, _, config = load_model(checkpoint, map_location=dev)

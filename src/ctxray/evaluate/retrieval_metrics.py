@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ctxray.evaluate.bootstrap import bootstrap_ci
 from ctxray.metrics import DEFAULT_KS, per_query_recall, retrieval_metrics
 
 
@@ -48,8 +49,6 @@ def retrieval_with_ci(volume_emb: torch.Tensor, text_emb: torch.Tensor, ks: tupl
     Shape:
         volume_emb, text_emb: (N, E)
     """
-    from ctxray.evaluate.bootstrap import bootstrap_ci
-
     out = bidirectional_retrieval(volume_emb, text_emb, ks)
     if n_boot <= 0:
         return out

@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ctxray.data.dicom import read_series, scan_dicom_folder, select_series
+from ctxray.data.readers import read_volume_raw
 from ctxray.data.volume import RawVolume
 from ctxray.utils.io import sha256_file
 
@@ -72,12 +74,8 @@ def open_scan(path: Path, series_uid: str | None = None) -> tuple[str, Callable[
         path: a NIfTI / ``.npz`` file, a DICOM file or a DICOM folder.
         series_uid: for a DICOM folder with several CT series: a SeriesInstanceUID or its ``dcm-`` id.
     """
-    from ctxray.data.readers import read_volume_raw
-
     path = Path(path)
     if path.is_dir() or (path.is_file() and _is_dicom_file(path)):
-        from ctxray.data.dicom import read_series, scan_dicom_folder, select_series
-
         series = scan_dicom_folder(path)
         if series:
             try:

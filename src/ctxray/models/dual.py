@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.config import from_dict
+from ctxray.models.registry import create_volume_encoder
 from ctxray.models.text import TextEncoder, TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,6 @@ class DualEncoder(nn.Module):
 
     def __init__(self, cfg: DualEncoderConfig) -> None:
         super().__init__()
-        from ctxray.models.registry import create_volume_encoder
-
         if cfg.embed_dim < 1:
             raise ValueError(f"DualEncoderConfig.embed_dim={cfg.embed_dim}: must be positive")
         self.cfg = cfg
@@ -186,7 +186,6 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
     """
     from safetensors.torch import load_file
 
-    from ctxray.config import from_dict
 
     root = Path(teacher_dir)
     cfg_path, weights = root / "config.json", root / "model.safetensors"

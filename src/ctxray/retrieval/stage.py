@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from ctxray.data.cachedir import manifest_path, read_manifest
 from ctxray.data.ctrate import read_ctrate
 from ctxray.data.ids import ct_id
 from ctxray.retrieval.quality import quality_table
@@ -98,18 +99,11 @@ def read_ct_reports(source: str | Path) -> CTReports:
         FileNotFoundError: neither a manifest nor a CT-RATE root. ValueError: a bad manifest line.
     """
     source = Path(source)
-    manifest = source if source.suffix == ".jsonl" else source / "manifest.jsonl"
     ids, reports, labels = [], [], []
-    if manifest.is_file():
-        for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ids.append(ct_id(str(row["id"])))
-                reports.append(str(row.get("report") or ""))
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ValueError(f"{manifest}:{line_no}: bad manifest line ({err})") from err
+    if manifest_path(source).is_file():
+        for row in read_manifest(source):
+            ids.append(ct_id(str(row["id"])))
+            reports.append(str(row.get("report") or ""))
             labels.append(row.get("labels"))
     else:
         for split in ("train", "valid"):

@@ -217,7 +217,7 @@ def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) ->
         backbone: the loaded ``transformers`` model (written as safetensors when the source holds pickles only).
         main: whether this process writes files (rank 0).
     """
-    from ctxray.inference.export import copy_text_backbone
+    from ctxray.models.hf_folder import copy_text_backbone
     from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
 
     text = config.model.text

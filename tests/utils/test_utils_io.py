@@ -30,3 +30,22 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
     assert len(sha256_file(target)) == 64
+
+
+def test_atomic_write_dir_swaps_whole_folders_and_cleans_up_on_failure(tmp_path):
+    from ctxray.utils.io import atomic_write_dir
+
+    dest = tmp_path / "model"
+    atomic_write_dir(dest, lambda tmp: (tmp / "a.txt").write_text("one"))
+    assert (dest / "a.txt").read_text() == "one"
+
+    def fail(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write_dir(dest, fail)
+    assert (dest / "a.txt").read_text() == "one"  # the old folder is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
+    atomic_write_dir(dest, lambda tmp: (tmp / "b.txt").write_text("two"))
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]  # replaced as a whole
