@@ -36,8 +36,10 @@ from ctxray.inference.report import check_decoder_spec
 from ctxray.labels import load_labels, packaged_labels_text
 from ctxray.models.hf_folder import copy_text_backbone, tower_licence
 from ctxray.train.checkpoint import (
+    CONFIG_FILE,
     MODEL_FILE,
     TEXT_BACKBONE_DIR,
+    TOKENIZER_DIR,
     load_model,
     model_root,
     resolve_checkpoint,
@@ -138,9 +140,9 @@ def _spec_path(config: Any, spec: str | Path | None) -> Path:
 def _copy_checkpoint(ckpt: Path, dest: Path) -> None:
     """Copy what a model needs from a checkpoint folder (never the optimiser state)."""
     dest.mkdir(parents=True)
-    for name in ("model.safetensors", "config.json"):
+    for name in (MODEL_FILE, CONFIG_FILE):
         shutil.copy2(ckpt / name, dest / name)
-    shutil.copytree(ckpt / "tokenizer", dest / "tokenizer")
+    shutil.copytree(ckpt / TOKENIZER_DIR, dest / TOKENIZER_DIR)
 
 
 def _point_config_at(config_file: Path, rel: str) -> None:
@@ -208,7 +210,7 @@ def export_model(run: str | Path, out: str | Path, decoder: str | Path | None = 
         _copy_checkpoint(ckpt, tmp / ENCODER_DIR)
         if backbone is not None:
             copy_text_backbone(backbone, tmp / TEXT_BACKBONE_DIR, model.text_encoder.backbone)
-            _point_config_at(tmp / ENCODER_DIR / "config.json", TEXT_BACKBONE_DIR)
+            _point_config_at(tmp / ENCODER_DIR / CONFIG_FILE, TEXT_BACKBONE_DIR)
         shutil.copy2(spec_file, tmp / SPEC_JSON)
         atomic_write_text(tmp / LABELS_JSON, labels_text)
         write_json(tmp / THRESHOLDS_JSON, {"rule": THRESHOLD_RULE, "source": threshold_note, "thresholds": thresholds})
