@@ -187,6 +187,9 @@ def test_export_with_decoder_generates_reports(tiny_run, tmp_path):
     text = model.generate_report(hu, spacing=(9.0, 8.0, 8.0))
     assert isinstance(text, str) and text.strip()
     assert model.generate_report(hu, spacing=(9.0, 8.0, 8.0)) == text  # deterministic
+    from ctxray.inference.report import report_writer
+
+    assert report_writer(out / "decoder")(model.preprocess(hu, (9.0, 8.0, 8.0))) == text  # what the API wraps
     # a generator trained on another preprocessing spec is refused, and nothing is written
     from ctxray.data.spec import get_preset
 
