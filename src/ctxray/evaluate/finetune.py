@@ -285,7 +285,6 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
     """
     from pathlib import Path
 
-
     dev = resolve_device(device)
     model, _, config = load_model(checkpoint, map_location=dev)
     encoders: dict[str, nn.Module] = {"pretrained": model.volume_encoder}

@@ -107,7 +107,6 @@ def plot_roc(path: Path, y: np.ndarray, scores: np.ndarray, names: Sequence[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     auc = auroc_per_label(y, scores)
     keep = [j for j in range(len(names)) if np.isfinite(auc[j])]
     if not keep:

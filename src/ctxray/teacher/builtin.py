@@ -133,7 +133,6 @@ def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None
     """Write a teacher folder: ``model.safetensors``, ``config.json``, ``tokenizer/``."""
     from safetensors.torch import save_file
 
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -75,7 +75,6 @@ def cached_embeddings(cache_dir: Path | None, teacher: Teacher, ids: Sequence[st
     """
     from safetensors.torch import load_file, save_file
 
-
     if cache_dir is None:
         return compute()
     key = cache_key(teacher.fingerprint(), ids, what)
