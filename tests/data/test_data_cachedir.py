@@ -33,3 +33,20 @@ def test_rows_by_split_spec_and_volume_path(tmp_path):
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"split": "train"}) + "\n")
     with pytest.raises(ValueError, match="manifest.jsonl:1: bad manifest line"):
         read_manifest(tmp_path)
+
+
+def test_one_read_serves_every_split(tmp_path):
+    from ctxray.data.cachedir import read_cache
+    from ctxray.data.dataset import CTCacheDataset
+
+    rows = [{"id": "a", "split": "train", "file": "volumes/a.npy", "report": "r", "labels": None},
+            {"id": "b", "split": "valid", "file": "volumes/b.npy", "report": "s", "labels": None}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    get_preset("tiny").save(tmp_path / "spec.json")
+    index = read_cache(tmp_path)
+    assert [r["id"] for r in index.split("valid")] == ["b"] and len(index.split(None)) == 2
+    assert index.input_shape == tuple(get_preset("tiny").shape_zyx)
+    for split in ("train", "valid"):
+        from_index, from_folder = CTCacheDataset(index, split), CTCacheDataset(tmp_path, split)
+        assert from_index.entries == from_folder.entries and from_index.spec == from_folder.spec
+        assert from_index.cache_dir == from_folder.cache_dir

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,31 @@ def scan_ids(rows: list[dict[str, Any]], where: str | Path = "manifest") -> dict
 def read_scan_ids(cache_dir: str | Path) -> dict[str, str]:
     """Volume id -> scan id of every volume of a cache (:func:`scan_ids` over :func:`read_manifest`)."""
     return scan_ids(read_manifest(cache_dir), manifest_path(cache_dir))
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    """A cache's spec and manifest rows, read once (a stage that needs several splits reads the folder once).
+
+    Args:
+        root: the cache folder. spec: its ``spec.json``. rows: every manifest row, in file order.
+    """
+
+    root: Path
+    spec: PreprocessSpec
+    rows: tuple[dict[str, Any], ...]
+
+    def split(self, name: str | None) -> list[dict[str, Any]]:
+        """The rows of one split (all rows for None), in file order."""
+        return [r for r in self.rows if name is None or r.get("split") == name]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (D, H, W) of every cached volume."""
+        return tuple(self.spec.shape_zyx)  # type: ignore[return-value]
+
+
+def read_cache(cache_dir: str | Path) -> CacheIndex:
+    """Read a cache folder's manifest and spec once (errors as :func:`read_manifest`, then the spec's)."""
+    rows = read_manifest(cache_dir)
+    return CacheIndex(Path(cache_dir), read_spec(cache_dir), tuple(rows))
