@@ -49,3 +49,14 @@ def test_atomic_write_dir_swaps_whole_folders_and_cleans_up_on_failure(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
     atomic_write_dir(dest, lambda tmp: (tmp / "b.txt").write_text("two"))
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]  # replaced as a whole
+
+
+def test_json_safe_replaces_non_finite_numbers_everywhere():
+    import json
+    import math
+
+    from ctxray.utils.io import json_safe
+
+    data = {"a": [1.0, math.nan, (2, -math.inf)], "b": {"c": math.inf, "d": "x"}, "e": 3}
+    assert json_safe(data) == {"a": [1.0, None, [2, None]], "b": {"c": None, "d": "x"}, "e": 3}
+    json.dumps(json_safe(data), allow_nan=False)

@@ -34,8 +34,8 @@ from ctxray.inference.card import limits_section
 from ctxray.inference.fov import chest_fov_check
 from ctxray.inference.html import ReportPage, write_report_html
 from ctxray.inference.report import report_source
-from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs
-from ctxray.utils.io import atomic_write, atomic_write_text, make_readable
+from ctxray.inference.scans import discover_scans, open_scan, scrub, scrubbed_logs
+from ctxray.utils.io import atomic_write, atomic_write_text, json_safe, make_readable
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -125,14 +124,3 @@ def scrubbed_logs(path: Path) -> Iterator[None]:
     finally:
         for h in handlers:
             h.removeFilter(filt)
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by None, so ``json.dumps(allow_nan=False)`` succeeds."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj

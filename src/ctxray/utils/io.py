@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -88,3 +90,14 @@ def make_readable(root: Path) -> None:
     for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
         if p.is_file():
             p.chmod(0o666 & ~mask)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (recursively), so strict JSON can hold it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
