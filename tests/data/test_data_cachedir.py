@@ -30,6 +30,8 @@ def test_rows_by_split_spec_and_volume_path(tmp_path):
     assert read_manifest(tmp_path) == read_manifest(manifest_path(tmp_path))  # the folder or the file itself
     assert read_spec(tmp_path) == get_preset("tiny")
     assert volume_path(tmp_path, rows[0]) == tmp_path / "volumes" / "a.npy"
+    assert volume_path(tmp_path, {"id": "c", "file": "elsewhere/c.npy"}) == tmp_path / "elsewhere" / "c.npy"
+    assert volume_path(tmp_path, {"id": "d"}) == tmp_path / "volumes" / "d.npy"  # a row without ``file``
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"split": "train"}) + "\n")
     with pytest.raises(ValueError, match="manifest.jsonl:1: bad manifest line"):
         read_manifest(tmp_path)

@@ -69,8 +69,9 @@ def spec_path(cache_dir: str | Path) -> Path:
 
 
 def volume_path(cache_dir: str | Path, row: dict[str, Any]) -> Path:
-    """The cached array of a manifest row (its ``file``, relative to the cache)."""
-    return Path(cache_dir) / row["file"]
+    """The cached array of a manifest row: its ``file`` (relative to the cache); a row without one (a hand-written
+    or older manifest) names ``volumes/{id}.npy``."""
+    return Path(cache_dir) / (row.get("file") or f"{VOLUMES_DIR}/{row['id']}.npy")
 
 
 def scan_ids(rows: list[dict[str, Any]], where: str | Path = "manifest") -> dict[str, str]:
