@@ -159,6 +159,10 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE with every pair of equal ``group`` (identical report) as a positive.
 
+    The same objective as ``ctxray.losses.RobustContrastiveLoss("multi_positive")`` with group equality as the
+    equivalence, summed in another order (mean of each direction, then their mean); kept so that the expert
+    trains to the same bits as before (switching moves every downstream figure in the last digits).
+
     Shape:
         image, text: (B, E) normalised; group: (B,) int -> scalar
     """
@@ -175,6 +179,8 @@ def _optimizer(model: XrayCLIP, cfg: TeacherTrainConfig, extra: nn.Module | None
 
 
 def _lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
+    """Linear warm-up over ``cfg.warmup`` of the steps, then a cosine to 0: ``ctxray.optim.lr_factor``'s shape
+    with ``min_ratio=0``, in the float order the expert has always trained with (kept for identical runs)."""
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
