@@ -1,7 +1,7 @@
 """``ctxray evaluate``: embed a cache split with a trained model, then zero-shot and retrieval metrics.
 
-Reads a checkpoint (``ctxray.train.checkpoint.load_model``) and a volume cache
-(``ctxray.data.dataset.CTCacheDataset`` + ``manifest.jsonl`` for scan ids); writes ``E/metrics.json``,
+Reads a checkpoint (``ctxray.train.checkpoint.load_model``) and a volume cache (read once with
+``ctxray.data.cachedir.read_cache``: the ``CTCacheDataset`` splits and the scan ids); writes ``E/metrics.json``,
 ``E/per_label.csv``, ``E/scores.csv`` (per-volume probabilities and labels) and ``E/roc_*.png``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctxray.data.cachedir import read_scan_ids
+from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
 from ctxray.data.dataset import CTCacheDataset
 from ctxray.evaluate.protocol import aggregate_by_scan, zero_shot_protocols
 from ctxray.evaluate.report import per_label_rows, plot_roc, score_rows, write_csv, write_json
@@ -64,7 +64,7 @@ def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: 
         model: ``encode_volume`` / ``encode_text`` (normalised).
         tokenizer: ``tokenizer(texts, max_length)``.
         dataset: items ``{"id", "volume" (1,D,H,W), "report", "labels" (18,)}``; a torch Dataset or a list.
-        scan_of: volume id -> scan id (``ctxray.data.cachedir.read_scan_ids``); None: each volume its own scan.
+        scan_of: volume id -> scan id (``ctxray.data.cachedir.scan_ids``); None: each volume its own scan.
         batch_size: volumes per forward pass.
         max_length: token budget for reports.
         workers: DataLoader worker processes (volume loading).
@@ -212,12 +212,13 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
     model, tokenizer, config = load_model(checkpoint, map_location=resolve_device(device))
     label_set = load_labels(str(labels) if labels else None)
     max_length = int(getattr(getattr(getattr(config, "model", None), "text", None), "max_length", 128))
-    scan_of = read_scan_ids(cache)
-    emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=split), scan_of, batch_size, max_length,
+    index = read_cache(cache)  # one read of the manifest and spec serves both splits and the scan ids
+    scan_of = scan_ids(list(index.rows), manifest_path(cache))
+    emb = embed_dataset(model, tokenizer, CTCacheDataset(index, split=split), scan_of, batch_size, max_length,
                         desc=f"embed {split or 'all'}", workers=workers)
     thr_emb = None
     if threshold_split and threshold_split != split:
-        thr_emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=threshold_split), scan_of,
+        thr_emb = embed_dataset(model, tokenizer, CTCacheDataset(index, split=threshold_split), scan_of,
                                 batch_size, max_length, desc=f"embed {threshold_split} (thresholds)", workers=workers)
     metrics, y, probs = evaluate_embeddings(model, tokenizer, emb, label_set, thr_emb, n_boot, seed, max_length)
     metrics["zero_shot"]["thresholds"]["split"] = threshold_split or split
