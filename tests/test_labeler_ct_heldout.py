@@ -15,6 +15,14 @@ Protocol and figures (macro F1 over the 18 labels, hedges negative / positive; s
   subsolid/hilar masses, coronary atherosclerosis, heart dimensions...), two cases were added, and
   batch B now reads 1.000 / 1.000 / 0.989; the labeler before this work reads 0.889 / 0.894 / 0.835
   on it. So the one untouched figure is 0.917: neither batch is held out any more.
+- batch C (110 cases, ``FINAL_CASES``) written after every fix and scored once, with no change to the
+  labeler or to its answer key afterwards: 0.946 / 0.963 / 0.936, every label >= 0.80 at u=0. Its 12
+  misses are left as they are (``python tests/test_labeler_ct_heldout.py`` lists them): "borderline"
+  and "possibly a nodule" after the finding are not read as hedges, "fluid in the pericardial recess"
+  and "loculated fluid in the pleural space" are not effusions, "the lungs / pleural spaces are clear"
+  negates nothing, "coronary arterial calcifications" is also read as arterial, "surgical emphysema" is
+  read as emphysema, "subtle mosaicism" is not mosaic attenuation, "consolidative opacities" is also an
+  opacity (arguably right).
 """
 
 from __future__ import annotations
@@ -305,6 +313,163 @@ HELDOUT_CASES: list[Case] = [
 ]
 
 
+# Batch C: written after every fix above (by a different author, in one sitting, without reading
+# ctxray.synth.reports or the rules file) and scored exactly once; never used to change the labeler.
+FINAL_CASES: list[Case] = [
+    # Medical material
+    ("A dual-chamber pacemaker is present with leads in the right heart.", {"Medical material": P}, {}),
+    ("Port-a-cath in the left chest wall with the catheter tip in the superior vena cava.",
+     {"Medical material": P}, {"Medical material": "left"}),
+    ("Prosthetic aortic valve.", {"Medical material": P}, {}),
+    ("The endotracheal tube terminates 3 cm above the carina.", {"Medical material": P}, {}),
+    ("There are no support devices.", {"Medical material": N}, {}),
+    ("Sternotomy wires are noted.", {"Medical material": P}, {}),
+    # Arterial wall calcification
+    ("Extensive calcific atherosclerosis of the thoracic aorta.", {"Arterial wall calcification": P}, {}),
+    ("Minimal aortic arch calcification.", {"Arterial wall calcification": P}, {}),
+    ("The aorta is of normal caliber without atherosclerotic calcification.",
+     {"Arterial wall calcification": N}, {}),
+    ("Calcified plaque at the origin of the left subclavian artery.", {"Arterial wall calcification": P}, {}),
+    ("Atheromatous calcifications involving the aortic knob and descending aorta.",
+     {"Arterial wall calcification": P}, {}),
+    ("Vascular calcifications are absent.", {"Arterial wall calcification": N}, {}),
+    # Cardiomegaly
+    ("Marked cardiomegaly.", {"Cardiomegaly": P}, {}),
+    ("The heart is enlarged with biventricular dilatation.", {"Cardiomegaly": P}, {}),
+    ("Normal cardiac size.", {"Cardiomegaly": N}, {}),
+    ("Borderline cardiomegaly.", {"Cardiomegaly": U}, {}),
+    ("Heart size within normal limits; no pericardial effusion.", {"Cardiomegaly": N, "Pericardial effusion": N},
+     {}),
+    ("The left atrium and left ventricle are dilated, with an enlarged cardiac silhouette.",
+     {"Cardiomegaly": P}, {}),
+    # Pericardial effusion
+    ("Trace pericardial fluid.", {"Pericardial effusion": P}, {}),
+    ("Large circumferential pericardial effusion.", {"Pericardial effusion": P}, {}),
+    ("The pericardium is unremarkable without effusion.", {"Pericardial effusion": N}, {}),
+    ("A small amount of pericardial effusion may be present.", {"Pericardial effusion": U}, {}),
+    ("Fluid is noted in the superior pericardial recess.", {"Pericardial effusion": P}, {}),
+    ("No pericardial fluid.", {"Pericardial effusion": N}, {}),
+    # Coronary artery wall calcification
+    ("Three-vessel coronary artery calcification.", {"Coronary artery wall calcification": P}, {}),
+    ("Mild calcification of the left main coronary artery.", {"Coronary artery wall calcification": P}, {}),
+    ("Coronary calcium is not identified.", {"Coronary artery wall calcification": N}, {}),
+    ("Scattered coronary arterial calcifications.", {"Coronary artery wall calcification": P}, {}),
+    ("Calcified plaque in the circumflex artery.", {"Coronary artery wall calcification": P}, {}),
+    ("No coronary arterial calcified plaque is seen.", {"Coronary artery wall calcification": N}, {}),
+    # Hiatal hernia
+    ("Moderate hiatal hernia.", {"Hiatal hernia": P}, {}),
+    ("A small hiatus hernia is present.", {"Hiatal hernia": P}, {}),
+    ("There is no hiatal hernia.", {"Hiatal hernia": N}, {}),
+    ("Large paraoesophageal hernia with an intrathoracic stomach.", {"Hiatal hernia": P}, {}),
+    ("Patulous esophagus, possibly with a small hiatal hernia.", {"Hiatal hernia": U}, {}),
+    ("Inguinal hernia on the right.", {}, {}),
+    # Lymphadenopathy
+    ("Bulky mediastinal lymphadenopathy.", {"Lymphadenopathy": P}, {}),
+    ("Enlarged left hilar lymph node, 14 mm.", {"Lymphadenopathy": P}, {"Lymphadenopathy": "left"}),
+    ("No thoracic adenopathy.", {"Lymphadenopathy": N}, {}),
+    ("Prominent but not pathologically enlarged paratracheal nodes.", {"Lymphadenopathy": N}, {}),
+    ("Right paratracheal lymph node enlargement, possibly reactive.", {"Lymphadenopathy": P},
+     {"Lymphadenopathy": "right"}),
+    ("Axillary and mediastinal lymph nodes are not enlarged.", {"Lymphadenopathy": N}, {}),
+    # Emphysema
+    ("Moderate centrilobular emphysema, upper lobe predominant.", {"Emphysema": P}, {}),
+    ("Panlobular emphysema in both lower lobes.", {"Emphysema": P}, {"Emphysema": "bilateral"}),
+    ("The lungs show no emphysematous change.", {"Emphysema": N}, {}),
+    ("A large bulla in the left upper lobe.", {"Emphysema": P}, {"Emphysema": "left"}),
+    ("Mild emphysema cannot be excluded.", {"Emphysema": U}, {}),
+    ("Surgical emphysema tracks along the right chest wall.", {}, {}),
+    # Atelectasis
+    ("Dependent atelectasis in both lung bases.", {"Atelectasis": P}, {"Atelectasis": "bilateral"}),
+    ("Linear atelectasis in the lingula.", {"Atelectasis": P}, {}),
+    ("Complete collapse of the right lower lobe.", {"Atelectasis": P}, {"Atelectasis": "right"}),
+    ("No evidence of atelectasis.", {"Atelectasis": N}, {}),
+    ("Plate-like atelectasis at the left base.", {"Atelectasis": P}, {"Atelectasis": "left"}),
+    ("Compressive atelectasis adjacent to the pleural effusion.", {"Atelectasis": P, "Pleural effusion": P}, {}),
+    # Lung nodule
+    ("A 7 mm solid nodule in the right upper lobe.", {"Lung nodule": P}, {"Lung nodule": "right"}),
+    ("Several small pulmonary nodules in both lungs, the largest 5 mm.", {"Lung nodule": P},
+     {"Lung nodule": "bilateral"}),
+    ("No suspicious pulmonary nodules or masses.", {"Lung nodule": N}, {}),
+    ("Spiculated mass in the left upper lobe measuring 3.2 cm.", {"Lung nodule": P}, {"Lung nodule": "left"}),
+    ("A tiny perifissural nodule along the right minor fissure.", {"Lung nodule": P}, {"Lung nodule": "right"}),
+    ("Small right lower lobe nodular density, possibly a nodule.", {"Lung nodule": U}, {}),
+    ("A thyroid nodule is incidentally noted.", {}, {}),
+    # Lung opacity
+    ("Patchy ground-glass opacities in both lungs.", {"Lung opacity": P}, {"Lung opacity": "bilateral"}),
+    ("Hazy increased attenuation in the left lower lobe.", {"Lung opacity": P}, {"Lung opacity": "left"}),
+    ("No focal airspace opacity.", {"Lung opacity": N}, {}),
+    ("Faint ground glass in the right middle lobe, possibly infectious.", {"Lung opacity": P},
+     {"Lung opacity": "right"}),
+    ("Peripheral ground-glass densities in the lower lobes.", {"Lung opacity": P}, {}),
+    ("The lungs are clear.", {"Lung opacity": N}, {}),
+    # Pulmonary fibrotic sequela
+    ("Fibrotic scarring in the right upper lobe.", {"Pulmonary fibrotic sequela": P},
+     {"Pulmonary fibrotic sequela": "right"}),
+    ("Parenchymal bands consistent with old scarring in the left lower lobe.",
+     {"Pulmonary fibrotic sequela": P}, {}),
+    ("Apical fibrotic changes bilaterally.", {"Pulmonary fibrotic sequela": P},
+     {"Pulmonary fibrotic sequela": "bilateral"}),
+    ("No fibrotic changes in the lungs.", {"Pulmonary fibrotic sequela": N}, {}),
+    ("Linear fibrotic strands in the lingula.", {"Pulmonary fibrotic sequela": P}, {}),
+    ("Post-inflammatory fibrosis is possible at the right apex.", {"Pulmonary fibrotic sequela": U}, {}),
+    # Pleural effusion
+    ("Small bilateral pleural effusions.", {"Pleural effusion": P}, {"Pleural effusion": "bilateral"}),
+    ("Moderate right-sided pleural effusion.", {"Pleural effusion": P}, {"Pleural effusion": "right"}),
+    ("No pleural fluid.", {"Pleural effusion": N}, {}),
+    ("A trace left effusion.", {"Pleural effusion": P}, {"Pleural effusion": "left"}),
+    ("Loculated fluid collection in the left pleural space.", {"Pleural effusion": P},
+     {"Pleural effusion": "left"}),
+    ("The pleural spaces are clear.", {"Pleural effusion": N}, {}),
+    # Mosaic attenuation pattern
+    ("Mosaic perfusion in both lungs.", {"Mosaic attenuation pattern": P}, {}),
+    ("Heterogeneous lung attenuation in a mosaic pattern, suggesting small airways disease.",
+     {"Mosaic attenuation pattern": P}, {}),
+    ("No mosaic attenuation.", {"Mosaic attenuation pattern": N}, {}),
+    ("Mosaic attenuation in the lower lobes, likely air trapping.", {"Mosaic attenuation pattern": P}, {}),
+    ("Subtle mosaicism in the right lung may reflect air trapping.", {"Mosaic attenuation pattern": U}, {}),
+    ("Geographic areas of differing lung attenuation (mosaic pattern) are seen.",
+     {"Mosaic attenuation pattern": P}, {}),
+    # Peribronchial thickening
+    ("Mild bronchial wall thickening in the lower lobes.", {"Peribronchial thickening": P}, {}),
+    ("Peribronchial cuffing in the right lower lobe.", {"Peribronchial thickening": P},
+     {"Peribronchial thickening": "right"}),
+    ("No bronchial wall thickening.", {"Peribronchial thickening": N}, {}),
+    ("Diffuse peribronchovascular thickening.", {"Peribronchial thickening": P}, {}),
+    ("Thickened bronchial walls, compatible with bronchitis.", {"Peribronchial thickening": P}, {}),
+    # Consolidation
+    ("Dense consolidation with air bronchograms in the right lower lobe.", {"Consolidation": P},
+     {"Consolidation": "right"}),
+    ("Left lower lobe consolidation, likely pneumonia.", {"Consolidation": P}, {"Consolidation": "left"}),
+    ("No consolidation.", {"Consolidation": N}, {}),
+    ("Airspace consolidation in the lingula.", {"Consolidation": P}, {}),
+    ("Patchy consolidative opacities bilaterally.", {"Consolidation": P}, {"Consolidation": "bilateral"}),
+    ("Early consolidation is not excluded in the right middle lobe.", {"Consolidation": U}, {}),
+    # Bronchiectasis
+    ("Cylindrical bronchiectasis in the right middle lobe.", {"Bronchiectasis": P}, {"Bronchiectasis": "right"}),
+    ("Traction bronchiectasis in the lower lobes.", {"Bronchiectasis": P}, {}),
+    ("No bronchiectasis.", {"Bronchiectasis": N}, {}),
+    ("The bronchi are dilated in the left lower lobe.", {"Bronchiectasis": P}, {"Bronchiectasis": "left"}),
+    ("Varicose bronchiectasis of both lower lobes.", {"Bronchiectasis": P}, {"Bronchiectasis": "bilateral"}),
+    ("Mild bronchial dilatation, possibly early bronchiectasis.", {"Bronchiectasis": U}, {}),
+    # Interlobular septal thickening
+    ("Interlobular septal thickening at both bases.", {"Interlobular septal thickening": P},
+     {"Interlobular septal thickening": "bilateral"}),
+    ("Thickened interlobular septa in the right lower lobe.", {"Interlobular septal thickening": P},
+     {"Interlobular septal thickening": "right"}),
+    ("No septal thickening is seen.", {"Interlobular septal thickening": N}, {}),
+    ("Crazy paving pattern in the left lower lobe.", {"Interlobular septal thickening": P, "Lung opacity": P},
+     {}),
+    ("Septal lines are present peripherally.", {"Interlobular septal thickening": P}, {}),
+    ("Reticular thickening of the interlobular septa suggests interstitial edema.",
+     {"Interlobular septal thickening": P}, {}),
+    # mixed reports
+    ("No pleural effusion, pneumothorax or consolidation. Heart size normal.",
+     {"Pleural effusion": N, "Consolidation": N, "Cardiomegaly": N}, {}),
+    ("Emphysema and a new 9 mm nodule in the left lower lobe. No lymphadenopathy.",
+     {"Emphysema": P, "Lung nodule": P, "Lymphadenopathy": N}, {"Lung nodule": "left"}),
+]
+
+
 def _f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
 
@@ -347,7 +512,7 @@ def _macro(table: dict[str, dict[str, float]], key: str) -> float:
     return sum(r[key] for r in table.values()) / len(table)
 
 
-@pytest.mark.parametrize("cases", [DEV_CASES, HELDOUT_CASES], ids=["dev", "heldout"])
+@pytest.mark.parametrize("cases", [DEV_CASES, HELDOUT_CASES, FINAL_CASES], ids=["dev", "heldout", "final"])
 def test_every_label_has_five_or_more_phrasings(cases):
     n = {name: sum(name in exp for _, exp, _ in cases) for name in label_names("ct")}
     assert min(n.values()) >= 5, n
@@ -364,6 +529,14 @@ def test_ct_labeler_on_heldout_phrasings():
     # floors a little under the figures measured once (see the module docstring): a regression guard
     assert _macro(table, "f1_u0") >= 0.85, failures
     assert _macro(table, "status_acc") >= 0.8, failures
+
+
+def test_ct_labeler_on_final_heldout_phrasings():
+    table, failures = score_cases(FINAL_CASES)
+    # scored once at 0.946 (u=0), every label >= 0.80: floors a little under, a regression guard
+    assert _macro(table, "f1_u0") >= 0.92, failures
+    assert min(r["f1_u0"] for r in table.values()) >= 0.8, failures
+    assert len(failures) <= 12, "\n".join(failures)
 
 
 @pytest.mark.parametrize("text", ["Umbilical hernia containing fat.", "Thyroid nodule in the left lobe.",
@@ -386,3 +559,4 @@ def _print_table(title: str, cases: list[Case]) -> None:
 if __name__ == "__main__":
     _print_table("Batch A (development)", DEV_CASES)
     _print_table("Batch B (held out)", HELDOUT_CASES)
+    _print_table("Batch C (final held-out set, scored once)", FINAL_CASES)

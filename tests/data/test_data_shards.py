@@ -12,7 +12,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctxray.data.dataset import CTCacheDataset
-from ctxray.data.shards import INDEX, ShardDataset, ShardProgress, epoch_slices, slot_order, verify_shards, write_shards
+from ctxray.data.shards import (
+    INDEX,
+    META,
+    ShardDataset,
+    ShardProgress,
+    epoch_slices,
+    read_rows,
+    slot_order,
+    verify_shards,
+    write_shards,
+)
 from ctxray.data.spec import get_preset
 
 N = 23  # not a multiple of ranks x workers x batch, so slices differ in size and straddle shards
@@ -119,7 +129,7 @@ def test_resume_mid_epoch_yields_exactly_the_rest(shards):
     ds.set_epoch(2)
     progress, first = ShardProgress(ds), []
     for k, batch in enumerate(DataLoader(ds, batch_size=2, num_workers=2)):
-        if k == 2:  # pre-empted after two batches (prefetched batches were never consumed)
+        if k == 3:  # pre-empted after three batches (prefetched batches were never consumed); worker 1's is next
             break
         progress.update(batch)
         first += batch["id"]
@@ -133,9 +143,26 @@ def test_resume_mid_epoch_yields_exactly_the_rest(shards):
         for slot, pos in zip(batch["slot"].tolist(), batch["position"].tolist()):
             assert pos >= state["consumed"].get(str(slot), 0)
     assert len(first) + len(rest) == len(expected) and sorted(first + rest) == sorted(expected)
+    assert first + rest == expected  # and in the same order: the resumed loader starts at the saved next worker
     assert len(again) == len(rest)
     with pytest.raises(ValueError, match="cannot continue on 2 x 1 mid-epoch"):
         ShardDataset(root, rank=1, world_size=2, workers=1).load_state_dict(state)
+
+
+def test_rows_come_from_meta_jsonl_or_else_from_the_members(shards, tmp_path):
+    import shutil
+
+    cache, root = shards
+    ref = CTCacheDataset(cache)
+    rows = read_rows(root)
+    assert [r["id"] for r in rows] == ref.ids and [r["report"] for r in rows] == [e["report"] for e in ref.entries]
+    old = tmp_path / "old"  # a set written before meta.jsonl existed
+    shutil.copytree(root, old)
+    (old / META).unlink()
+    index = json.loads((old / INDEX).read_text())
+    del index["meta"]
+    (old / INDEX).write_text(json.dumps(index))
+    assert read_rows(old) == rows
 
 
 def test_slices_and_buffer_are_permutations():

@@ -95,3 +95,20 @@ def test_contradiction_and_laterality_checks_can_fail() -> None:
 def test_sentence_split_keeps_case_and_abbreviations() -> None:
     assert sentences_of("Heart is normal. Calcified plaques (LAD and RCA). No effusion.") == [
         "Heart is normal.", "Calcified plaques (LAD and RCA).", "No effusion."]
+
+
+def test_impression_lists_findings_in_the_training_reports_usual_order() -> None:
+    nodule = "Pulmonary nodule in the left upper lobe; follow-up is recommended."
+    train = [NORMAL,  # two reports list cardiomegaly first, one lists it last
+             ("Cardiomegaly is present. A 9 mm solid nodule is seen in the left upper lobe.",
+              f"Cardiomegaly. {nodule}"),
+             ("Cardiomegaly is present. A 7 mm solid nodule is seen in the left upper lobe.",
+              f"Cardiomegaly. {nodule}"),
+             ("Cardiomegaly is present. A 5 mm solid nodule is seen in the left lower lobe. Atelectatic changes are "
+              "seen in the left lower lobe.", "Pulmonary nodule in the left lower lobe; follow-up is recommended. "
+              "Atelectasis in the left lower lobe. Cardiomegaly.")]
+    bank = SentenceBank([f for f, _ in train], [i for _, i in train], NORMAL)
+    plan = Plan(("Cardiomegaly", "Lung nodule"), {"Lung nodule": "left"})
+    for neighbours in ([], [3], [1]):  # the last report lists the nodule first: its order must not leak
+        _, impression = bank.realise(plan, neighbours=neighbours)
+        assert impression.startswith("Cardiomegaly.") and "nodule" in impression, (neighbours, impression)

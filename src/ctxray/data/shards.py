@@ -43,11 +43,13 @@ from ctxray.data.dataset import Augment, CTCacheDataset
 from ctxray.data.spec import PreprocessSpec
 from ctxray.utils.io import atomic_write_text, sha256_file
 
-__all__ = ["INDEX", "ShardDataset", "ShardProgress", "epoch_slices", "slot_order", "verify_shards", "write_shards"]
+__all__ = ["INDEX", "META", "ShardDataset", "ShardProgress", "epoch_slices", "read_rows", "slot_order",
+           "verify_shards", "write_shards"]
 
 log = logging.getLogger(__name__)
 
 INDEX = "shards.json"
+META = "meta.jsonl"  # one row per volume in index order: key, id, report, labels, split (no volume bytes)
 FORMAT = "ctxray-shards"
 VERSION = 1
 Compression = Literal["none", "gzip"]
@@ -86,7 +88,7 @@ def write_shards(cache_dir: str | Path, out_dir: str | Path, split: str | None =
         raise FileExistsError(f"{out / INDEX}: shards already written here; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
-    tar, members = None, []
+    tar, members, rows = None, [], []
 
     def close() -> None:
         if tar is None:
@@ -109,10 +111,12 @@ def write_shards(cache_dir: str | Path, out_dir: str | Path, split: str | None =
         vol = _add(tar, name, array)
         met = _add(tar, f"{key}.json", json.dumps(meta).encode())
         members.append({"key": key, "id": entry["id"], "volume": [name, *vol], "meta": list(met)})
+        rows.append(json.dumps({"key": key, **meta}))
     close()
     index = {"format": FORMAT, "version": VERSION, "split": split, "count": len(cache.entries),
-             "compress": compress, "spec": cache.spec.to_dict(), "shards": shards}
+             "compress": compress, "spec": cache.spec.to_dict(), "meta": META, "shards": shards}
     cache.spec.save(out / "spec.json")
+    atomic_write_text(out / META, "".join(r + "\n" for r in rows))
     atomic_write_text(out / INDEX, json.dumps(index, indent=1))
     log.info("%s: %d volumes in %d shards (%.1f MB)", out, len(cache.entries), len(shards),
              sum(s["bytes"] for s in shards) / 1e6)
@@ -125,6 +129,37 @@ def read_index(root: str) -> dict[str, Any]:
     if index.get("format") != FORMAT or index.get("version") != VERSION:
         raise ValueError(f"{root}/{INDEX}: not a {FORMAT} v{VERSION} index")
     return index
+
+
+def read_rows(root: str | Path, index: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every volume's id, report, labels and split, in index order, without reading volume bytes.
+
+    Read from ``meta.jsonl`` (written since it was added); for older shard sets, from each member's ``KEY.json``
+    (a seek per volume, which on object storage also pulls read-ahead blocks: re-write such sets).
+
+    Args:
+        root: the shard folder (local path or fsspec URL).
+        index: its ``shards.json`` when already read.
+
+    Returns:
+        One dict per volume (``key``, ``id``, ``report``, ``labels``, ``split``).
+    """
+    root = str(root).rstrip("/")
+    index = index if index is not None else read_index(root)
+    if index.get("meta"):
+        with _open(f"{root}/{index['meta']}") as f:
+            rows = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+        if len(rows) != index["count"]:
+            raise ValueError(f"{root}/{index['meta']}: {len(rows)} rows, {INDEX} lists {index['count']} volumes")
+        return rows
+    log.warning("%s: no %s (written by an older ctxray shard); reading every member's JSON", root, META)
+    rows = []
+    for s in index["shards"]:
+        with _open(f"{root}/{s['name']}") as f:
+            for m in s["members"]:
+                f.seek(m["meta"][0])
+                rows.append({"key": m["key"], **json.loads(f.read(m["meta"][1]))})
+    return rows
 
 
 def verify_shards(root: str | Path, checksum: bool = True) -> list[str]:
@@ -229,6 +264,7 @@ class ShardDataset(IterableDataset):
         self.world_size = dist_world if world_size is None else int(world_size)
         self.workers, self.verify = workers, verify
         self.skip: dict[int, int] = {}
+        self.rotate = 0  # DataLoader worker w reads this rank's slot (w + rotate) % workers (see load_state_dict)
         self.members = [(k, m) for k, s in enumerate(self.index["shards"]) for m in s["members"]]
         self.counts = [len(s["members"]) for s in self.index["shards"]]
         self._checked: set[int] = set()
@@ -236,16 +272,21 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (forgets a resume point of another epoch)."""
         if int(epoch) != self.epoch:
-            self.skip = {}
+            self.skip, self.rotate = {}, 0
         self.epoch = int(epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume mid-epoch from :meth:`ShardProgress.state_dict` (same ranks and workers per rank)."""
+        """Resume mid-epoch from :meth:`ShardProgress.state_dict` (same ranks and workers per rank).
+
+        A DataLoader hands out its workers' batches in turn starting at worker 0; the state names the slot whose
+        batch came next, and worker 0 reads that slot (``rotate``), so the resumed batches come in the same order.
+        """
         if (state["world_size"], state["workers"]) != (self.world_size, self.workers):
             raise ValueError(f"resume state from {state['world_size']} ranks x {state['workers']} workers cannot "
                              f"continue on {self.world_size} x {self.workers} mid-epoch; start the next epoch instead")
         self.epoch = int(state["epoch"])
         self.skip = {int(k): int(v) for k, v in state["consumed"].items()}
+        self.rotate = int(state.get("next", {}).get(str(self.rank), 0))
 
     def __len__(self) -> int:
         """Items this rank yields this epoch (all its workers together; needs ``workers``)."""
@@ -265,7 +306,7 @@ class ShardDataset(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.workers is not None and max(1, self.workers) != workers:
             raise ValueError(f"ShardDataset(workers={self.workers}) runs in a DataLoader with {workers} workers")
-        slot = self.rank * workers + worker
+        slot = self.rank * workers + (worker + self.rotate) % workers
         order = self.order(slot, workers)
         files: dict[int, Any] = {}
         try:
@@ -327,12 +368,20 @@ class ShardProgress:
     def __init__(self, dataset: ShardDataset) -> None:
         self.dataset = dataset
         self.consumed: dict[int, int] = dict(dataset.skip)
+        self.next: dict[int, int] = {dataset.rank: dataset.rotate} if dataset.skip else {}
 
     def update(self, batch: dict[str, Any]) -> None:
         """Count a batch (collated ``slot`` values) as consumed."""
-        for slot in torch.as_tensor(batch["slot"]).reshape(-1).tolist():
+        slots = torch.as_tensor(batch["slot"]).reshape(-1).tolist()
+        for slot in slots:
             self.consumed[int(slot)] = self.consumed.get(int(slot), 0) + 1
+        if slots:  # the DataLoader's next batch comes from the next worker in turn
+            w = max(1, self.dataset.workers or 1)
+            rank, local = divmod(int(slots[-1]), w)
+            self.next[rank] = (local + 1) % w
 
     def state_dict(self) -> dict[str, Any]:
+        """JSON-ready: epoch, ranks, workers, items consumed per slot, and per rank the slot read next."""
         return {"epoch": self.dataset.epoch, "world_size": self.dataset.world_size, "workers": self.dataset.workers,
-                "consumed": {str(k): v for k, v in sorted(self.consumed.items())}}
+                "consumed": {str(k): v for k, v in sorted(self.consumed.items())},
+                "next": {str(k): v for k, v in sorted(self.next.items())}}

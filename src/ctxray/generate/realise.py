@@ -10,6 +10,9 @@ written by editing the *skeleton*, the training set's most common report (the no
 3. The Impression lists training impression sentences for the planned findings (the skeleton's
    impression when the plan is empty).
 
+Inserted sentences (and sentences sharing a replaced skeleton sentence's slot) are ordered by their
+labels' usual place in the training reports, so every report lists findings in the same order.
+
 A candidate sentence may only state planned findings and may negate none of them, so a report never
 states a finding and its negation. Candidates come first from the reports of the nearest training
 volumes (in the encoder's embedding), then from the whole bank by frequency, so the wording (sizes,
@@ -119,6 +122,23 @@ class SentenceBank:
             for s in rep:
                 seen.setdefault((s.section, s.text), s)
         self.pool = sorted(seen.values(), key=lambda s: (-self.frequency[s.text], s.text))
+        # each label's usual place in a section: the mean relative position of the training sentences stating it
+        places: dict[tuple[str, str], list[float]] = {}
+        for rep in self.reports:
+            for s in rep:
+                for lab in s.pos:
+                    places.setdefault((s.section, lab), []).append(s.position)
+        self.place = {k: sum(v) / len(v) for k, v in places.items()}
+
+    def _place(self, s: Sentence) -> float:
+        """Where a sentence goes in its section: the mean usual place of the labels it states.
+
+        Sentences are ordered by their labels' usual places in the training reports, not by their place in
+        the report they came from (which depends on how many findings that report had), so reports list
+        findings in one consistent order, as the references do.
+        """
+        known = [self.place[(s.section, lab)] for lab in s.pos if (s.section, lab) in self.place]
+        return sum(known) / len(known) if known else s.position
 
     def _candidates(self, section: str, neighbours: Sequence[int]) -> list[tuple[int, Sentence]]:
         """(rank, sentence): the neighbours' sentences by neighbour rank, then the pool by frequency."""
@@ -195,16 +215,16 @@ class SentenceBank:
             if s.pos and not hit:  # a finding the plan does not have
                 continue
             slot = {lab: want[lab] for lab in hit if want.get(lab)}
-            for c in self._cover(slot, plan, s.neg - planned, cands):
+            for c in sorted(self._cover(slot, plan, s.neg - planned, cands), key=self._place):
                 body.append((pos, c.text))
         left = {lab: sides for lab, sides in want.items() if sides}
         for c in self._cover(left, plan, frozenset(), cands):  # findings the skeleton never negates
-            body.append((c.position, c.text))
+            body.append((self._place(c), c.text))
         body.sort(key=lambda t: t[0])  # stable: skeleton order, inserted sentences by their usual place
         findings = " ".join(t for _, t in body)
         if not planned:
             return findings, self.skeleton_impression
         imp_want = {lab: set(plan.side_set(lab)) for lab in plan.labels}
         chosen = self._cover(imp_want, plan, frozenset(), self._candidates("impression", neighbours))
-        chosen.sort(key=lambda c: c.position)
+        chosen.sort(key=self._place)
         return findings, " ".join(c.text for c in chosen)

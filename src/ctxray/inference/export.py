@@ -128,7 +128,8 @@ def _spec_path(config: Any, spec: str | Path | None) -> Path:
     if spec is not None:
         p = Path(spec)
     else:
-        cache = getattr(getattr(config, "data", None), "cache", "") or ""
+        data = getattr(config, "data", None)
+        cache = getattr(data, "cache", "") or getattr(data, "shards", "") or ""  # both hold spec.json
         if not cache:
             raise ValueError("the run's config names no cache (data.cache); pass --spec SPEC.json")
         p = spec_path(cache)

@@ -288,6 +288,7 @@ def paint_anatomy(canvas: Canvas, a: Anatomy) -> None:
         canvas.paint(shape)
     lung = (canvas.tissue == T.LUNG_R) | (canvas.tissue == T.LUNG_L)
     y = canvas.grid.axes()[1][None, :, None] - a.shift[1]
-    canvas.hu += np.where(lung, np.float32(-0.22) * y, np.float32(0.0))  # dependent lung is denser
+    grad = np.broadcast_to(np.float32(-0.22) * y, canvas.hu.shape)
+    np.add(canvas.hu, grad, out=canvas.hu, where=lung)  # dependent lung is denser
     for shape in second:
         canvas.paint(shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ctxray.synth.anatomy import Anatomy, body_shapes, mediastinum_shapes
+from ctxray.synth.anatomy import Anatomy, anatomy_shapes
 from ctxray.synth.canvas import Canvas, Grid, Shape, Tissue
 
 ATLAS_SPACING = 10.0
@@ -27,7 +27,7 @@ class Atlas:
         self.anatomy = anatomy
         grid = Grid.centred((40, 44, 44), (ATLAS_SPACING,) * 3, anatomy.shift)
         canvas = Canvas(grid)
-        for shape in body_shapes(anatomy) + mediastinum_shapes(anatomy):
+        for shape in anatomy_shapes(anatomy)[0]:  # body and mediastinum, built once per patient
             canvas.paint(shape)
         self.grid = grid
         self._canvas = canvas

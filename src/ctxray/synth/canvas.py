@@ -11,11 +11,13 @@ restricted to tissues ("inside the right lung only") and tests can measure tissu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import lru_cache
 
 import numpy as np
+
+from ctxray.synth import canvas_ops as ops
 
 
 class Tissue(IntEnum):
@@ -38,6 +40,7 @@ class Tissue(IntEnum):
 
 
 LUNGS = (Tissue.LUNG_R, Tissue.LUNG_L)
+SMALL_BOX = 32768  # ellipsoid boxes of fewer voxels are painted with one dense pass
 
 
 @dataclass(frozen=True)
@@ -137,13 +140,19 @@ def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: floa
         radii: one radius or ``(K,)`` radii at the vertices (interpolated along the line).
     """
     points = np.asarray(points, dtype=np.float64)
-    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
+    one_radius = np.ndim(radii) == 0
+    radii = np.asarray(radii, dtype=np.float64) if one_radius else \
+        np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
     seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
     step = max(step, 0.4 * float(radii.min()))  # thick tubes: overlapping balls, the wall stays smooth
     s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
-    centres = np.stack([np.interp(s, arc, points[:, i]) for i in range(3)], axis=1)
-    return Spheres(centres, np.interp(s, arc, radii), value, tissue, within)
+    centres = np.empty((len(s), 3))
+    for i in range(3):
+        centres[:, i] = np.interp(s, arc, points[:, i])
+    # np.interp of a constant returns the constant exactly
+    return Spheres(centres, np.full(len(s), float(radii)) if one_radius else np.interp(s, arc, radii), value,
+                   tissue, within)
 
 
 def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: float, step: float = 1.5,
@@ -159,7 +168,7 @@ def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: f
     seg = np.repeat(np.arange(len(p0)), n)
     t = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     t = t / np.repeat(n - 1, n)
-    centres = p0[seg] + (p1[seg] - p0[seg]) * t[:, None]
+    centres = p0[seg] + (p1 - p0)[seg] * t[:, None]  # (p1 - p0)[seg] == p1[seg] - p0[seg], one gather fewer
     return Spheres(centres, radii[seg].copy(), value, tissue, within)
 
 
@@ -176,6 +185,9 @@ class Canvas:
         self.tissue = np.zeros(grid.shape, dtype=np.uint8)
         self._axes = grid.axes()
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        self._origin, self._spacing = np.asarray(grid.origin, dtype=np.float64), np.asarray(grid.spacing)
+        self._strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1], dtype=np.int64)
+        self._offset_cache: dict[float, tuple[np.ndarray, ...]] = {}
 
     def paint(self, shape: Shape) -> None:
         """Paint one shape."""
@@ -187,8 +199,8 @@ class Canvas:
     def _box(self, centre: tuple[float, ...], half: tuple[float, ...]) -> tuple[slice, ...] | None:
         sl = []
         for c, h, o, s, n in zip(centre, half, self.grid.origin, self.grid.spacing, self.grid.shape):
-            lo = max(0, int(np.floor((c - h - o) / s)))
-            hi = min(n, int(np.ceil((c + h - o) / s)) + 1)
+            lo = max(0, math.floor((c - h - o) / s))
+            hi = min(n, math.ceil((c + h - o) / s) + 1)
             if hi <= lo:
                 return None
             sl.append(slice(lo, hi))
@@ -203,11 +215,66 @@ class Canvas:
         y = self._axes[1][box[1]][:, None] - np.float32(e.centre[1])  # (h, 1)
         x = self._axes[2][box[2]][None, :] - np.float32(e.centre[2])  # (1, w)
         p = e.power
-        c, sn = np.float32(np.cos(e.rot)), np.float32(np.sin(e.rot))
-        xr, yr = (x, y) if not e.rot else (c * x + sn * y, -sn * x + c * y)
+        if e.rot:
+            c, sn = np.float32(np.cos(e.rot)), np.float32(np.sin(e.rot))
+            xr, yr = c * x + sn * y, -sn * x + c * y
+        else:
+            xr, yr = x, y
         # sum of |coordinate / radius|^p: per-axis powers on 1-D / 2-D arrays, one 3-D addition
         s_xy = np.abs(yr / e.radii[1]) ** p + np.abs(xr / e.radii[2]) ** p  # (h, w)
-        s = (np.abs(z / e.radii[0]) ** p)[:, None, None] + s_xy[None]  # (d, h, w)
+        s_z = np.abs(z / e.radii[0]) ** p  # (d,)
+        small = len(z) * s_xy.size < SMALL_BOX  # the 3-D pass is cheap: skip the set-up of the row limits
+        rows = np.ones(len(z), dtype=bool) if e.plane is None or small else self._plane_rows(e, z, y, x)
+        if small or rows is None or s_z.dtype != np.float32 or s_xy.dtype != np.float32:
+            self._ellipsoid_dense(e, box, z, y, x, s_xy, s_z)
+            return
+        if e.edge > 0:
+            self._ellipsoid_soft(e, box, rows, s_xy, s_z)
+            return
+        rows &= s_z <= 1.0  # s >= s_z: no voxel of a row with s_z > 1 lies inside
+        if not rows.any():
+            return
+        limit = ops.row_limits(s_z)  # s_z + s_xy <= 1 exactly when s_xy <= limit (float32 sums)
+        foot = s_xy <= limit[rows].max()  # (h, w): columns any row can reach
+        if not foot.any():
+            return
+        (i0, i1), (j0, j1), (k0, k1) = ops.span(rows), ops.span(foot.any(axis=1)), ops.span(foot.any(axis=0))
+        w = s_xy[None, j0:j1, k0:k1] <= limit[i0:i1, None, None]  # (d', h', w')
+        if not rows[i0:i1].all():
+            w &= rows[i0:i1, None, None]
+        self._apply(ops.sub(box, (i0, i1), (j0, j1), (k0, k1)), w, e.value, e.tissue, e.within, e.add)
+
+    @staticmethod
+    def _plane_rows(e: Ellipsoid, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+        """Rows of the box on the painted side of a plane normal to z, or None for any other plane.
+
+        For a normal ``(nz, 0, 0)`` the 3-D left side ``nz z + (0 y + 0 x)`` equals ``nz z`` exactly.
+        """
+        (nz, ny, nx), off = e.plane
+        if ny != 0.0 or nx != 0.0:
+            return None
+        lhs = (nz * z)[:, None] + (ny * y + nx * x).reshape(-1)[:1]  # (d, 1): the 3-D sum's dtype, its values
+        return lhs[:, 0] <= off - (nz * e.centre[0] + ny * e.centre[1] + nx * e.centre[2])
+
+    def _ellipsoid_soft(self, e: Ellipsoid, box: tuple[slice, ...], rows: np.ndarray, s_xy: np.ndarray,
+                        s_z: np.ndarray) -> None:
+        """Soft-edged ellipsoid on the box rows that a z-normal plane keeps (all rows without a plane)."""
+        if not rows.any():
+            return
+        i0, i1 = ops.span(rows)
+        s = s_z[i0:i1, None, None] + s_xy[None]  # (d', h, w)
+        r = np.sqrt(s) if e.power == 2.0 else s ** (1.0 / e.power)
+        w = np.clip((1.0 - r) * (min(e.radii) / e.edge) + 0.5, 0.0, 1.0)
+        if not rows[i0:i1].all():
+            w = w * rows[i0:i1, None, None]
+        self._apply(ops.sub(box, (i0, i1), (0, s_xy.shape[0]), (0, s_xy.shape[1])), w, e.value, e.tissue,
+                    e.within, e.add)
+
+    def _ellipsoid_dense(self, e: Ellipsoid, box: tuple[slice, ...], z: np.ndarray, y: np.ndarray, x: np.ndarray,
+                         s_xy: np.ndarray, s_z: np.ndarray) -> None:
+        """The general case: every voxel of the box (a slanted plane, or sizes that make float64 sums)."""
+        p = e.power
+        s = s_z[:, None, None] + s_xy[None]  # (d, h, w)
         if e.edge > 0:
             r = np.sqrt(s) if p == 2.0 else s ** (1.0 / p)
             w = np.clip((1.0 - r) * (min(e.radii) / e.edge) + 0.5, 0.0, 1.0)
@@ -225,9 +292,11 @@ class Canvas:
         """Blend ``value`` into the box with weights ``w`` (bool: hard mask)."""
         hu, ts = self.hu[box], self.tissue[box]
         if within is not None:
-            allowed = np.zeros(256, dtype=bool)
-            allowed[list(within)] = True
-            w = w & allowed[ts] if w.dtype == bool else w * allowed[ts]
+            allowed = ops.tissue_in(ts, within)
+            if w.dtype == bool:
+                w &= allowed
+            else:
+                w = w * allowed
         if w.dtype == bool:
             if add:
                 np.add(hu, np.float32(value), out=hu, where=w)
@@ -246,71 +315,77 @@ class Canvas:
 
     def _spheres(self, sp: Spheres) -> None:
         """Stamp balls with partial-volume weights (a voxel half inside a ball gets half its value)."""
-        if len(sp.centres) == 0:
+        n = len(sp.centres)
+        if n == 0:
             return
-        spacing = np.asarray(self.grid.spacing)
-        vox = self.grid.to_voxel(sp.centres)
+        spacing = self._spacing
+        vox = (np.asarray(sp.centres, dtype=np.float64) - self._origin) / spacing  # Grid.to_voxel
+        cen = np.round(vox).astype(np.int64)  # (n, 3) nearest voxel of each ball
+        lin_c = cen @ self._strides  # (n,) linear index (meaningful inside the grid)
         flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
         size = float(spacing[1:].mean())
+        radii = sp.radii
         lins, weights = [], []
-        thin = sp.radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
-        if thin.any():
-            lin, ok = self._linear(np.round(vox[thin]).astype(np.int64))
-            lins.append(lin[ok])
-            weights.append(((2 * sp.radii[thin] / size) ** 1.5)[ok])
-        for q in np.unique(np.ceil(sp.radii[~thin] * 2)):  # other balls grouped by radius (0.5 mm bins)
-            mask = ~thin & (np.ceil(sp.radii * 2) == q)
-            v = vox[mask]
-            centres = np.round(v).astype(np.int64)
-            offsets = _ball_offsets(q / 2 + 0.5 * size, spacing)
-            dmm = ((centres - v) * spacing)[:, None, :] + (offsets * spacing)[None, :, :]  # (n, K, 3)
-            d = np.sqrt(np.einsum("nkc,nkc->nk", dmm, dmm))
-            r = sp.radii[mask][:, None]
-            w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)  # (n, K)
-            lin, ok = self._linear(centres[:, None, :] + offsets[None, :, :])
-            ok &= w > 0.02
-            lins.append(lin[ok])
-            weights.append(w[ok])
+        thin = radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
+        n_thin = int(np.count_nonzero(thin))
+        if n_thin:
+            ok = self._inside(cen[thin])
+            lins.append(lin_c[thin][ok])
+            weights.append(((2 * radii[thin] / size) ** 1.5)[ok])
+        if n_thin < n:
+            for q, sel in self._radius_groups(radii, thin, n_thin):  # other balls by radius (0.5 mm bins)
+                v, centres, r, lc = (vox, cen, radii, lin_c) if sel is None else (vox[sel], cen[sel], radii[sel],
+                                                                                 lin_c[sel])
+                offsets, off_mm, off_lin, span = self._offsets(q / 2 + 0.5 * size)
+                dmm = ((centres - v) * spacing)[:, None, :] + off_mm[None, :, :]  # (n, K, 3)
+                d = np.sqrt(np.einsum("nkc,nkc->nk", dmm, dmm))
+                r = r[:, None]
+                w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)  # (n, K)
+                ok = w > 0.02
+                if not self._inside(np.stack([centres.min(axis=0) + span[0], centres.max(axis=0) + span[1]])).all():
+                    edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
+                    ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
+                lins.append((lc[:, None] + off_lin[None, :])[ok])
+                weights.append(w[ok])
         if self._scratch is None:  # reused by every ball shape: zero again wherever it was written
             self._scratch = (np.zeros(flat_hu.size, dtype=np.float32), np.empty(flat_hu.size, dtype=np.int64))
-        lin, w = _max_per_voxel(np.concatenate(lins), np.concatenate(weights).astype(np.float32), *self._scratch)
+        lin, w = (lins[0], weights[0].astype(np.float32)) if len(lins) == 1 else \
+            (np.concatenate(lins), np.concatenate(weights).astype(np.float32))
+        lin, w = ops.max_per_voxel(lin, w, *self._scratch)
         if sp.within is not None:
-            allowed = np.zeros(256, dtype=bool)
-            allowed[list(sp.within)] = True
-            keep = allowed[flat_ts[lin]]
+            keep = ops.tissue_in(flat_ts[lin], sp.within)
             lin, w = lin[keep], w[keep]
         flat_hu[lin] += w * (np.float32(sp.value) - flat_hu[lin])
         if sp.tissue is not None:
             flat_ts[lin[w > 0.5]] = sp.tissue
 
+    @staticmethod
+    def _radius_groups(radii: np.ndarray, thin: np.ndarray, n_thin: int) -> list[tuple[float, np.ndarray | None]]:
+        """The radius bins ``ceil(2 r)`` of the balls that are not thin, each with its balls (None: all)."""
+        keys = np.ceil(radii * 2)
+        if not n_thin and keys.min() == keys.max():  # one bin (a tube of one radius)
+            return [(keys[0], None)]
+        keys[thin] = -1.0
+        order = np.argsort(keys, kind="stable")
+        qs = np.unique(keys[~thin])
+        bounds = np.searchsorted(keys[order], qs, side="left").tolist() + [len(order)]
+        return [(q, order[lo:hi]) for q, lo, hi in zip(qs, bounds[:-1], bounds[1:])]
 
-    def _linear(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Linear indices of integer voxel indices ``(..., 3)`` and whether each lies inside the grid."""
+    def _inside(self, idx: np.ndarray) -> np.ndarray:
+        """Whether integer voxel indices ``(..., 3)`` lie inside the grid."""
         d, h, w = self.grid.shape
         z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
-        ok = (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        return (z * h + y) * w + x, ok
+        return (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
 
-def _max_per_voxel(lin: np.ndarray, w: np.ndarray, buf: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each voxel of ``lin`` once, with the largest of its weights ``w``; zero weights dropped.
-
-    Works in scratch buffers of the grid's size touched only at ``lin``, so its cost follows the number of
-    entries, not the span of voxels they cover (a vessel tree spans the whole grid). ``buf`` must be all
-    zeros and is left so; ``last`` may hold anything.
-
-    Shape:
-        lin: (N,) int64 linear voxel indices; w: (N,) float32 -> (M,), (M,)
-    """
-    if not len(lin):
-        return lin, w
-    np.maximum.at(buf, lin, w)  # per voxel keep the largest weight
-    order = np.arange(len(lin))
-    last[lin] = order  # the last entry naming each voxel wins
-    lin = lin[last[lin] == order]
-    w = buf[lin]
-    buf[lin] = 0.0
-    keep = w > 0
-    return lin[keep], w[keep]
+    def _offsets(self, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel offsets ``(K, 3)`` of a ball (:func:`canvas_ops.ball_offsets`), in mm, as linear-index steps on
+        this grid, and their per-axis minimum and maximum ``(2, 3)`` (cached per canvas)."""
+        radius = float(radius)
+        if radius not in self._offset_cache:
+            offsets = ops.ball_offsets(radius, self._spacing)
+            self._offset_cache[radius] = (offsets, offsets * self._spacing, offsets @ self._strides,
+                                          np.stack([offsets.min(axis=0), offsets.max(axis=0)]))
+        return self._offset_cache[radius]
 
 
 def merge(spheres: list[Spheres]) -> Spheres:
@@ -324,17 +399,3 @@ def merge(spheres: list[Spheres]) -> Spheres:
         raise ValueError("merge() needs balls of one value, tissue and within")
     return Spheres(np.concatenate([s.centres for s in spheres]), np.concatenate([s.radii for s in spheres]),
                    first.value, first.tissue, first.within)
-
-
-def _ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
-    """Integer voxel offsets ``(K, 3)`` inside a ball of ``radius`` mm (at least the centre)."""
-    return _ball_offsets_cached(float(radius), tuple(float(s) for s in spacing))
-
-
-@lru_cache(maxsize=512)
-def _ball_offsets_cached(radius: float, spacing_t: tuple[float, float, float]) -> np.ndarray:
-    spacing = np.asarray(spacing_t)
-    ext = np.maximum(np.floor(radius / spacing), 0).astype(int)
-    g = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), axis=-1).reshape(-1, 3)
-    d = np.sqrt((((g * spacing) / max(radius, 1e-6)) ** 2).sum(axis=1))
-    return g[d <= 1.0]

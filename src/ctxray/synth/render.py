@@ -102,8 +102,13 @@ def project(hu: np.ndarray, spacing_y: float) -> np.ndarray:
     Shape:
         hu: ``(D, H, W)``; returns ``(D, W)`` in water-equivalent mm.
     """
-    mu = np.maximum(1.0 + hu / 1000.0, 0.0)
-    mu += np.maximum(hu - 150.0, 0.0) * (0.35 / 1000.0)
+    mu = hu / 1000.0  # in-place steps below: the same operations as max(1 + hu / 1000, 0), fewer temporaries
+    mu += 1.0
+    np.maximum(mu, 0.0, out=mu)
+    bone = hu - 150.0
+    np.maximum(bone, 0.0, out=bone)
+    bone *= 0.35 / 1000.0
+    mu += bone
     return mu.sum(axis=1) * spacing_y
 
 

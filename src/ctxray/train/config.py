@@ -96,7 +96,13 @@ class DataConfig:
     """Where the pairs come from.
 
     Args:
-        cache: a preprocess cache folder (``ctxray preprocess --out C``).
+        cache: a preprocess cache folder (``ctxray preprocess --out C``). With ``shards`` set it is optional and
+            serves validation only (when ``val_shards`` is unset).
+        shards: a shard set of the training split (``ctxray shard C --out S --split train``), a local folder or
+            an fsspec URL (``s3://...``); when set, training streams it (``ctxray.train.shard_data``) instead of
+            reading ``cache``: spec, reports and labels come from the shard set.
+        val_shards: a shard set of the validation split (``--split valid``); validation reads it when set.
+        shard_buffer: shuffle-buffer size per DataLoader worker when reading ``shards``.
         retrieval: a retrieval folder (``ctxray retrieve --out R``); needed by the KD terms and by
             ``false_negatives="text"``.
         train_split, val_split: manifest split names; an empty ``val_split`` skips validation.
@@ -114,6 +120,9 @@ class DataConfig:
     """
 
     cache: str = ""
+    shards: str | None = None
+    val_shards: str | None = None
+    shard_buffer: int = 64
     retrieval: str | None = None
     train_split: str = "train"
     val_split: str = "valid"
@@ -174,8 +183,13 @@ class TrainConfig:
         if (lo.pkd > 0 or lo.srkd > 0 or self.needs_teacher_text) and not da.retrieval:
             raise ValueError("data.retrieval is required by loss.pkd/srkd > 0, loss.false_negatives='text' "
                              "and loss.correction='soft' (they read the cached teacher targets)")
-        if not da.cache:
-            raise ValueError("data.cache: set the preprocess cache folder (--cache or data.cache=...)")
+        if not da.cache and not da.shards:
+            raise ValueError("data.cache: set the preprocess cache folder (--cache or data.cache=...) or a shard "
+                             "set (--shards or data.shards=...)")
+        if da.shards and da.max_train is not None:
+            raise ValueError("data.max_train picks a subset of the cache; with data.shards write a smaller shard set")
+        if da.val_shards and da.max_val is not None:
+            raise ValueError("data.max_val picks a subset of the cache; with data.val_shards write a smaller set")
         if da.batch_size < 2:
             raise ValueError(f"data.batch_size={da.batch_size}: contrastive learning needs at least 2")
         if op.grad_accum < 1 or op.epochs < 1:

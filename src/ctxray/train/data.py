@@ -100,7 +100,7 @@ class PairCollator:
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Shape: returns volume (B,1,D,H,W), input_ids/attention_mask (B,L), labels (B,18),
-        index (B,), teacher/ct_text (B,Dt) when requested; ids: list[str]."""
+        index (B,), slot (B,) for shard items, teacher/ct_text (B,Dt) when requested; ids: list[str]."""
         ids = [str(it["id"]) for it in items]
         batch: dict[str, Any] = {
             "ids": ids,
@@ -109,6 +109,8 @@ class PairCollator:
             "index": torch.as_tensor([int(it["index"]) for it in items], dtype=torch.long),
         }
         batch.update(self.tokenizer([str(it["report"]) for it in items], max_length=self.max_length))
+        if "slot" in items[0]:  # a shard stream's position, counted to resume mid-epoch
+            batch["slot"] = torch.as_tensor([int(it["slot"]) for it in items], dtype=torch.long)
         if self.with_teacher:
             keys = [self.id_map.get(i, i) for i in ids] if self.id_map else ids
             batch["teacher"] = self._lookup(keys, self.target_kind)

@@ -1,6 +1,6 @@
 """``train(config, out_dir)``: the BIUD training loop, one CPU process or many ranks under torchrun.
 
-Data flow: ``setup.build_data`` (cache + targets) -> ``DualEncoder`` (DDP-wrapped when distributed)
+Data flow: ``setup.build_data`` (cache or shard stream + targets) -> ``DualEncoder`` (DDP-wrapped when distributed)
 -> ``Objective`` (features gathered across ranks) -> AdamW + warm-up/cosine -> ``RUN/log.jsonl``,
 ``RUN/tb``, ``RUN/checkpoints/{last,best}`` (``checkpoint.save_checkpoint``).
 """
@@ -104,16 +104,17 @@ class Trainer:
             if rt.main and last.exists():
                 log.warning("%s already holds a run; starting over (its checkpoints and log are replaced; "
                             "--resume continues it instead)", out)
-            from ctxray.train.data import read_manifest
+            from ctxray.train.shard_data import train_rows
 
-            rows = read_manifest(config.data.cache, config.data.train_split)
+            rows = train_rows(config)
             reports = [str(r.get("report", "")) for r in rows]
             tokenizer = build_tokenizer(config, reports)
         self.tokenizer = tokenizer
         config = config if resume else resolve_text(config)
         if not resume:
             self.report_tokens = report_token_stats(tokenizer, reports, config.model.text.max_length)
-            check_report_lengths(self.report_tokens, config.data.max_truncated, str(config.data.cache))
+            check_report_lengths(self.report_tokens, config.data.max_truncated,
+                                 str(config.data.shards or config.data.cache))
         self.data = build_data(config, tokenizer, rt)
         if not resume:
             config = resolve_config(config, tokenizer, self.data.targets)
@@ -146,10 +147,10 @@ class Trainer:
         self.objective = Objective(cfg.loss, entity_token_ids(tok, phrases) if cfg.loss.mlm > 0 else None,
                                    sorted(tok.special_ids), tok.mask_id, tok.vocab_size)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        micro = self.data.sampler.num_samples // cfg.data.batch_size
+        micro = self.data.micro_batches
         self.steps_per_epoch = micro // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{cfg.data.cache}: {micro} micro-batches per epoch < optim.grad_accum="
+            raise ValueError(f"{cfg.data.shards or cfg.data.cache}: {micro} micro-batches per epoch < optim.grad_accum="
                              f"{cfg.optim.grad_accum}; lower data.batch_size or grad_accum")
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
@@ -193,8 +194,11 @@ class Trainer:
         """Yield one logged row per optimiser step of the current epoch (from its saved position)."""
         cfg, st, data = self.config, self.state, self.data
         accum = cfg.optim.grad_accum
-        data.sampler.set_epoch(st.epoch, skip=st.step_in_epoch * accum * cfg.data.batch_size)
-        data.train_set.dataset.set_epoch(st.epoch)  # fresh augmentation draws per epoch
+        if data.shards is not None:  # the stream skips what the saved position says was consumed
+            data.shards.start(st.epoch)
+        else:
+            data.sampler.set_epoch(st.epoch, skip=st.step_in_epoch * accum * cfg.data.batch_size)
+            data.train_set.dataset.set_epoch(st.epoch)  # fresh augmentation draws per epoch
         data.loader_gen.manual_seed(cfg.seed * 1_000_003 + st.epoch)
         n_micro = (self.steps_per_epoch - st.step_in_epoch) * accum
         batches = itertools.islice(iter(data.train_loader), n_micro)
@@ -202,6 +206,8 @@ class Trainer:
         terms: list[dict[str, torch.Tensor]] = []
         tick = time.perf_counter()
         for i, batch in enumerate(bar):
+            if data.shards is not None:
+                data.shards.update(batch)
             terms.append(self._micro_step(batch, sync=(i + 1) % accum == 0))
             if (i + 1) % accum:
                 continue
@@ -281,21 +287,26 @@ class Trainer:
         run without validation, always)."""
         st = self.state
         tensors, meta = ckpt.rng_state()
-        everyone = [(tensors, meta)]
+        position = self.data.shards.state_dict() if self.data.shards is not None else None
+        everyone = [(tensors, meta, position)]
         if D.is_distributed():
             everyone = [None] * self.rt.world_size
-            torch.distributed.all_gather_object(everyone, (tensors, meta))
+            torch.distributed.all_gather_object(everyone, (tensors, meta, position))
         if not self.rt.main:
             self.rt.barrier()
             return
         opt_t, opt_meta = optimizer_state_to_tensors(self.optimizer.state_dict())
         st.tensors = dict(opt_t)
         rng_meta = []
-        for r, (t, m) in enumerate(everyone):
+        for r, (t, m, _) in enumerate(everyone):
             st.tensors.update({f"rng.{r}.{k}": v for k, v in t.items()})
             rng_meta.append(m)
         st.meta = {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                    "rng": rng_meta}
+        if position is not None:  # the shard stream's position: items consumed per slot, over every rank
+            from ctxray.train.shard_data import merge_states
+
+            st.meta["shards"] = merge_states([p for _, _, p in everyone])
         metric = _score(val)
         improved = metric is not None and (st.best_metric is None or metric > st.best_metric)
         if improved:
@@ -317,6 +328,10 @@ class Trainer:
         self.scheduler.load_state_dict(saved.meta["scheduler"])
         if saved.meta.get("scaler"):
             self.scaler.load_state_dict(saved.meta["scaler"])
+        if self.data.shards is not None and saved.step_in_epoch > 0:
+            if "shards" not in saved.meta:
+                raise ValueError(f"{last}: saved mid-epoch without a shard-stream position; cannot resume it")
+            self.data.shards.load_state_dict(saved.meta["shards"])
         r = self.rt.rank
         if saved.world_size == self.rt.world_size:
             rng = {k.split(".", 2)[2]: v for k, v in saved.tensors.items() if k.startswith(f"rng.{r}.")}

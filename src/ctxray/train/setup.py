@@ -21,7 +21,6 @@ from ctxray.train.data import (
     PairCollator,
     ResumableSampler,
     cache_input_shape,
-    read_manifest,
     shuffled_id_map,
     subset_indices,
 )
@@ -68,11 +67,14 @@ class RunData:
 
     train_set: Any
     train_loader: DataLoader
-    sampler: ResumableSampler
+    sampler: ResumableSampler | None  # None when streaming shards
     loader_gen: torch.Generator
     val_loader: DataLoader | None
     collator: PairCollator
     targets: Any
+    train_ids: list[str]
+    micro_batches: int  # per rank per epoch
+    shards: Any = None  # a ``shard_data.ShardEpochs`` when ``data.shards`` is set
 
 
 def _load_targets(config: TrainConfig) -> Any:
@@ -85,40 +87,83 @@ def _load_targets(config: TrainConfig) -> Any:
 
 
 def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunData:
-    """Datasets (train subset, validation), the resumable sampler and the collator."""
-    from ctxray.data.dataset import CTCacheDataset
-
+    """Datasets (train subset or shard stream, validation), the resumable sampler or stream, and the collator."""
     da = config.data
-    full = CTCacheDataset(da.cache, split=da.train_split, augment=da.augment, seed=config.seed)
-    train_set = Subset(full, subset_indices(len(full), da.max_train, config.seed))
     targets = _load_targets(config)
-    id_map = None
-    if da.shuffle_targets and targets is not None:
-        ids = [str(r["id"]) for r in read_manifest(da.cache, da.train_split)]
-        id_map = shuffled_id_map(ids, config.seed)
-    collator = PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target,
-                            with_teacher=config.loss.pkd > 0 or config.loss.srkd > 0,
-                            with_ct_text=config.needs_teacher_text, id_map=id_map)
-    sampler = ResumableSampler(train_set, rt.world_size, rt.rank, seed=config.seed)
-    if sampler.num_samples < da.batch_size:
-        raise ValueError(f"{da.cache}: split {da.train_split!r} gives {sampler.num_samples} pairs per rank, fewer "
-                         f"than data.batch_size={da.batch_size}")
+    collator_args = dict(with_teacher=config.loss.pkd > 0 or config.loss.srkd > 0,
+                         with_ct_text=config.needs_teacher_text)
     gen = torch.Generator()
-    loader = DataLoader(train_set, batch_size=da.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=da.num_workers, drop_last=True, generator=gen,
-                        pin_memory=rt.device.type == "cuda")
-    val_loader = None
-    if da.val_split:
-        val = CTCacheDataset(da.cache, split=da.val_split, augment=None, seed=config.seed)
-        if len(val) >= 2:
-            chosen = subset_indices(len(val), da.max_val, config.seed)
-            shard = Subset(val, chosen[rt.rank::rt.world_size])  # every rank embeds its share
-            val_loader = DataLoader(shard, batch_size=da.batch_size, shuffle=False, num_workers=da.num_workers,
-                                    collate_fn=PairCollator(tokenizer, config.model.text.max_length))
-        elif rt.main:
-            log.warning("%s: validation split %r has %d volumes; validation is skipped", da.cache, da.val_split,
-                        len(val))
-    return RunData(train_set, loader, sampler, gen, val_loader, collator, targets)
+    pin = rt.device.type == "cuda"
+    if da.shards:
+        from ctxray.train.shard_data import build_shard_train, train_rows
+
+        all_ids = [str(r["id"]) for r in train_rows(config)]
+        train_set, epochs = build_shard_train(config, rt.rank, rt.world_size)
+        _check_spec(config, train_set.spec)
+        collator = _collator(config, tokenizer, targets, all_ids, collator_args)
+        loader = DataLoader(train_set, batch_size=da.batch_size, collate_fn=collator, num_workers=da.num_workers,
+                            drop_last=True, generator=gen, pin_memory=pin)
+        sampler, train_ids, micro = None, all_ids, epochs.micro_batches
+    else:
+        from ctxray.data.dataset import CTCacheDataset
+
+        full = CTCacheDataset(da.cache, split=da.train_split, augment=da.augment, seed=config.seed)
+        train_set = Subset(full, subset_indices(len(full), da.max_train, config.seed))
+        all_ids = [str(e["id"]) for e in full.entries]
+        collator = _collator(config, tokenizer, targets, all_ids, collator_args)
+        sampler = ResumableSampler(train_set, rt.world_size, rt.rank, seed=config.seed)
+        if sampler.num_samples < da.batch_size:
+            raise ValueError(f"{da.cache}: split {da.train_split!r} gives {sampler.num_samples} pairs per rank, "
+                             f"fewer than data.batch_size={da.batch_size}")
+        loader = DataLoader(train_set, batch_size=da.batch_size, sampler=sampler, collate_fn=collator,
+                            num_workers=da.num_workers, drop_last=True, generator=gen, pin_memory=pin)
+        train_ids = [all_ids[i] for i in train_set.indices]
+        epochs, micro = None, sampler.num_samples // da.batch_size
+    return RunData(train_set, loader, sampler, gen, _val_loader(config, tokenizer, rt), collator, targets,
+                   train_ids, micro, epochs)
+
+
+def _collator(config: TrainConfig, tokenizer: Tokenizer, targets: Any, ids: list[str],
+              args: dict[str, bool]) -> PairCollator:
+    """The training collator; ``ids`` (the whole training split) feed the shuffled-targets control."""
+    id_map = shuffled_id_map(ids, config.seed) if config.data.shuffle_targets and targets is not None else None
+    return PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target, id_map=id_map, **args)
+
+
+def _check_spec(config: TrainConfig, spec: Any) -> None:
+    """A cache that serves validation beside a shard set must hold volumes of the same grid."""
+    if config.data.cache and not config.data.val_shards and config.data.val_split:
+        cache_shape = cache_input_shape(config.data.cache)
+        if tuple(cache_shape) != tuple(spec.shape_zyx):
+            raise ValueError(f"data.cache={config.data.cache} holds {cache_shape} volumes, data.shards="
+                             f"{config.data.shards} {tuple(spec.shape_zyx)}: preprocess both with one spec")
+
+
+def _val_loader(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> DataLoader | None:
+    """This rank's validation share: from ``data.val_shards``, else the cache's ``val_split``, else none."""
+    da = config.data
+    if not da.val_split or not (da.val_shards or da.cache):
+        if da.val_split and rt.main:
+            log.info("no validation: data.shards is set without data.val_shards or data.cache")
+        return None
+    collate = PairCollator(tokenizer, config.model.text.max_length)
+    if da.val_shards:
+        from ctxray.train.shard_data import build_shard_val
+
+        val = build_shard_val(config, rt.rank, rt.world_size)
+        n, where = len(val.members), da.val_shards
+    else:
+        from ctxray.data.dataset import CTCacheDataset
+
+        full = CTCacheDataset(da.cache, split=da.val_split, augment=None, seed=config.seed)
+        n, where = len(full), da.cache
+        chosen = subset_indices(len(full), da.max_val, config.seed)
+        val = Subset(full, chosen[rt.rank::rt.world_size])  # every rank embeds its share
+    if n < 2:
+        if rt.main:
+            log.warning("%s: validation split %r has %d volumes; validation is skipped", where, da.val_split, n)
+        return None
+    return DataLoader(val, batch_size=da.batch_size, shuffle=False, num_workers=da.num_workers, collate_fn=collate)
 
 
 def report_token_stats(tokenizer: Tokenizer, reports: list[str], max_length: int) -> dict[str, float]:
@@ -162,8 +207,7 @@ def kd_mean_level(data: RunData, config: TrainConfig) -> float:
         return float("nan")
     from ctxray.losses import PairwiseKDLoss
 
-    ids = [str(data.train_set.dataset.entries[i]["id"]) for i in data.train_set.indices]
-    t = data.targets.lookup(ids, config.loss.target)  # (N, Dt)
+    t = data.targets.lookup(data.train_ids, config.loss.target)  # (N, Dt)
     mean = t.mean(0, keepdim=True).expand_as(t)
     return float(PairwiseKDLoss(config.loss.pkd_kind)(mean, t))
 
@@ -201,9 +245,17 @@ def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> T
     if targets is not None and (config.loss.pkd > 0 or config.loss.srkd > 0):
         teacher_dim = int(targets.dim)
     model = dataclasses.replace(m, text=text, teacher_dim=teacher_dim, mlm_head=config.loss.mlm > 0,
-                                input_shape=tuple(m.input_shape) if m.input_shape else
-                                cache_input_shape(config.data.cache))
+                                input_shape=tuple(m.input_shape) if m.input_shape else data_input_shape(config))
     return dataclasses.replace(config, model=model)
+
+
+def data_input_shape(config: TrainConfig) -> tuple[int, int, int]:
+    """The (D, H, W) of the training volumes: the shard set's spec, or the cache's."""
+    if config.data.shards:
+        from ctxray.data.shards import read_index
+
+        return tuple(read_index(config.data.shards)["spec"]["shape_zyx"])  # type: ignore[return-value]
+    return cache_input_shape(config.data.cache)
 
 
 def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) -> TrainConfig:
