@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxray.data.cachedir import manifest_path, read_manifest
-from ctxray.train.objective import TERMS
+from ctxray.train.config import LOSS_TERMS
 
 INTENDED_USE = (
     "Research on chest-CT representation learning: zero-shot finding classification, report-volume "
@@ -44,7 +44,7 @@ def _training_data(config: Any) -> list[str]:
                      f"`{getattr(data, 'val_split', '?')}`, retrieval targets `{getattr(data, 'retrieval', None)}`")
     loss = getattr(config, "loss", None)
     if loss is not None:
-        terms = {k: getattr(loss, k) for k in TERMS if hasattr(loss, k)}
+        terms = {k: getattr(loss, k) for k in LOSS_TERMS if hasattr(loss, k)}
         lines.append("- Loss weights: " + ", ".join(f"{k} {v:g}" for k, v in terms.items()))
     return lines
 
