@@ -30,10 +30,10 @@ import torch
 
 
 def _encode(name: str, checkpoint: str, init: str, items, work: Path):
-    from ctxray.evaluate.zeroshot import logit_scale_of, prompt_embeddings
     from ctxray.generate.data import load_cached_volume
     from ctxray.generate.planned import VolumeView, encode_volumes
     from ctxray.labels import load_labels
+    from ctxray.models.zeroshot import logit_scale_of, prompt_embeddings
     from ctxray.train.checkpoint import load_model
 
     path = work / f"features_{name}.npz"

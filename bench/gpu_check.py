@@ -25,7 +25,7 @@ def prepare(root: Path) -> tuple[Path, Path]:
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
     from ctxray.data.spec import get_preset
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -36,7 +36,7 @@ def prepare(root: Path) -> tuple[Path, Path]:
     found = discover(world / "ct-rate")
     build_cache(found.items, cache, get_preset("small"), workers=4, prior_errors=found.errors)
     train_teacher(world / "xray", teacher, teacher_preset("tiny"))
-    retrieve(str(teacher), cache, world / "xray", ret, seed=0)
+    retrieve(RetrievalConfig(str(teacher), cache, world / "xray", ret, seed=0))
     print(f"prepared world, cache, teacher, retrieval in {time.perf_counter() - t0:.1f} s", flush=True)
     return cache, ret
 

@@ -38,16 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from ctxray.train.variants import NO_KD, NO_PKD, NO_SRKD, PLAIN_CLIP
+
 log = logging.getLogger("powered")
 
 ROWS: dict[str, tuple[str, tuple[str, ...], str | None]] = {  # key -> (name, overrides, pairing)
-    "plain": ("plain CLIP (InfoNCE)", ("loss.correction=none", "loss.pkd=0", "loss.srkd=0"), None),
-    "roco": ("robust contrastive (RoCo)", ("loss.pkd=0", "loss.srkd=0"), None),
+    "plain": ("plain CLIP (InfoNCE)", PLAIN_CLIP, None),
+    "roco": ("robust contrastive (RoCo)", NO_KD, None),
     "full": ("full (RoCo + PKD + SRKD)", (), "text"),
     "oracle": ("full, label-oracle pairing", (), "label_oracle"),
     "shuffled": ("full, targets shuffled (control)", ("data.shuffle_targets=true",), "text"),
-    "pkd": ("RoCo + PKD", ("loss.srkd=0",), "text"),
-    "srkd": ("RoCo + SRKD", ("loss.pkd=0",), "text"),
+    "pkd": ("RoCo + PKD", NO_SRKD, "text"),
+    "srkd": ("RoCo + SRKD", NO_PKD, "text"),
     "random": ("full, random pairing", (), "random"),
 }
 
@@ -77,7 +79,7 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
     from ctxray.data.spec import get_preset
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -106,8 +108,8 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     for pairing in ("text", "label_oracle", "random"):
         out = work / f"retrieval_{pairing}"
         stage(f"retrieve {pairing}", out / "targets.json",
-              lambda out=out, pairing=pairing: retrieve(str(teacher), cache, world / "xray", out, pairing=pairing,
-                                                        seed=s.world_seed))
+              lambda out=out, pairing=pairing: retrieve(RetrievalConfig(str(teacher), cache, world / "xray", out,
+                                                                        pairing=pairing, seed=s.world_seed)))
     info: dict[str, Any] = {"seconds": seconds}
     for name, path in (("teacher", teacher / "metrics.json"), ("retrieval_text", work / "retrieval_text/quality.json"),
                        ("retrieval_label_oracle", work / "retrieval_label_oracle/quality.json")):
@@ -139,9 +141,9 @@ def score_run(ckpt: Path, cache: Path, s: Settings, out: Path) -> dict[str, Any]
     """Zero-shot probabilities of the validation split (saved) and the frozen-feature probe."""
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.evaluate.headroom import group_macros, probe_readout
-    from ctxray.evaluate.metrics import auroc_per_label
     from ctxray.evaluate.run import embed_dataset, select_labels, zero_shot_scores
     from ctxray.labels import load_labels
+    from ctxray.metrics import auroc_per_label
     from ctxray.train.checkpoint import load_model
 
     model, tok, cfg = load_model(ckpt)
@@ -159,7 +161,7 @@ def score_run(ckpt: Path, cache: Path, s: Settings, out: Path) -> dict[str, Any]
 
 def _macros(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     from ctxray.evaluate.headroom import group_macros
-    from ctxray.evaluate.metrics import auroc_per_label
+    from ctxray.metrics import auroc_per_label
 
     m = group_macros(auroc_per_label(y, p))
     return np.array([m["macro"], m["xray_visible"], m["ct_only"]])

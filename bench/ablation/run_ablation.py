@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxray.train.variants import NO_KD, NO_PKD, NO_SRKD, PLAIN_CLIP
+
 log = logging.getLogger("ablation")
 
 
@@ -59,13 +61,13 @@ class Row:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("a", "plain CLIP (InfoNCE)", ("loss.correction=none", "loss.pkd=0", "loss.srkd=0"), None),
-    Row("b", "+ robust contrastive", ("loss.pkd=0", "loss.srkd=0"), None),
-    Row("c", "RoCo + pair-wise KD", ("loss.srkd=0",), "text"),
-    Row("d", "RoCo + relation KD", ("loss.pkd=0",), "text"),
+    Row("a", "plain CLIP (InfoNCE)", PLAIN_CLIP, None),
+    Row("b", "+ robust contrastive", NO_KD, None),
+    Row("c", "RoCo + pair-wise KD", NO_SRKD, "text"),
+    Row("d", "RoCo + relation KD", NO_PKD, "text"),
     Row("e", "full (RoCo + PKD + SRKD)", (), "text"),
     Row("f", "full, random X-ray pairing", (), "random"),
-    Row("g", "teacher-free RoCo, 4x CT pairs", ("loss.pkd=0", "loss.srkd=0"), None, 4),
+    Row("g", "teacher-free RoCo, 4x CT pairs", NO_KD, None, 4),
     Row("h", "full, teacher targets shuffled across CTs", ("data.shuffle_targets=true",), "text"),  # optional
 )
 
@@ -106,7 +108,7 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     """World, cache, teacher and the two retrievals (each skipped when its output already exists)."""
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.synth.world import generate_world
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
@@ -137,8 +139,8 @@ def prepare(work: Path, s: Settings) -> dict[str, Any]:
     for pairing in ("text", "random"):
         out = work / f"retrieval_{pairing}"
         stage(f"retrieve {pairing}", out / "targets.json",
-              lambda out=out, pairing=pairing: retrieve(str(teacher), cache, world / "xray", out, pairing=pairing,
-                                                        seed=s.world_seed))
+              lambda out=out, pairing=pairing: retrieve(RetrievalConfig(str(teacher), cache, world / "xray", out,
+                                                                        pairing=pairing, seed=s.world_seed)))
     info: dict[str, Any] = {"seconds": seconds}
     for name, path in (("teacher", teacher / "metrics.json"), ("retrieval_text", work / "retrieval_text/quality.json"),
                        ("retrieval_random", work / "retrieval_random/quality.json")):
@@ -183,8 +185,9 @@ def evaluate_run(ckpt: Path, cache: Path) -> dict[str, Any]:
     """Zero-shot macro metrics (per volume, no bootstrap) and retrieval of one checkpoint on the valid split."""
     import numpy as np
 
+    from ctxray.data.cachedir import read_scan_ids
     from ctxray.data.dataset import CTCacheDataset
-    from ctxray.evaluate.run import embed_dataset, evaluate_embeddings, read_scan_ids
+    from ctxray.evaluate.run import embed_dataset, evaluate_embeddings
     from ctxray.labels import load_labels
     from ctxray.train.checkpoint import load_model
 

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from ctxray import __version__
+from ctxray.utils.logging import setup_logging
 
 # name -> (module, one-line help). The order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    from ctxray.utils.logging import setup_logging
-
     setup_logging(args.verbose)
     return int(module.run(args) or 0)
 

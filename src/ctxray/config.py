@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ctxray.utils.io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -128,6 +130,4 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config as JSON, atomically."""
-    from ctxray.utils.io import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, sort_keys=True))

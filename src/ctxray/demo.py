@@ -27,6 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxray.config import load_config
+from ctxray.data.cache import build_cache
+from ctxray.data.ingest import discover
+from ctxray.data.spec import get_preset
+from ctxray.evaluate.finetune import finetune_checkpoint
+from ctxray.evaluate.run import evaluate_checkpoint
+from ctxray.retrieval import RetrievalConfig, retrieve
+from ctxray.synth.world import generate_world
+from ctxray.teacher.train import preset as teacher_preset
+from ctxray.teacher.train import train_teacher
+from ctxray.train.config import TrainConfig
+from ctxray.train.loop import train
+from ctxray.train.variants import PLAIN_CLIP
 from ctxray.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -84,7 +97,7 @@ PRESETS: dict[str, DemoSettings] = {
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
 RUNS: dict[str, list[str]] = {
-    "plain": ["loss.correction=none", "loss.pkd=0", "loss.srkd=0"],
+    "plain": list(PLAIN_CLIP),
     "full": [],
 }
 
@@ -106,9 +119,6 @@ class _Stages:
 
 def train_config(settings: DemoSettings, cache: Path, retrieval: Path, extra: list[str], seed: int):
     """The demo's ``TrainConfig`` for one run."""
-    from ctxray.config import load_config
-    from ctxray.train.config import TrainConfig
-
     overrides = [
         f"data.cache={cache}", f"data.retrieval={retrieval}", f"data.batch_size={settings.batch_size}",
         f"model.encoder={settings.encoder}", f"model.text.hidden={settings.text_hidden}",
@@ -133,17 +143,6 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     Returns:
         The summary written to ``OUT/metrics.json``.
     """
-    from ctxray.data.cache import build_cache
-    from ctxray.data.ingest import discover
-    from ctxray.data.spec import get_preset
-    from ctxray.evaluate.finetune import finetune_checkpoint
-    from ctxray.evaluate.run import evaluate_checkpoint
-    from ctxray.retrieval import retrieve
-    from ctxray.synth.world import generate_world
-    from ctxray.teacher.train import preset as teacher_preset
-    from ctxray.teacher.train import train_teacher
-    from ctxray.train.loop import train
-
     if preset not in PRESETS:
         raise ValueError(f"unknown demo preset {preset!r}; choose from {sorted(PRESETS)}")
     settings = PRESETS[preset]
@@ -164,7 +163,8 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     tcfg.seed = seed
     tcfg.epochs = settings.teacher_epochs or tcfg.epochs
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
-    quality = stage("retrieve", lambda: retrieve(str(teacher_dir), cache, world / "xray", ret, seed=seed))
+    retrieval = RetrievalConfig(str(teacher_dir), cache, world / "xray", ret, seed=seed)
+    quality = stage("retrieve", lambda: retrieve(retrieval))
 
     # Evaluate the *last* checkpoint: "best" is chosen by validation AUROC, and the demo scores the
     # validation split, so using "best" would select the model on the split it is scored on.

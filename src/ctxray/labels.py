@@ -92,6 +92,11 @@ def _parse(data: dict, source: str) -> LabelSet:
     return LabelSet(labels, pos, neg, source)
 
 
+def packaged_labels_text() -> str:
+    """The text of the packaged ``resources/labels.json`` (written verbatim into exported model folders)."""
+    return resources.files("ctxray").joinpath("resources/labels.json").read_text()
+
+
 @lru_cache(maxsize=8)
 def load_labels(path: str | None = None) -> LabelSet:
     """Load a label set.
@@ -100,8 +105,7 @@ def load_labels(path: str | None = None) -> LabelSet:
         path: a JSON file with the schema of ``resources/labels.json``; None for the packaged one.
     """
     if path is None:
-        text = resources.files("ctxray").joinpath("resources/labels.json").read_text()
-        return _parse(json.loads(text), "ctxray/resources/labels.json")
+        return _parse(json.loads(packaged_labels_text()), "ctxray/resources/labels.json")
     p = Path(path)
     try:
         data = json.loads(p.read_text())

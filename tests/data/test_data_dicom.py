@@ -172,14 +172,14 @@ def test_fast_header_equals_pydicom_on_every_file_it_accepts():
 
 
 def test_fast_and_pydicom_headers_give_the_same_volume(tmp_path, monkeypatch):
-    from ctxray.data import dicom_header
+    from ctxray.data import dicom
 
     hu = np.random.default_rng(5).integers(-1000, 1500, (6, 12, 10)).astype(np.float32)
     write_ct_series(tmp_path / "s", hu, (2.0, 0.8, 0.9), patient={"PatientName": "DOE^JANE", "PatientID": "P123"})
     fast = read_dicom_raw(tmp_path / "s")
     fast_series = scan_dicom_folder(tmp_path / "s")[0]
     assert all(s.raw is not None for s in fast_series.slices)
-    monkeypatch.setattr(dicom_header, "read_fast_header", lambda path: None)
+    monkeypatch.setattr(dicom, "read_fast_header", lambda path: None)
     slow_series = scan_dicom_folder(tmp_path / "s")[0]
     assert all(s.raw is None for s in slow_series.slices)
     assert slow_series.identifiers == fast_series.identifiers >= {"DOE", "JANE", "P123"}

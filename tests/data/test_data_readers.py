@@ -74,7 +74,7 @@ def test_canonical_zyx_equals_nibabels_reorientation_on_every_axis_order():
 
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-    from ctxray.data.readers import canonical_zyx
+    from ctxray.data.volume import canonical_zyx
 
     data = np.arange(3 * 4 * 5).reshape(3, 4, 5)
     rng = np.random.default_rng(0)
@@ -92,3 +92,21 @@ def test_canonical_zyx_equals_nibabels_reorientation_on_every_axis_order():
                 got, got_aff = canonical_zyx(data, aff)
                 np.testing.assert_array_equal(got, want)
                 np.testing.assert_array_equal(got_aff, aff @ inv_ornt_aff(ornt, data.shape))
+
+
+def test_the_dispatcher_hands_each_format_to_its_reader(tmp_path):
+    from ctxray.data.nifti import read_nifti_raw, read_npz_raw
+    from ctxray.data.radchest import read_radchest_raw
+    from ctxray.data.volume import RawVolume
+
+    hu = phantom_hu((6, 8, 10))
+    _save(tmp_path / "a.nii.gz", hu.transpose(2, 1, 0), np.diag([0.8, 0.9, 2.0, 1.0]))
+    np.savez(tmp_path / "ours.npz", ct=hu, spacing_zyx=np.array([2.0, 1.0, 1.0]))
+    np.savez(tmp_path / "rad.npz", ct=hu[::-1, ::-1, ::-1])
+    for path, reader in ((tmp_path / "a.nii.gz", read_nifti_raw), (tmp_path / "ours.npz", read_npz_raw),
+                         (tmp_path / "rad.npz", read_radchest_raw)):
+        got, want = read_volume_raw(path), reader(path)
+        assert isinstance(got, RawVolume)
+        np.testing.assert_array_equal(got.values, want.values)
+        assert (got.spacing_zyx, got.source, got.slope, got.intercept) == (want.spacing_zyx, want.source,
+                                                                            want.slope, want.intercept)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctxray.evaluate.bootstrap import bootstrap_ci, cluster_rows
-from ctxray.evaluate.metrics import auroc_per_label
+from ctxray.metrics import auroc_per_label
 
 
 def _auroc_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ def test_supervised_ceiling_learns_and_reports_every_label(tiny_cache):
 
 def test_label_shuffled_control_stays_near_chance(tiny_cache):
     from ctxray.evaluate.headroom import CeilingSettings, group_macros, load_split, train_supervised
-    from ctxray.evaluate.metrics import auroc_per_label
+    from ctxray.metrics import auroc_per_label
 
     x_tr, y_tr, _ = load_split(tiny_cache, "train")
     x_va, y_va, _ = load_split(tiny_cache, "valid")

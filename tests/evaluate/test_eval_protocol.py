@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctxray.evaluate.metrics import auroc_per_label
 from ctxray.evaluate.protocol import aggregate_by_scan, metric_block, zero_shot_protocols
+from ctxray.metrics import auroc_per_label
 
 
 def test_aggregate_by_scan_takes_max_in_first_appearance_order():

@@ -7,12 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctxray.evaluate.retrieval_metrics import (
-    bidirectional_retrieval,
-    retrieval_metrics,
-    retrieval_with_ci,
-    tie_aware_ranks,
-)
+from ctxray.evaluate.retrieval_metrics import bidirectional_retrieval, retrieval_with_ci
+from ctxray.metrics import retrieval_metrics, tie_aware_ranks
 
 
 def test_ranks_match_argsort_without_ties():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxray.evaluate.run import embed_dataset, evaluate_embeddings, read_scan_ids, select_labels, write_outputs
+from ctxray.evaluate.run import embed_dataset, evaluate_embeddings, select_labels, write_outputs
 from ctxray.labels import CT_RATE_LABELS
 
 
@@ -86,17 +86,6 @@ def test_select_labels_and_subset(label_set):
                    label_set.negative_templates, "subset")
     np.testing.assert_array_equal(select_labels(y, sub), y[:, [5, 2]])
     assert CT_RATE_LABELS[5] == sub.names[0]
-
-
-def test_read_scan_ids(tmp_path):
-    (tmp_path / "manifest.jsonl").write_text(
-        json.dumps({"id": "v1", "scan_id": "s1"}) + "\n" + json.dumps({"id": "v2"}) + "\n\n")
-    assert read_scan_ids(tmp_path) == {"v1": "s1", "v2": "v2"}
-    (tmp_path / "manifest.jsonl").write_text("{not json\n")
-    with pytest.raises(ValueError, match="manifest.jsonl:1"):
-        read_scan_ids(tmp_path)
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        read_scan_ids(tmp_path / "nope")
 
 
 def test_roc_plot_skips_single_class_labels(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctxray.evaluate.metrics import auroc_per_label, binary_metrics, youden_thresholds
-from ctxray.evaluate.zeroshot import (
+from ctxray.metrics import auroc_per_label, binary_metrics, youden_thresholds
+from ctxray.models.zeroshot import (
     encode_texts,
     logit_scale_of,
     prompt_embeddings,

@@ -216,7 +216,7 @@ def test_export_refuses_metrics_measured_on_another_checkpoint(tiny_metrics, tmp
 def test_a_tokenizer_asking_for_remote_code_is_a_clean_error(tiny_model_dir, tmp_path, caplog):
     import shutil
 
-    from ctxray.inference.export import MANIFEST
+    from ctxray.inference.folder import MANIFEST
     from ctxray.utils.io import sha256_file
 
     m = tmp_path / "model"

@@ -15,13 +15,15 @@ from infer_helpers import synthetic_ct
 import ctxray
 from ctxray.inference.api import ModelFolderError, NoDecoderError
 from ctxray.inference.export import export_model, read_thresholds
+from ctxray.inference.folder import FORMAT_VERSION, ModelInfo, write_manifest
+from ctxray.labels import load_labels
 
 
 def _reference_probs(run, hu, spacing):
     """Zero-shot probabilities straight from the training checkpoint, without the inference package."""
     from ctxray.data.spec import PreprocessSpec
-    from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
     from ctxray.labels import load_labels
+    from ctxray.models.zeroshot import prompt_embeddings, zero_shot_probs
     from ctxray.train.checkpoint import load_model
 
     model, tok, cfg = load_model(run)
@@ -53,7 +55,7 @@ def test_export_load_gives_identical_zero_shot(tiny_run, tiny_model_dir, tiny_me
 
 
 def test_embed_text_matches_checkpoint(tiny_run, tiny_model_dir):
-    from ctxray.evaluate.zeroshot import encode_texts
+    from ctxray.models.zeroshot import encode_texts
     from ctxray.train.checkpoint import load_model
 
     m, tok, _ = load_model(tiny_run)
@@ -65,16 +67,19 @@ def test_embed_text_matches_checkpoint(tiny_run, tiny_model_dir):
 
 def test_model_folder_contents(tiny_model_dir):
     files = json.loads((tiny_model_dir / "manifest.json").read_text())["files"]
-    for name in ("encoder/model.safetensors", "encoder/config.json", "spec.json", "labels.json", "prompts.json",
+    for name in ("encoder/model.safetensors", "encoder/config.json", "spec.json", "labels.json",
                  "thresholds.json", "MODEL_CARD.md", "model.json"):
         assert name in files, name
+    assert "prompts.json" not in files  # the prompts are labels.json's templates, read from there
     assert not any("state" in f for f in files), "optimiser state must not be exported"
     card = (tiny_model_dir / "MODEL_CARD.md").read_text()
     assert "not a medical device" in card and "## Intended use" in card and "## Data" in card
     assert "zero_shot.macro" in card  # evaluation metrics reach the card
     assert "Youden" in card and "split 'valid'" in card  # and where the thresholds come from
-    prompts = json.loads((tiny_model_dir / "prompts.json").read_text())
-    assert prompts["Emphysema"]["positive"] and prompts["Emphysema"]["negative"]
+    model = ctxray.load(tiny_model_dir)
+    assert model.label_set.prompts("Emphysema") == load_labels().prompts("Emphysema")
+    info = ModelInfo.from_dict(json.loads((tiny_model_dir / "model.json").read_text()))
+    assert info.format == FORMAT_VERSION and info.embed_dim == model.model.cfg.embed_dim
 
 
 def test_default_thresholds_are_stated(tiny_run, tmp_path):
@@ -86,15 +91,32 @@ def test_default_thresholds_are_stated(tiny_run, tmp_path):
         export_model(tiny_run, out)
 
 
-def test_read_thresholds_layouts(tmp_path):
+def test_read_thresholds_reads_the_evaluation_schema(tmp_path):
     names = ["A", "B"]
     p = tmp_path / "m.json"
-    p.write_text(json.dumps({"per_label": [{"label": "A", "threshold": 0.2}]}))
+    block = {"rule": "Youden J", "split": "valid", "note": "chosen apart", "per_volume": {"A": 0.2}, "per_scan": {}}
+    p.write_text(json.dumps({"zero_shot": {"thresholds": block}}))
     th, note = read_thresholds(p, names)
-    assert th == {"A": 0.2, "B": 0.5} and "B" in note
-    p.write_text(json.dumps({"macro_auc": 0.7}))
-    with pytest.raises(ValueError, match="no per-label thresholds"):
-        read_thresholds(p, names)
+    assert th == {"A": 0.2, "B": 0.5} and "B" in note and "Youden J on split 'valid'" in note
+    for other in ({"per_label": [{"label": "A", "threshold": 0.2}]}, {"thresholds": {"A": 0.2}}, {"macro_auc": 0.7}):
+        p.write_text(json.dumps(other))  # not what `ctxray evaluate` writes: refused, not searched for
+        with pytest.raises(ValueError, match="no per-label thresholds"):
+            read_thresholds(p, names)
+
+
+@pytest.mark.parametrize(("file", "version", "word"), [("model.json", FORMAT_VERSION + 1, "newer"),
+                                                       ("model.json", FORMAT_VERSION - 1, "older"),
+                                                       ("manifest.json", FORMAT_VERSION + 1, "newer")])
+def test_a_folder_of_another_format_is_refused(tiny_model_dir, tmp_path, file, version, word):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    data = json.loads((other / file).read_text())
+    data["format"] = version
+    (other / file).write_text(json.dumps(data))
+    if file != "manifest.json":
+        write_manifest(other)  # a consistent folder, only of another format
+    with pytest.raises(ModelFolderError, match=f"{file}: model folder format {version} is {word}"):
+        ctxray.load(other)
 
 
 @pytest.mark.parametrize("victim", ["encoder/model.safetensors", "spec.json", "thresholds.json"])
@@ -165,6 +187,9 @@ def test_export_with_decoder_generates_reports(tiny_run, tmp_path):
     text = model.generate_report(hu, spacing=(9.0, 8.0, 8.0))
     assert isinstance(text, str) and text.strip()
     assert model.generate_report(hu, spacing=(9.0, 8.0, 8.0)) == text  # deterministic
+    from ctxray.inference.report import report_writer
+
+    assert report_writer(out / "decoder")(model.preprocess(hu, (9.0, 8.0, 8.0))) == text  # what the API wraps
     # a generator trained on another preprocessing spec is refused, and nothing is written
     from ctxray.data.spec import get_preset
 

@@ -7,12 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from infer_helpers import REPORTS, make_run, synthetic_ct
 
 import ctxray
 from ctxray.inference.api import ModelFolderError
-from ctxray.inference.export import MANIFEST, export_model
+from ctxray.inference.export import export_model
+from ctxray.inference.folder import MANIFEST
 
 SPACING = (9.0, 8.0, 8.0)
 
@@ -32,7 +32,7 @@ def _outputs(model):
 
 
 def test_moved_model_folder_loads_without_the_original_tower(hf_model, tmp_path, monkeypatch):
-    from ctxray.evaluate.zeroshot import encode_texts
+    from ctxray.models.zeroshot import encode_texts
     from ctxray.train.checkpoint import load_model
 
     run, model_dir, tower = hf_model
@@ -92,25 +92,3 @@ def test_a_relative_tower_path_that_does_not_exist_names_it(hf_model, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"encoder/config\.json: the report tower's Hugging Face folder "
                                                 r"'text_backbone' not found"):
         load_model(broken / "encoder")
-
-
-def test_a_tower_with_pickled_weights_only_travels_as_safetensors(tmp_path):
-    from transformers import AutoModel, BertConfig, BertModel
-
-    from ctxray.inference.export import copy_text_backbone, tower_licence
-
-    src = tmp_path / "src"
-    model = BertModel(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=16, max_position_embeddings=16), add_pooling_layer=False)
-    model.save_pretrained(src)
-    (src / "model.safetensors").unlink()  # an older folder: pickled weights only
-    torch.save(model.state_dict(), src / "pytorch_model.bin")
-    names = copy_text_backbone(src, tmp_path / "dest", model)
-    assert "model.safetensors" in names and "pytorch_model.bin" not in names
-    back = AutoModel.from_pretrained(str(tmp_path / "dest"), local_files_only=True)
-    assert tower_licence(tmp_path / "dest") is None
-    (src / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n# A model\n")
-    assert tower_licence(src) == "apache-2.0"
-    loaded = back.state_dict()
-    for k, a in model.state_dict().items():
-        assert a.equal(loaded[k]), k

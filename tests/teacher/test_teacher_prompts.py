@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from ctxray.labels import load_labels
 from ctxray.models.text import Tokenizer
+from ctxray.models.zeroshot import prompt_ensembles, zero_shot_logits
 from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP
-from ctxray.teacher.evaluate import prompt_directions, zero_shot_scores
+from ctxray.teacher.embed import embed_texts
 from ctxray.teacher.prompts import PromptAnchors
 from ctxray.teacher.train import preset, tokenize_reports
 
@@ -35,10 +36,10 @@ def test_anchor_directions_and_logits_are_the_zero_shot_ones() -> None:
         enc = tokenize_reports(teacher.tokenizer, anchors.prompts, teacher.max_length)
         text = teacher.model.encode_text(enc["input_ids"], enc["attention_mask"])
         pos, neg = anchors.directions(text)
-        ref_pos, ref_neg = prompt_directions(teacher, label_set, names)
+        ref_pos, ref_neg = prompt_ensembles(lambda t: embed_texts(teacher, t), label_set, names)
         assert torch.allclose(pos, ref_pos, atol=1e-5) and torch.allclose(neg, ref_neg, atol=1e-5)
         image = F.normalize(torch.randn(5, teacher.embed_dim), dim=-1)
-        expected = 7.0 * zero_shot_scores(image, ref_pos, ref_neg) + anchors.bias
+        expected = zero_shot_logits(image, ref_pos, ref_neg, 7.0) + anchors.bias
         assert torch.allclose(anchors(image, text), expected, atol=1e-4)
 
 

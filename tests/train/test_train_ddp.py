@@ -1,6 +1,7 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the
-concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on), and the
-whole trainer on 2 ranks follows the single-process run."""
+concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on, on uneven
+shards), and the whole trainer on 2 ranks follows the single-process run. The one real multi-process test
+of the package (``tests/train/test_train_gather.py`` checks the gather with patched collectives)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ctxray.train.config import LossConfig
 from ctxray.train.objective import Objective
 
 B, DT = 6, 8  # global batch, teacher width
+SHARDS = (4, 2)  # pairs on rank 0 and rank 1
 
 
 def _model() -> DualEncoder:
@@ -56,10 +58,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: str) -> None:
-    """One spawn for both checks (process start-up and imports dominate their cost)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
+    """One spawn for both checks (process start-up and imports dominate their cost). The spawned process gets
+    the parent's ``sys.path`` (how it finds this module), so the test helpers import as in the parent."""
     from test_train_support import tiny_config
 
     from ctxray.train.loop import train
@@ -70,8 +70,8 @@ def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: 
         model = _model()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         full = _batch()
-        half = B // world
-        local = {k: v[rank * half:(rank + 1) * half] for k, v in full.items()}
+        start = sum(SHARDS[:rank])  # uneven shards: the gather's size exchange on real collectives
+        local = {k: v[start:start + SHARDS[rank]] for k, v in full.items()}
         logged = _step(ddp, local)
         if rank == 0:
             from safetensors.torch import save_file

@@ -7,8 +7,9 @@ import json
 import torch
 from test_train_support import tiny_config, write_cache
 
+from ctxray.data.cachedir import read_manifest
 from ctxray.train.checkpoint import load_model
-from ctxray.train.data import PairCollator, read_manifest
+from ctxray.train.data import PairCollator
 from ctxray.train.loop import train
 
 

@@ -7,17 +7,18 @@ import math
 import pytest
 import torch
 
-from ctxray.models.dual import DualEncoder, DualEncoderConfig, init_text_from_teacher, teacher_text_tower
+from ctxray.models.dual import (
+    DualEncoder,
+    DualEncoderConfig,
+    init_text_from_teacher,
+    teacher_text_config,
+    teacher_text_tower,
+)
 from ctxray.models.text import TextEncoderConfig
+from ctxray.optim import lr_factor, param_groups
 from ctxray.train.config import OptimConfig
 from ctxray.train.data import ResumableSampler, shuffled_id_map
-from ctxray.train.optim import (
-    build_optimizer,
-    lr_factor,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    param_groups,
-)
+from ctxray.train.optim import build_optimizer, optimizer_state_from_tensors, optimizer_state_to_tensors
 
 
 def _model(**kw) -> DualEncoder:
@@ -126,6 +127,10 @@ def test_teacher_text_tower_initialises_the_report_tower(tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-6)  # same tower and projection (embed_dim equal): same space
     with pytest.raises(ValueError, match="does not fit"):
         init_text_from_teacher(_model(), state)  # a report tower of another vocabulary
+    (tmp_path / "T" / "model.safetensors").unlink()  # the settings alone need no weights
+    assert teacher_text_config(tmp_path / "T") == text_cfg
+    with pytest.raises(FileNotFoundError, match="model.safetensors: not found"):
+        teacher_text_tower(tmp_path / "T")
 
 
 @pytest.mark.skipif(__import__("ctxray.models.text", fromlist=["minilm_path"]).minilm_path() is None,

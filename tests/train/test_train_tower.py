@@ -44,8 +44,8 @@ def _outputs(model, tok):
 
 @pytest.fixture()
 def hf_run(tmp_path):
+    from ctxray.data.cachedir import read_manifest
     from ctxray.models.text import Tokenizer
-    from ctxray.train.data import read_manifest
 
     cache = write_cache(tmp_path / "cache", n_train=8, n_valid=4, seed=5)
     tok = Tokenizer.train([r["report"] for r in read_manifest(cache, "train")] + REPORTS, vocab_size=200,

@@ -47,7 +47,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
     from ctxray.data.cache import build_cache
     from ctxray.data.ingest import discover
     from ctxray.data.spec import get_preset
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
     from ctxray.teacher.train import preset as teacher_preset
     from ctxray.teacher.train import train_teacher
 
@@ -56,7 +56,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
     cache, teacher, ret = root / "cache", root / "teacher", root / "retrieval"
     build_cache(found.items, cache, get_preset("small"), workers=1, prior_errors=found.errors)
     train_teacher(tiny_world / "xray", teacher, teacher_preset("tiny"))
-    retrieve(str(teacher), cache, tiny_world / "xray", ret, seed=0)
+    retrieve(RetrievalConfig(str(teacher), cache, tiny_world / "xray", ret, seed=0))
     return cache, teacher, ret
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -40,16 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ctxray.retrieval import retrieve
+    from ctxray.retrieval import RetrievalConfig, retrieve
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.k < 1:
         raise SystemExit("--k must be at least 1")
-    quality = retrieve(args.teacher, args.ct, args.gallery, args.out, k=args.k, index=args.index,
-                       pairing=args.pairing, text_teacher=args.text_teacher, gallery_split=args.gallery_split,
-                       cache_dir=args.cache_dir, seed=args.seed,
-                       faiss_kind=args.faiss_kind, center=args.center, query=args.query, rerank=args.rerank,
-                       candidates=args.candidates)
+    cfg = RetrievalConfig(**{f.name: getattr(args, f.name) for f in fields(RetrievalConfig)})
+    quality = retrieve(cfg)
     print(json.dumps(quality, indent=2))
     return 0

@@ -70,8 +70,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _iu_check(args: argparse.Namespace) -> int:
     from ctxray.data.iu import read_iu_reports
+    from ctxray.retrieval.quality import iu_text_check
     from ctxray.teacher import load_teacher
-    from ctxray.teacher.quality import iu_text_check
     from ctxray.utils.io import atomic_write_text
 
     reports = read_iu_reports(args.tgz, drop_empty=True)

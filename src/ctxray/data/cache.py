@@ -30,10 +30,14 @@ from typing import Literal
 
 import numpy as np
 
+from ctxray.data.cachedir import MANIFEST_FILE, SPEC_FILE
+from ctxray.data.dicom import redact
 from ctxray.data.ingest import WorkItem, read_item
-from ctxray.data.readers import RawVolume, VolumeReadError
 from ctxray.data.spec import PreprocessSpec
+from ctxray.data.validate import validate_raw
+from ctxray.data.volume import RawVolume, VolumeReadError
 from ctxray.utils.io import atomic_write, atomic_write_text, sha256_file
+from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,6 @@ def check_raw(raw: RawVolume, where: str) -> None:
     Raises:
         VolumeReadError: naming ``where`` and the reason.
     """
-    from ctxray.data.validate import validate_raw
-
     validate_raw(raw, where)
 
 
@@ -206,8 +208,6 @@ def _work(task: tuple[WorkItem, dict | None, PreprocessSpec, Path, Verify]) -> t
     except Exception as err:  # one bad input must not stop the batch
         msg = str(err) if isinstance(err, VolumeReadError) else f"{item.source}: {type(err).__name__}: {err}"
         if item.kind == "dicom":  # a library message may quote a path holding patient identifiers
-            from ctxray.data.dicom import redact
-
             msg = redact(msg, item.payload.identifiers)
         return "error", " ".join(msg.split())
 
@@ -261,7 +261,7 @@ def run_tasks(tasks: list, workers: int) -> Iterator[tuple[str, dict | str]]:
 
 def _known_entries(cache_dir: Path) -> dict[str, dict]:
     known: dict[str, dict] = {}
-    sources = [cache_dir / "manifest.jsonl", *sorted((cache_dir / "manifests").glob("*.jsonl")),
+    sources = [cache_dir / MANIFEST_FILE, *sorted((cache_dir / "manifests").glob("*.jsonl")),
                *sorted((cache_dir / "journal").glob("*.jsonl"))]
     for path in sources:
         for e in read_jsonl(path):
@@ -274,7 +274,7 @@ def prepare_cache(cache_dir: Path, spec: PreprocessSpec) -> None:
     """Create the folder and its spec.json, or check that an existing cache used the same spec."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / "volumes").mkdir(exist_ok=True)
-    spec_path = cache_dir / "spec.json"
+    spec_path = cache_dir / SPEC_FILE
     if spec_path.is_file():
         old = PreprocessSpec.load(spec_path)
         if old != spec:
@@ -328,7 +328,7 @@ def build_cache(
             raise ValueError(f"--shard {k}/{n}: K must be between 1 and N")
         items = [it for it in items if shard_index(it.id, n) == k - 1]
     tag = shard_tag(shard)
-    manifest = cache_dir / "manifest.jsonl" if shard is None else cache_dir / "manifests" / f"{tag}.jsonl"
+    manifest = cache_dir / MANIFEST_FILE if shard is None else cache_dir / "manifests" / f"{tag}.jsonl"
     errors_path = cache_dir / "errors.log" if shard is None else cache_dir / "errors" / f"{tag}.log"
     journal = cache_dir / "journal" / f"{tag}.jsonl"
     for p in (manifest, errors_path, journal):
@@ -344,8 +344,6 @@ def build_cache(
             err_f.write(line + "\n")
         results = run_tasks(tasks, workers)
         if len(tasks) > 1:  # no bar (nor its import) for a single volume, e.g. one DICOM series
-            from ctxray.utils.progress import progress
-
             results = progress(results, total=len(tasks), desc="preprocess", unit="vol")
         for status, payload in results:
             counts[status] += 1
@@ -378,7 +376,7 @@ def merge_shards(cache_dir: str | Path, verify: Verify = "size") -> tuple[Path, 
         ValueError: no shard manifests, or shards of different N mixed.
     """
     cache_dir = Path(cache_dir)
-    spec = PreprocessSpec.load(cache_dir / "spec.json")
+    spec = PreprocessSpec.load(cache_dir / SPEC_FILE)
     shards = sorted((cache_dir / "manifests").glob("shard-*-of-*.jsonl"))
     if not shards:
         raise ValueError(f"{cache_dir / 'manifests'}: no shard manifests to merge")
@@ -395,10 +393,10 @@ def merge_shards(cache_dir: str | Path, verify: Verify = "size") -> tuple[Path, 
                 entries[e["id"]] = e
             else:
                 problems.append(f"{cache_dir / e.get('file', '?')}: cached file missing or corrupt (id {e.get('id')})")
-    atomic_write_text(cache_dir / "manifest.jsonl", "".join(json.dumps(entries[i]) + "\n" for i in sorted(entries)))
+    atomic_write_text(cache_dir / MANIFEST_FILE, "".join(json.dumps(entries[i]) + "\n" for i in sorted(entries)))
     logs = sorted((cache_dir / "errors").glob("shard-*-of-*.log"))
     text = "".join(p.read_text() for p in logs) + "".join(line + "\n" for line in problems)
     atomic_write_text(cache_dir / "errors.log", text)
     log.info("%s: merged %d shard(s) of %d: %d volumes, %d problem(s)", cache_dir, len(have), n, len(entries),
              len(problems))
-    return cache_dir / "manifest.jsonl", problems
+    return cache_dir / MANIFEST_FILE, problems

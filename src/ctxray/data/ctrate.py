@@ -25,8 +25,10 @@ from typing import Literal
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, VolumeReadError, read_nifti_raw
+from ctxray.data.csvfile import read_csv_records
+from ctxray.data.nifti import read_nifti_raw
 from ctxray.data.text import report_text
+from ctxray.data.volume import RawVolume, VolumeReadError
 from ctxray.labels import CT_RATE_LABELS
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,6 @@ def dataset_dir(root: str | Path) -> Path:
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """Rows of a CSV as dicts (encoding detected: :mod:`ctxray.data.csvfile`); errors name the file and the
     missing columns."""
-    from ctxray.data.csvfile import read_csv_records
-
     return [row for _, row in read_csv_records(path, required)[1]]
 
 
@@ -140,8 +140,6 @@ def read_metadata(path: Path) -> dict[str, tuple[tuple[float, float, float], flo
     is then refused when it needs the metadata, as a volume without a row is), so one bad row never
     costs the others.
     """
-    from ctxray.data.csvfile import read_csv_records
-
     out = {}
     for line, row in read_csv_records(path, METADATA_COLUMNS)[1]:
         name = row["VolumeName"]
@@ -158,8 +156,6 @@ def read_labels_csv(path: Path) -> dict[str, np.ndarray]:
     A cell that is not a number (e.g. ``yes``) is read as unknown (NaN) with a warning naming the file,
     line, column and value; the row's other labels are kept.
     """
-    from ctxray.data.csvfile import read_csv_records
-
     out = {}
     for line, row in read_csv_records(path, ("VolumeName", *CT_RATE_LABELS))[1]:
         vec = np.full(len(CT_RATE_LABELS), np.nan, dtype=np.float32)

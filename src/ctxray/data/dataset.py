@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ctxray.data.cachedir import CacheIndex, read_manifest, read_spec, volume_path
 from ctxray.data.spec import PreprocessSpec
 from ctxray.labels import CT_RATE_LABELS
 
@@ -57,7 +57,7 @@ class CTCacheDataset(Dataset):
     """Volumes, reports and labels of a cache folder.
 
     Args:
-        cache_dir: a ``ctxray preprocess`` output folder.
+        cache_dir: a ``ctxray preprocess`` output folder, or its :class:`~ctxray.data.cachedir.CacheIndex`.
         split: keep only this split (None: all).
         augment: an :class:`Augment` (or its fields as a dict), None for none.
         seed: base seed of the augmentation; call :meth:`set_epoch` each epoch for fresh draws.
@@ -66,15 +66,14 @@ class CTCacheDataset(Dataset):
     "labels": (18,) float32 (NaN where unknown), "index": int}``.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str | None = None, augment: Augment | dict | None = None,
-                 seed: int = 0) -> None:
-        self.cache_dir = Path(cache_dir)
-        manifest = self.cache_dir / "manifest.jsonl"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no manifest (run `ctxray preprocess` first, or --merge shards)")
-        self.spec = PreprocessSpec.load(self.cache_dir / "spec.json")
-        entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-        self.entries = [e for e in entries if split is None or e.get("split") == split]
+    def __init__(self, cache_dir: str | Path | CacheIndex, split: str | None = None,
+                 augment: Augment | dict | None = None, seed: int = 0) -> None:
+        if isinstance(cache_dir, CacheIndex):  # already read (one read serves every split)
+            self.cache_dir, self.entries, self.spec = cache_dir.root, cache_dir.split(split), cache_dir.spec
+        else:
+            self.cache_dir = Path(cache_dir)
+            self.entries = read_manifest(self.cache_dir, split)
+            self.spec = read_spec(self.cache_dir)
         self.augment = Augment(**augment) if isinstance(augment, dict) else augment
         self.seed = seed
         self.epoch = 0
@@ -103,7 +102,7 @@ class CTCacheDataset(Dataset):
     def volume(self, index: int) -> np.ndarray:
         """The cached array memory-mapped and decoded, no augmentation. Shape: (D, H, W) float32 in [0, 1]."""
         entry = self.entries[index]
-        path = self.cache_dir / entry["file"]
+        path = volume_path(self.cache_dir, entry)
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, VolumeReadError, canonical_zyx, spacing_from_affine
+from ctxray.data.dicom_header import FastHeader, read_fast_header
+from ctxray.data.validate import check_affine
+from ctxray.data.volume import RawVolume, VolumeReadError, canonical_zyx, spacing_from_affine
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,6 @@ class DicomSeries:
 def _read_header(path: Path):
     """The header of one file: by :mod:`ctxray.data.dicom_header` in the plain case, else by pydicom (None when
     the file is not DICOM or unreadable)."""
-    from ctxray.data.dicom_header import read_fast_header
-
     try:
         fast = read_fast_header(path)
     except OSError:
@@ -138,8 +138,6 @@ def _add_slice(series: DicomSeries, ds, path: Path) -> None:
 
 def _raw_pixels(ds) -> RawPixels | None:
     """Where a fast-parsed header's pixel data lies, when :func:`_pixels` would read it directly too."""
-    from ctxray.data.dicom_header import FastHeader
-
     if not isinstance(ds, FastHeader) or ds.pixel_offset is None:
         return None
     rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -313,8 +311,6 @@ def read_series(series: DicomSeries, where: str | Path, min_slices: int = 3) -> 
     except ValueError as err:
         raise VolumeReadError(f"{label} [series {series.id}]", redact(str(err), series.identifiers)) from None
     affine = series_affine_ras(slices)
-    from ctxray.data.validate import check_affine
-
     check_affine(affine, f"{label} [series {series.id}]")
     zyx, canon = canonical_zyx(values.transpose(2, 1, 0), affine)  # stored (k, row, col) -> (col, row, k)
     return RawVolume(zyx, spacing_from_affine(canon), canon, series.id, slope, intercept)

@@ -8,10 +8,7 @@ goes on. Reading volumes happens in :mod:`ctxray.data.cache`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +16,26 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, read_nifti_raw
+from ctxray.data.csvfile import read_csv_records
+from ctxray.data.ctrate import dataset_dir, read_ctrate, resolve_ct_raw
+from ctxray.data.dicom import SkippedSeries, check_series, read_series, redact, scan_dicom_folder
+from ctxray.data.ids import safe_id
+from ctxray.data.nifti import read_nifti_raw
+from ctxray.data.radchest import (
+    is_radchest_folder,
+    list_radchest,
+    missing_volume_error,
+    radchest_split,
+    read_radchest_labels,
+    read_radchest_raw,
+)
 from ctxray.data.text import report_text
+from ctxray.data.volume import RawVolume
 from ctxray.labels import CT_RATE_LABELS
 
 log = logging.getLogger(__name__)
 
 InputKind = Literal["auto", "ctrate", "radchest", "nifti", "dicom"]
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FILE_COLUMNS = ("VolumeName", "filename", "file", "path", "image", "volume")
 
 
@@ -60,26 +69,8 @@ class Discovery:
     errors: list[str]  # "source: reason" lines
 
 
-def safe_id(text: str) -> str:
-    """A filesystem-safe id for a name: unchanged rules for ASCII names; others ASCII-folded plus a hash.
-
-    A non-ASCII name is folded (``Müller`` -> ``Muller``) and gets ``-`` + 8 hex digits of the SHA-256
-    of its NFC form, so names that differ only in non-ASCII characters (``Müller``/``Möller``,
-    ``胸部1``/``腹部1``) stay distinct, and an NFD file name (macOS) gives the same id as its NFC twin.
-    """
-    if text.isascii():
-        return _SAFE.sub("_", text).strip("_") or "volume"
-    nfc = unicodedata.normalize("NFC", text)
-    folded = unicodedata.normalize("NFKD", nfc).encode("ascii", "ignore").decode()
-    stem = _SAFE.sub("_", folded).strip("_") or "volume"
-    return f"{stem}-{hashlib.sha256(nfc.encode()).hexdigest()[:8]}"
-
-
 def detect_kind(path: Path) -> str:
     """Guess the input kind of a folder (CT-RATE, RAD-ChestCT, NIfTI, DICOM)."""
-    from ctxray.data.ctrate import dataset_dir
-    from ctxray.data.radchest import is_radchest_folder
-
     try:
         dataset_dir(path)
         return "ctrate"
@@ -95,18 +86,12 @@ def detect_kind(path: Path) -> str:
 def read_item(item: WorkItem) -> RawVolume:
     """Read a work item's volume (stored values + rescale) on the RAS grid."""
     if item.kind == "ctrate":
-        from ctxray.data.ctrate import resolve_ct_raw
-
         return resolve_ct_raw(item.payload)
     if item.kind == "nifti":
         return read_nifti_raw(item.payload)
     if item.kind == "radchest":
-        from ctxray.data.radchest import read_radchest_raw
-
         return read_radchest_raw(item.payload)
     if item.kind == "dicom":
-        from ctxray.data.dicom import read_series
-
         return read_series(item.payload, item.source)
     raise ValueError(f"unknown work item kind {item.kind!r}")
 
@@ -119,8 +104,6 @@ def _check_report(item: WorkItem, require: bool, errors: list[str]) -> bool:
 
 
 def discover_ctrate(root: Path, splits: list[str] | None, require_report: bool) -> Discovery:
-    from ctxray.data.ctrate import dataset_dir, read_ctrate
-
     ds = dataset_dir(root)
     items, errors = [], []
     for split in splits or ["train", "valid"]:
@@ -140,8 +123,6 @@ def discover_ctrate(root: Path, splits: list[str] | None, require_report: bool) 
 
 
 def discover_radchest(folder: Path) -> Discovery:
-    from ctxray.data.radchest import list_radchest, missing_volume_error, radchest_split, read_radchest_labels
-
     labels, positives = read_radchest_labels(folder)
     items, errors = [], []
     for note_id, path in list_radchest(folder):
@@ -196,8 +177,6 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
     to ``folder`` or a file name) and a report (``report``, or ``Findings_EN``/``Impressions_EN``, or
     ``findings``/``impression``); optional ``split`` and any of the 18 label columns.
     """
-    from ctxray.data.csvfile import read_csv_records
-
     files = sorted(p for p in folder.rglob("*") if p.name.endswith((".nii", ".nii.gz")))
     by_rel = {p.relative_to(folder).as_posix(): p for p in files}
     by_name: dict[str, list[Path]] = {}
@@ -251,8 +230,6 @@ def discover_nifti(folder: Path, reports_csv: Path | None, require_report: bool)
 def discover_dicom(folder: Path) -> Discovery:
     """One item per valid CT series below ``folder``; rejected series become error lines (redacted), localizers
     are logged as skipped (not errors)."""
-    from ctxray.data.dicom import SkippedSeries, check_series, redact, scan_dicom_folder
-
     items, errors = [], []
     series_list = scan_dicom_folder(folder)
     if not series_list:

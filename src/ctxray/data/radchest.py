@@ -13,7 +13,7 @@ right -> left (the dataset's ``Extrema_35747.csv`` names its columns ``sup_axis0
 
 Labels: the 84 abnormalities (a location-labelled column counts for its abnormality if any location is
 1) are mapped to the 18 CT-RATE names with ``resources/radchest_to_ctrate.json``
-(:mod:`ctxray.evaluate.radchest`); unmapped names are NaN.
+(:mod:`ctxray.data.radchest_labels`); unmapped names are NaN.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxray.data.readers import RAD_CHESTCT_SPACING_MM, RawVolume, VolumeReadError, read_npz_raw
+from ctxray.data.nifti import read_npz_raw
+from ctxray.data.radchest_labels import map_radchest_rows
+from ctxray.data.volume import RAD_CHESTCT_SPACING_MM, RawVolume, VolumeReadError
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,6 @@ def read_radchest_labels(folder: Path) -> tuple[dict[str, np.ndarray], dict[str,
         (CT-RATE label vectors (18,) float32 with NaN for unmapped labels, positive RAD abnormality names),
         both keyed by NoteAcc_DEID. Empty if no label file is found.
     """
-    from ctxray.evaluate.radchest import map_radchest_rows
-
     mapped: dict[str, np.ndarray] = {}
     raw: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*Abnormality*Labels*.csv")):

@@ -42,7 +42,9 @@ from typing import Literal
 
 import numpy as np
 
+from ctxray.config import from_dict
 from ctxray.data.resample import resample_grid, resample_slices
+from ctxray.utils.io import atomic_write_text
 
 __all__ = ["PRESETS", "PreprocessSpec", "get_preset", "list_presets", "resample_grid", "unit_float16"]
 
@@ -275,13 +277,9 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
-        from ctxray.config import from_dict
-
         return from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
-        from ctxray.utils.io import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxray.data.readers import RawVolume, VolumeReadError
+from ctxray.data.volume import RawVolume, VolumeReadError
 
 log = logging.getLogger(__name__)
 

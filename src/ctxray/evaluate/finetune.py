@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
+from ctxray.data.dataset import CTCacheDataset
 from ctxray.evaluate.protocol import zero_shot_protocols
+from ctxray.evaluate.report import write_csv, write_json
+from ctxray.evaluate.run import resolve_device
+from ctxray.labels import CT_RATE_LABELS
+from ctxray.models.registry import create_volume_encoder
+from ctxray.train.checkpoint import load_model
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -278,13 +285,6 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
     """
     from pathlib import Path
 
-    from ctxray.data.dataset import CTCacheDataset
-    from ctxray.evaluate.report import write_csv, write_json
-    from ctxray.evaluate.run import read_scan_ids, resolve_device
-    from ctxray.labels import CT_RATE_LABELS
-    from ctxray.models.registry import create_volume_encoder
-    from ctxray.train.checkpoint import load_model
-
     dev = resolve_device(device)
     model, _, config = load_model(checkpoint, map_location=dev)
     encoders: dict[str, nn.Module] = {"pretrained": model.volume_encoder}
@@ -293,9 +293,10 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
         kwargs = dict(config.model.encoder_kwargs)
         kwargs["input_shape"] = tuple(model.volume_encoder.input_shape)
         encoders["scratch"] = create_volume_encoder(config.model.encoder, **kwargs).to(dev)
-    train_ds, eval_ds = CTCacheDataset(cache, split=train_split), CTCacheDataset(cache, split=eval_split)
-    result = finetune_compare(encoders, train_ds, eval_ds, CT_RATE_LABELS, read_scan_ids(cache), mode, fractions,
-                              seed, settings)
+    index = read_cache(cache)  # one read serves both splits and the scan ids
+    train_ds, eval_ds = CTCacheDataset(index, split=train_split), CTCacheDataset(index, split=eval_split)
+    scan_of = scan_ids(list(index.rows), manifest_path(cache))
+    result = finetune_compare(encoders, train_ds, eval_ds, CT_RATE_LABELS, scan_of, mode, fractions, seed, settings)
     result.update({"checkpoint": str(checkpoint), "cache": str(cache), "train_split": train_split,
                    "eval_split": eval_split})
     write_json(Path(out) / "metrics.json", result)

@@ -28,8 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxray.evaluate.metrics import auroc_per_label
+from ctxray.data.dataset import CTCacheDataset
+from ctxray.evaluate.finetune import FinetuneSettings, train_probe
 from ctxray.labels import CT_RATE_LABELS, load_labels
+from ctxray.metrics import auroc_per_label
+from ctxray.models.registry import create_volume_encoder
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ def load_split(cache: str | Path, split: str) -> tuple[torch.Tensor, np.ndarray,
     Returns:
         (volumes (N, 1, D, H, W) float16, labels (N, 18) float64 with NaN, ids).
     """
-    from ctxray.data.dataset import CTCacheDataset
-
     ds = CTCacheDataset(cache, split=split)
     if len(ds) == 0:
         raise ValueError(f"{cache}: no volumes in split {split!r}")
@@ -108,8 +109,6 @@ def train_supervised(x: torch.Tensor, y: np.ndarray, settings: CeilingSettings, 
     Returns:
         ``nn.Sequential(encoder, head)`` in eval mode, logits ``(B, L)``.
     """
-    from ctxray.models.registry import create_volume_encoder
-
     torch.manual_seed(seed)
     enc = create_volume_encoder(settings.encoder, input_shape=tuple(x.shape[-3:]), **(settings.encoder_kwargs or {}))
     model = nn.Sequential(enc, nn.Linear(int(enc.out_dim), y.shape[1])).train()
@@ -180,8 +179,6 @@ def probe_readout(encoder: nn.Module, cache: str | Path, budget: int, seed: int 
     Returns:
         ``{"n", "seed", "auroc": {label: a}, "macro", "xray_visible", "ct_only"}``.
     """
-    from ctxray.evaluate.finetune import FinetuneSettings, train_probe
-
     x_tr, y_tr, _ = load_split(cache, "train")
     x_va, y_va, _ = load_split(cache, "valid")
     idx = _subset(len(x_tr), budget, seed)

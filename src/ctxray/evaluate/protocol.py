@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ctxray.evaluate.bootstrap import bootstrap_ci, cluster_rows
-from ctxray.evaluate.metrics import classification_metrics, macro, youden_thresholds
+from ctxray.metrics import classification_metrics, macro, youden_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +153,33 @@ def zero_shot_protocols(y: np.ndarray, scores: np.ndarray, scan_ids: Sequence[st
     }
     out["bootstrap"] = {"rule": BOOTSTRAP_RULE, "n_boot": n_boot, "seed": seed}
     return out
+
+
+@dataclass
+class ThresholdBlock:
+    """The ``zero_shot.thresholds`` block of ``ctxray evaluate``'s ``metrics.json`` (:func:`zero_shot_protocols`).
+
+    Args:
+        rule: how they were chosen. split: the split they were chosen on ("?" if not recorded).
+        note: whether that split was the evaluated one. per_volume, per_scan: label -> threshold.
+    """
+
+    rule: str
+    split: str
+    note: str
+    per_volume: dict[str, float]
+    per_scan: dict[str, float]
+
+
+def read_threshold_block(metrics: Any) -> ThresholdBlock | None:
+    """The thresholds of an evaluation's ``metrics.json`` content; None when it has no per-volume thresholds."""
+    zs = metrics.get("zero_shot") if isinstance(metrics, dict) else None
+    th = zs.get("thresholds") if isinstance(zs, dict) else None
+    if not (isinstance(th, dict) and isinstance(th.get("per_volume"), dict)):
+        return None
+
+    def numbers(d: Any) -> dict[str, float]:
+        return {k: float(v) for k, v in d.items() if isinstance(v, int | float)} if isinstance(d, dict) else {}
+
+    return ThresholdBlock(str(th.get("rule", "per-label thresholds")), str(th.get("split", "?")),
+                          str(th.get("note", "")), numbers(th["per_volume"]), numbers(th.get("per_scan")))

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ctxray.evaluate.metrics import roc_points
 from ctxray.evaluate.protocol import METRICS
+from ctxray.metrics import auroc_per_label, roc_points
 from ctxray.utils.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,6 @@ def plot_roc(path: Path, y: np.ndarray, scores: np.ndarray, names: Sequence[str]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ctxray.evaluate.metrics import auroc_per_label
 
     auc = auroc_per_label(y, scores)
     keep = [j for j in range(len(names)) if np.isfinite(auc[j])]

@@ -1,13 +1,12 @@
 """``ctxray evaluate``: embed a cache split with a trained model, then zero-shot and retrieval metrics.
 
-Reads a checkpoint (``ctxray.train.checkpoint.load_model``) and a volume cache
-(``ctxray.data.dataset.CTCacheDataset`` + ``manifest.jsonl`` for scan ids); writes ``E/metrics.json``,
+Reads a checkpoint (``ctxray.train.checkpoint.load_model``) and a volume cache (read once with
+``ctxray.data.cachedir.read_cache``: the ``CTCacheDataset`` splits and the scan ids); writes ``E/metrics.json``,
 ``E/per_label.csv``, ``E/scores.csv`` (per-volume probabilities and labels) and ``E/roc_*.png``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -18,12 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
+from ctxray.data.dataset import CTCacheDataset
 from ctxray.evaluate.protocol import aggregate_by_scan, zero_shot_protocols
 from ctxray.evaluate.report import per_label_rows, plot_roc, score_rows, write_csv, write_json
 from ctxray.evaluate.retrieval_metrics import retrieval_with_ci
-from ctxray.evaluate.zeroshot import encode_texts, eval_mode, logit_scale_of, model_device, prompt_embeddings
-from ctxray.evaluate.zeroshot import zero_shot_probs as _probs
 from ctxray.labels import CT_RATE_LABELS, LabelSet, load_labels
+from ctxray.metrics import auroc_per_label
+from ctxray.models.zeroshot import encode_texts, eval_mode, logit_scale_of, model_device, prompt_embeddings
+from ctxray.models.zeroshot import zero_shot_probs as _probs
+from ctxray.train.checkpoint import MODEL_FILE, load_model, resolve_checkpoint
+from ctxray.utils.io import sha256_file
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -52,31 +56,6 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def read_scan_ids(cache_dir: str | Path) -> dict[str, str]:
-    """Volume id -> scan id from ``C/manifest.jsonl`` (a volume without ``scan_id`` is its own scan)."""
-    path = Path(cache_dir) / "manifest.jsonl"
-    out: dict[str, str] = {}
-    missing = 0
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise FileNotFoundError(f"{path}: cannot read the cache manifest: {err}") from err
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            vid = str(rec["id"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{n}: bad manifest line: {err}") from err
-        sid = rec.get("scan_id")
-        missing += sid is None
-        out[vid] = str(sid) if sid is not None else vid
-    if missing:
-        log.warning("%s: %d volumes have no scan_id; each counts as its own scan", path, missing)
-    return out
-
-
 def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: dict[str, str] | None = None,
                   batch_size: int = 4, max_length: int = 128, desc: str = "embed", workers: int = 0) -> SplitEmbeddings:
     """Volume and report embeddings of every item of a dataset (``CTCacheDataset`` items).
@@ -85,7 +64,7 @@ def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: 
         model: ``encode_volume`` / ``encode_text`` (normalised).
         tokenizer: ``tokenizer(texts, max_length)``.
         dataset: items ``{"id", "volume" (1,D,H,W), "report", "labels" (18,)}``; a torch Dataset or a list.
-        scan_of: volume id -> scan id (``read_scan_ids``); None: each volume its own scan.
+        scan_of: volume id -> scan id (``ctxray.data.cachedir.scan_ids``); None: each volume its own scan.
         batch_size: volumes per forward pass.
         max_length: token budget for reports.
         workers: DataLoader worker processes (volume loading).
@@ -178,8 +157,6 @@ def report_zero_shot(model: Any, tokenizer: Any, text_emb: torch.Tensor, y: np.n
     Returns:
         ``macro`` AUROC and ``per_label`` (NaN where the split has one class).
     """
-    from ctxray.evaluate.metrics import auroc_per_label
-
     pos, neg = prompt_embeddings(model, tokenizer, label_set, max_length=max_length)
     scores = _probs(text_emb, pos, neg, logit_scale_of(model)).numpy()
     per = auroc_per_label(y, scores)
@@ -205,9 +182,6 @@ def write_outputs(out: Path, metrics: dict, emb: SplitEmbeddings, y: np.ndarray,
 def checkpoint_identity(checkpoint: str | Path, prefer: str = "best") -> dict[str, str]:
     """Which checkpoint a run folder or checkpoint folder resolves to, and the SHA-256 of its weights (so
     ``ctxray export`` can refuse thresholds measured on another checkpoint)."""
-    from ctxray.train.checkpoint import MODEL_FILE, resolve_checkpoint
-    from ctxray.utils.io import sha256_file
-
     ckpt = resolve_checkpoint(checkpoint, prefer)
     return {"checkpoint_resolved": str(ckpt.resolve()), "weights_sha256": sha256_file(ckpt / MODEL_FILE)}
 
@@ -233,20 +207,18 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
     Returns:
         The metrics dict written to ``out/metrics.json``.
     """
-    from ctxray.data.dataset import CTCacheDataset
-    from ctxray.train.checkpoint import load_model
-
     t0 = time.time()
     torch.manual_seed(seed)
     model, tokenizer, config = load_model(checkpoint, map_location=resolve_device(device))
     label_set = load_labels(str(labels) if labels else None)
     max_length = int(getattr(getattr(getattr(config, "model", None), "text", None), "max_length", 128))
-    scan_of = read_scan_ids(cache)
-    emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=split), scan_of, batch_size, max_length,
+    index = read_cache(cache)  # one read of the manifest and spec serves both splits and the scan ids
+    scan_of = scan_ids(list(index.rows), manifest_path(cache))
+    emb = embed_dataset(model, tokenizer, CTCacheDataset(index, split=split), scan_of, batch_size, max_length,
                         desc=f"embed {split or 'all'}", workers=workers)
     thr_emb = None
     if threshold_split and threshold_split != split:
-        thr_emb = embed_dataset(model, tokenizer, CTCacheDataset(cache, split=threshold_split), scan_of,
+        thr_emb = embed_dataset(model, tokenizer, CTCacheDataset(index, split=threshold_split), scan_of,
                                 batch_size, max_length, desc=f"embed {threshold_split} (thresholds)", workers=workers)
     metrics, y, probs = evaluate_embeddings(model, tokenizer, emb, label_set, thr_emb, n_boot, seed, max_length)
     metrics["zero_shot"]["thresholds"]["split"] = threshold_split or split

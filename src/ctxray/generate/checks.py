@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ctxray.generate.metrics import clinical_efficacy, nlg_metrics
+from ctxray.labeler import find_mentions
+from ctxray.labels import load_labels
+
 
 def contradictions(text: str, label_set: str = "ct") -> list[str]:
     """Labels that ``text`` both states (positive or hedged) and negates."""
-    from ctxray.labeler import find_mentions
-
     stated, negated = set(), set()
     for m in find_mentions(text, label_set):
         (negated if m.status == "negative" else stated).add(m.label)
@@ -38,8 +40,6 @@ def truth_sides(record: Mapping) -> dict[str, frozenset[str]]:
 
 def stated_sides(text: str, label_set: str = "ct") -> dict[str, frozenset[str]]:
     """Label -> the sides a report names for it (positive or hedged mentions that name a side)."""
-    from ctxray.labeler import find_mentions
-
     out: dict[str, set[str]] = {}
     for m in find_mentions(text, label_set):
         if m.status == "negative" or m.laterality not in ("left", "right", "bilateral"):
@@ -83,9 +83,6 @@ def grouped_clinical_efficacy(generated: Sequence[str], references: Sequence[str
         "xray_visible_f1", "ct_only_f1", "micro_f1"}``; a group's macro is over its labels with reference
         positives.
     """
-    from ctxray.generate.metrics import clinical_efficacy
-    from ctxray.labels import load_labels
-
     visible = set(load_labels().xray_visible_names)
     rows = clinical_efficacy(generated, references, "ct", uncertain_as=uncertain_as)
     per = [dict(r.as_dict(), xray_visible=r.label in visible) for r in rows[:-2]]
@@ -107,8 +104,6 @@ def score_generated(generated: Sequence[str], references: Sequence[str], truths:
         "ce_micro_f1", "ce_per_label", "contradictions" (reports with any), "laterality_acc" (exact side
         matches, NaN without ``truths``), "laterality_n"}``.
     """
-    from ctxray.generate.metrics import nlg_metrics
-
     out = dict(nlg_metrics(generated, references, use_java=use_java))
     ce = grouped_clinical_efficacy(generated, references)
     out.update({"ce_macro_f1": ce["macro_f1"], "ce_xray_f1": ce["xray_visible_f1"], "ce_ctonly_f1": ce["ct_only_f1"],

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxray.data.cachedir import read_manifest, volume_path
+from ctxray.data.ctrate import read_ctrate
+from ctxray.data.ids import ct_id
+from ctxray.data.spec import PreprocessSpec
 from ctxray.data.text import clean_field, report_text
+from ctxray.generate.decoder import pool_feature_map
+from ctxray.labeler import label_matrix
+from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +68,10 @@ def split_sections(text: str) -> tuple[str, str]:
 
 def _ctrate_sections(root: str | Path, splits: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Cache id -> (findings, impression) from a CT-RATE-layout folder."""
-    from ctxray.data.ctrate import read_ctrate
-    from ctxray.data.ingest import safe_id
-
     out: dict[str, tuple[str, str]] = {}
     for split in splits:
         for rec in read_ctrate(root, split, missing="keep"):
-            out[safe_id(rec.volume_name.removesuffix(".nii.gz"))] = (rec.findings, rec.impression)
+            out[ct_id(rec.volume_name)] = (rec.findings, rec.impression)
     return out
 
 
@@ -84,7 +88,6 @@ def read_items(cache: str | Path, split: str | None, ctrate_root: str | Path | N
     Raises:
         ValueError: the split has no rows with a report.
     """
-    from ctxray.train.data import read_manifest
 
     rows = [r for r in read_manifest(cache, split) if clean_field(r.get("report"))]
     if limit is not None:
@@ -99,7 +102,7 @@ def read_items(cache: str | Path, split: str | None, ctrate_root: str | Path | N
             findings, impression = sections.get(r["id"], (r["report"], ""))
         findings, impression = clean_field(findings), clean_field(impression)
         items.append(ReportItem(r["id"], findings, impression, report_text(findings, impression),
-                                Path(cache) / "volumes" / f"{r['id']}.npy"))
+                                volume_path(cache, r)))
     if not any(i.impression for i in items):
         log.warning("%s: no separate Impression sections (pass the CT-RATE root); reports are learnt as Findings",
                     cache)
@@ -112,8 +115,6 @@ def load_cached_volume(path: Path) -> torch.Tensor:
     Shape:
         -> (1, 1, D, H, W) float32 in [0, 1]
     """
-    from ctxray.data.spec import PreprocessSpec
-
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as err:
@@ -136,9 +137,6 @@ def extract_features(feature_fn: Callable[[torch.Tensor], torch.Tensor], volumes
     Returns:
         (N, C, *grid) float32 on the CPU.
     """
-    from ctxray.generate.decoder import pool_feature_map
-    from ctxray.utils.progress import progress
-
     out = []
     for start in progress(range(0, len(volumes), batch_size), desc="features", unit="batch"):
         batch = torch.cat([load() for load in volumes[start:start + batch_size]]).to(device)
@@ -155,8 +153,6 @@ def most_common_report(items: Sequence[ReportItem], label_set: str = "ct") -> Re
     share one report from counting as "common".
     """
     from collections import Counter
-
-    from ctxray.labeler import label_matrix
 
     if not items:
         raise ValueError("most_common_report: no reports")

@@ -140,7 +140,6 @@ class ReportDecoder(nn.Module):
         out = self.gpt(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return out.logits[:, visual.shape[1]:]  # (B, L, vocab)
 
-
     @torch.no_grad()
     def start(self, visual: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Begin incremental decoding: logits after ``input_ids`` and the key/value cache.
@@ -189,10 +188,3 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch
     """
     target = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-
-
-def decoder_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices only (no decay on biases, norms, 1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

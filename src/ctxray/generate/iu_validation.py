@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from ctxray.data.iu import read_iu_reports
 from ctxray.generate.metrics import LabelScores, label_scores
 from ctxray.labeler import label_matrix, label_names, load_rules
 
@@ -76,8 +77,6 @@ def validate_on_iu(half: Half = "heldout", uncertain_as: float = 1.0, tgz: str |
         (scores per label then the "macro" and "micro" rows, number of reports used). Reports
         with empty text or without MeSH major terms are skipped.
     """
-    from ctxray.data.iu import read_iu_reports
-
     reports = [r for r in read_iu_reports(tgz) if r.report and r.mesh_major]
     if half != "all":
         reports = [r for r in reports if iu_half(r.id) == half]

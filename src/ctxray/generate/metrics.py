@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ctxray.labeler import label_matrix, label_names
+from ctxray.utils.io import json_safe
+
 log = logging.getLogger(__name__)
 
 
@@ -92,8 +95,6 @@ def clinical_efficacy(generated: Sequence[str], references: Sequence[str], label
     Returns:
         per-label rows, then "macro" (over labels present in the references) and "micro".
     """
-    from ctxray.labeler import label_matrix, label_names
-
     if len(generated) != len(references):
         raise ValueError(f"{len(generated)} generated reports but {len(references)} references")
     y_pred = label_matrix(list(generated), label_set, uncertain_as=uncertain_as)
@@ -173,3 +174,16 @@ def _meteor(gts: dict, res: dict) -> float | None:
         close = getattr(scorer, "close", None)
         if close is not None:
             close()
+
+
+def score_reports(generated: Sequence[str], references: Sequence[str], label_set: str = "ct") -> dict:
+    """NLG metrics and clinical efficacy of generated reports.
+
+    Returns:
+        ``{"nlg": {...}, "clinical": {"per_label": [{label, precision, recall, f1, support, predicted}]
+        (label-set order), "macro": {...}, "micro": {...}}}``; NaN (undefined) becomes null.
+    """
+    rows = clinical_efficacy(generated, references, label_set)
+    clean = [json_safe(r.as_dict()) for r in rows]
+    return {"nlg": nlg_metrics(generated, references),
+            "clinical": {"per_label": clean[:-2], "macro": clean[-2], "micro": clean[-1]}}

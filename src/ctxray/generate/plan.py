@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctxray.labeler import find_mentions, label_names
+
 log = logging.getLogger(__name__)
 
 SIDES = ("left", "right")
@@ -64,8 +66,6 @@ def side_of(sides: set[str | None]) -> str | None:
 
 def plans_from_reports(texts: Sequence[str], label_set: str = "ct") -> list[Plan]:
     """The findings and sides each report states (the labeler's positive and hedged mentions)."""
-    from ctxray.labeler import find_mentions, label_names
-
     names = label_names(label_set)
     out = []
     for text in texts:

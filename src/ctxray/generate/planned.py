@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ctxray.config import from_dict, to_dict
+from ctxray.data.text import report_text
 from ctxray.generate.plan import (
     LabelProbe,
     Plan,
@@ -48,7 +49,11 @@ from ctxray.generate.plan import (
     side_targets,
 )
 from ctxray.generate.realise import SentenceBank
+from ctxray.generate.train import freeze
+from ctxray.labeler import label_names
+from ctxray.models.registry import create_volume_encoder
 from ctxray.utils.io import atomic_write_text
+from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +122,6 @@ def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor
     Returns:
         ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C), float32 numpy.
     """
-    from ctxray.utils.progress import progress
-
     device = next(iter(view.parameters()), torch.empty(0)).device
     parts: dict[str, list[np.ndarray]] = {}
     view.eval()
@@ -209,9 +212,6 @@ def fit_planned(train_feats: Features, train_flipped: Features, findings: Sequen
         prompts: zero-shot prompt embeddings and scale (needed for ``planner="zeroshot"``).
         groups: scan ids, so the out-of-fold split keeps a scan's reconstructions together.
     """
-    from ctxray.data.text import report_text
-    from ctxray.labeler import label_names
-
     names = label_names(cfg.label_set)
     plans = plans_from_reports([report_text(f, i) for f, i in zip(findings, impressions)], cfg.label_set)
     y = plan_matrix(plans, names)
@@ -304,9 +304,6 @@ def load_planned(folder: str | Path, device: str = "cpu") -> tuple[PlannedGenera
     """
     from safetensors.numpy import load_file as load_np
     from safetensors.torch import load_file
-
-    from ctxray.generate.train import freeze
-    from ctxray.models.registry import create_volume_encoder
 
     root = Path(folder)
     for name in ("config.json", "encoder.safetensors", "planner.safetensors", "bank.json"):

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ctxray.generate.plan import Plan, side_of
+from ctxray.labeler import find_mentions
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class Sentence:
 
 
 def read_sentence(text: str, section: str, position: float, label_set: str = "ct") -> Sentence:
-    from ctxray.labeler import find_mentions
-
     pos: dict[str, set[str | None]] = {}
     neg: set[str] = set()
     for m in find_mentions(text, label_set):

@@ -14,13 +14,15 @@ import csv
 import io
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ctxray.data.ids import ct_id
+from ctxray.data.readers import load_volume
+from ctxray.data.spec import PreprocessSpec
 from ctxray.data.text import report_text
 from ctxray.generate.data import (
     ReportItem,
@@ -32,6 +34,9 @@ from ctxray.generate.data import (
     split_sections,
 )
 from ctxray.generate.decoder import ReportDecoder
+from ctxray.generate.metrics import score_reports
+from ctxray.generate.planned import is_planned
+from ctxray.generate.run_planned import planned_reports
 from ctxray.generate.search import DecodeConfig, decode
 from ctxray.generate.train import (
     GenerateConfig,
@@ -74,23 +79,6 @@ def generate_texts(decoder: ReportDecoder, tokenizer, features: torch.Tensor, cf
     return [report_text(f, i) for f, i in generate_sections(decoder, tokenizer, features, cfg)]
 
 
-def _finite(x: float) -> float | None:
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def score_reports(generated: Sequence[str], references: Sequence[str], label_set: str = "ct") -> dict:
-    """NLG metrics and clinical efficacy of generated reports.
-
-    Returns:
-        ``{"nlg": {...}, "clinical": {"per_label": [{label, precision, recall, f1, support, predicted}]
-        (label-set order), "macro": {...}, "micro": {...}}}``; NaN (undefined) becomes null.
-    """
-    from ctxray.generate.metrics import clinical_efficacy, nlg_metrics
-
-    rows = clinical_efficacy(generated, references, label_set)
-    clean = [{k: _finite(v) for k, v in r.as_dict().items()} for r in rows]
-    return {"nlg": nlg_metrics(generated, references),
-            "clinical": {"per_label": clean[:-2], "macro": clean[-2], "micro": clean[-1]}}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -159,10 +147,6 @@ def evaluate_generator(gen: Generator, eval_items: Sequence[ReportItem], train_i
 
 def _volume_loaders(spec_path: Path | None, volumes: Sequence[str | Path]) -> list[tuple[str, object]]:
     """(id, loader) for NIfTI / DICOM / .npz volumes, preprocessed with the generator's spec."""
-    from ctxray.data.ingest import safe_id
-    from ctxray.data.readers import load_volume
-    from ctxray.data.spec import PreprocessSpec
-
     if spec_path is None:
         raise ValueError("the generator folder has no spec.json; cannot preprocess raw volumes")
     spec = PreprocessSpec.load(spec_path)
@@ -174,8 +158,7 @@ def _volume_loaders(spec_path: Path | None, volumes: Sequence[str | Path]) -> li
     out = []
     for v in volumes:
         p = Path(v)
-        name = p.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".npz")
-        out.append((safe_id(name), lambda p=p: loader(p)))
+        out.append((ct_id(p.name), lambda p=p: loader(p)))
     return out
 
 
@@ -197,8 +180,6 @@ def run_generator(model: str | Path, out: str | Path, cache: str | Path | None =
     if (cache is None) == (not volumes):
         raise ValueError("give exactly one of a cache (with a split) or volume files")
     out = Path(out)
-    from ctxray.generate.planned import is_planned
-
     if is_planned(model):
         return _run_planned(model, out, cache, split, volumes, ctrate_root)
     device = resolve_device("auto")
@@ -228,8 +209,6 @@ def run_generator(model: str | Path, out: str | Path, cache: str | Path | None =
 
 def _run_planned(model: str | Path, out: Path, cache, split, volumes, ctrate_root) -> list[dict]:
     """``run_generator`` for a planned generator folder (``ctxray generate plan``)."""
-    from ctxray.generate.run_planned import planned_reports
-
     items = read_items(cache, split, ctrate_root) if cache is not None else None
     if items is not None:
         ids, loaders = [i.id for i in items], [lambda p=i.path: load_cached_volume(p) for i in items]

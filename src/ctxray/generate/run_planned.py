@@ -18,6 +18,10 @@ import numpy as np
 import torch
 
 from ctxray.data.text import report_text
+from ctxray.generate.checks import score_generated
+from ctxray.generate.data import load_cached_volume, most_common_report, read_items
+from ctxray.generate.metrics import score_reports
+from ctxray.generate.plan import plans_from_reports, shuffled_plans
 from ctxray.generate.planned import (
     PlannedConfig,
     PlannedGenerator,
@@ -27,18 +31,18 @@ from ctxray.generate.planned import (
     load_planned,
     save_planned,
 )
-from ctxray.utils.io import atomic_write_text
+from ctxray.generate.train import freeze
+from ctxray.generate.tune import choose_operating_point
+from ctxray.labels import load_labels
+from ctxray.models.zeroshot import logit_scale_of, prompt_embeddings
+from ctxray.train.checkpoint import load_model
+from ctxray.utils.io import atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 
 
 def _load_view(checkpoint: str | Path) -> tuple[VolumeView, tuple[np.ndarray, np.ndarray, float], dict]:
     """The frozen volume tower of a training run, its zero-shot prompt embeddings and a description."""
-    from ctxray.evaluate.zeroshot import logit_scale_of, prompt_embeddings
-    from ctxray.generate.train import freeze
-    from ctxray.labels import load_labels
-    from ctxray.train.checkpoint import load_model
-
     model, tokenizer, train_cfg = load_model(checkpoint)
     model.eval()
     pos, neg = prompt_embeddings(model, tokenizer, load_labels())
@@ -52,8 +56,6 @@ def _load_view(checkpoint: str | Path) -> tuple[VolumeView, tuple[np.ndarray, np
 
 
 def _loaders(items) -> list[Callable[[], torch.Tensor]]:
-    from ctxray.generate.data import load_cached_volume
-
     return [lambda p=i.path: load_cached_volume(p) for i in items]
 
 
@@ -77,9 +79,6 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
     Returns:
         the metrics written to ``out/metrics.json`` (``{}`` without evaluation).
     """
-    from ctxray.generate.data import most_common_report, read_items
-    from ctxray.generate.tune import choose_operating_point
-
     out = Path(out)
     view, prompts, desc = _load_view(checkpoint)
     train = read_items(cache, cfg.train_split)
@@ -104,10 +103,6 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
 def evaluate_planned(gen: PlannedGenerator, view: VolumeView, items, template: str, out: Path, n_train: int,
                      ground_truth: str | Path | None = None) -> dict:
     """Score the generator, the template, the oracle plan and the shuffled plan; write metrics and samples."""
-    from ctxray.generate.checks import score_generated
-    from ctxray.generate.plan import plans_from_reports, shuffled_plans
-    from ctxray.generate.run import score_reports
-
     feats = encode_volumes(view, _loaders(items))
     plans, nb = gen.plan(feats), gen.neighbours(feats)
     refs = [i.report for i in items]
@@ -128,7 +123,7 @@ def evaluate_planned(gen: PlannedGenerator, view: VolumeView, items, template: s
     for name, t in runs.items():
         metrics[name] = score_reports(t, refs)
         checks = score_generated(t, refs, truths, use_java=False)
-        metrics[name]["checks"] = {k: _finite(checks[k]) for k in ("ce_xray_f1", "ce_ctonly_f1", "contradictions",
+        metrics[name]["checks"] = {k: json_safe(checks[k]) for k in ("ce_xray_f1", "ce_ctonly_f1", "contradictions",
                                                                     "laterality_acc", "laterality_n")}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     rows = [{"id": i.id, "reference": i.report, "generated": g, "plan": p.to_dict()}
@@ -136,9 +131,6 @@ def evaluate_planned(gen: PlannedGenerator, view: VolumeView, items, template: s
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return metrics
 
-
-def _finite(x):
-    return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
 Loader = Callable[[], torch.Tensor]

@@ -29,8 +29,12 @@ import torch
 from torch import nn
 
 from ctxray.config import from_dict, to_dict
-from ctxray.generate.decoder import DecoderConfig, ReportDecoder, decoder_param_groups, lm_loss
+from ctxray.generate.decoder import DecoderConfig, ReportDecoder, lm_loss
 from ctxray.generate.search import DecodeConfig
+from ctxray.models.registry import create_volume_encoder
+from ctxray.models.text import Tokenizer
+from ctxray.optim import lr_factor, param_groups
+from ctxray.train.checkpoint import load_model
 from ctxray.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -86,9 +90,6 @@ def load_encoder(checkpoint: str | Path, init: str = "checkpoint", seed: int = 0
     Returns:
         (volume encoder, Tokenizer, description ``{"name", "kwargs", "source", "init"}``).
     """
-    from ctxray.models.registry import create_volume_encoder
-    from ctxray.train.checkpoint import load_model
-
     model, tokenizer, train_cfg = load_model(checkpoint)
     mcfg = train_cfg.model
     kwargs = dict(mcfg.encoder_kwargs)
@@ -113,11 +114,8 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
-    warmup = min(warmup, max(total // 10, 1))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    """Warm-up (capped at a tenth of the run) and a cosine to 5% of the peak (:func:`ctxray.optim.lr_factor`)."""
+    return lr_factor(step, total, min(warmup, max(total // 10, 1)), 0.05)
 
 
 def train_decoder(decoder: ReportDecoder, features: torch.Tensor, input_ids: torch.Tensor,
@@ -142,7 +140,7 @@ def train_decoder(decoder: ReportDecoder, features: torch.Tensor, input_ids: tor
     n, bs = len(features), min(cfg.batch_size, len(features))
     per_epoch = math.ceil(n / bs)
     total = cfg.epochs * per_epoch
-    opt = torch.optim.AdamW(decoder_param_groups(decoder, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(param_groups(decoder, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
     decoder.train()
     rows = []
@@ -228,9 +226,6 @@ def load_generator(folder: str | Path, device: str = "cpu") -> Generator:
         FileNotFoundError / ValueError: a file is missing or does not fit (the message names it).
     """
     from safetensors.torch import load_file
-
-    from ctxray.models.registry import create_volume_encoder
-    from ctxray.models.text import Tokenizer
 
     root = Path(folder)
     for name in ("config.json", "model.safetensors", "encoder.safetensors", "tokenizer"):

@@ -19,8 +19,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from ctxray.data.text import report_text
+from ctxray.generate.metrics import label_scores, nlg_metrics
 from ctxray.generate.plan import f1_thresholds, fold_ids, plan_matrix, plans_from_reports, plans_from_scores
-from ctxray.generate.planned import Features, PlannedConfig, PlannedGenerator, fit_planned
+from ctxray.generate.planned import Features, PlannedConfig, PlannedGenerator, fit_planned, gate_threshold
+from ctxray.labeler import find_mentions, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +32,6 @@ def training_reports(gen: PlannedGenerator, feats: Features, groups: Sequence[st
                      normal_share: float = 0.0, y: np.ndarray | None = None) -> list[str]:
     """Out-of-fold reports for the training volumes at thresholds maximising F-beta on the same OOF scores,
     with the normal gate passing ``normal_share`` of them as normal."""
-    from ctxray.data.text import report_text
-    from ctxray.generate.planned import gate_threshold
-
     if y is None:
         y = plan_matrix(plans_from_reports([report_text(*_sections(gen, i)) for i in range(len(groups))]), gen.names)
     # nested: each fold's thresholds and gate come from the other folds' out-of-fold scores, so the
@@ -72,9 +72,6 @@ def choose_operating_point(feats: Features, flipped: Features, findings: Sequenc
 
     The wording stays ``cfg.wording``; ``beta`` and ``normal_share`` are chosen from the grids.
     """
-    from ctxray.data.text import report_text
-    from ctxray.generate.metrics import label_scores, nlg_metrics
-
     refs = [report_text(f, i) for f, i in zip(findings, impressions)]
     template = nlg_metrics([report_text(*skeleton)] * len(refs), refs, use_java=use_java)
     gen = fit_planned(feats, flipped, findings, impressions, skeleton, cfg, prompts, groups)
@@ -104,8 +101,6 @@ def _labels(texts: Sequence[str], names: Sequence[str]) -> np.ndarray:
     The labeler reads sentence by sentence, so labelling the distinct sentences and combining per report
     gives exactly ``label_matrix``; generated reports share most sentences, which makes this fast.
     """
-
-    from ctxray.labeler import find_mentions, split_sentences
 
     index = {n: j for j, n in enumerate(names)}
 

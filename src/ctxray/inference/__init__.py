@@ -8,7 +8,7 @@ from __future__ import annotations
 
 _EXPORTS = {
     "CTModel": "ctxray.inference.api", "Finding": "ctxray.inference.api", "load": "ctxray.inference.api",
-    "ModelFolderError": "ctxray.inference.api", "NoDecoderError": "ctxray.inference.api",
+    "ModelFolderError": "ctxray.inference.folder", "NoDecoderError": "ctxray.inference.api",
     "export_model": "ctxray.inference.export",
 }
 __all__ = list(_EXPORTS)

@@ -9,7 +9,6 @@ safetensors, the rest JSON or text. Inputs to every method are a NIfTI path, a D
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctxray.inference.export import DECODER_DIR, ENCODER_DIR, FORMAT_VERSION, LOCALISATION, MANIFEST
-from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
-from ctxray.utils.io import sha256_file
+from ctxray.data.readers import Volume, read_volume_raw
+from ctxray.data.validate import check_values, validate_raw
+from ctxray.inference.folder import ModelFolderError, read_model_folder, verify_model_dir
+from ctxray.inference.heatmap import direction_score, explain, invert_map
+from ctxray.inference.report import report_writer
+from ctxray.models.zeroshot import encode_texts, prompt_embeddings, zero_shot_probs
+from ctxray.train.checkpoint import load_model
+
+__all__ = ["CTModel", "Finding", "ModelFolderError", "NoDecoderError", "load", "verify_model_dir"]
 
 log = logging.getLogger(__name__)
-
-READ_DIRS = (ENCODER_DIR, TEXT_BACKBONE_DIR, DECODER_DIR)  # folders whose every file loading may read
-
-
-class ModelFolderError(ValueError):
-    """A model folder is incomplete or altered; the message names the file and the reason."""
 
 
 class NoDecoderError(RuntimeError):
@@ -46,44 +45,6 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
-    """Check every file listed in ``manifest.json`` exists and has its recorded SHA-256, and that the folders
-    loading reads (``encoder/``, ``text_backbone/``, ``decoder/``) hold no file the manifest does not list.
-
-    Returns:
-        relative path -> sha256 of the verified files.
-
-    Raises:
-        ModelFolderError: naming the first missing or altered file.
-    """
-    root = Path(model_dir)
-    manifest = root / MANIFEST
-    if not root.is_dir():
-        raise ModelFolderError(f"{root}: model folder not found")
-    try:
-        data = json.loads(manifest.read_text())
-        files = data["files"]
-    except FileNotFoundError:
-        raise ModelFolderError(f"{manifest}: missing; not a model folder written by ctxray export") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ModelFolderError(f"{manifest}: unreadable manifest: {err}") from err
-    if data.get("format") != FORMAT_VERSION:
-        raise ModelFolderError(f"{manifest}: format {data.get('format')} is not the supported {FORMAT_VERSION}")
-    for rel, digest in files.items():
-        path = root / rel
-        if not path.is_file():
-            raise ModelFolderError(f"{path}: missing (listed in {MANIFEST})")
-        actual = sha256_file(path)
-        if actual != digest:
-            raise ModelFolderError(f"{path}: altered (sha256 {actual[:12]}... != {digest[:12]}... in {MANIFEST})")
-    for sub in READ_DIRS:
-        for path in sorted((root / sub).rglob("*")):
-            if path.is_file() and path.relative_to(root).as_posix() not in files:
-                raise ModelFolderError(f"{path}: not listed in {MANIFEST} (added after export, or the manifest was "
-                                       "edited); re-export the model")
-    return dict(files)
 
 
 class CTModel:
@@ -121,9 +82,6 @@ class CTModel:
             ValueError: an array without ``spacing``, or of the wrong rank.
             ctxray.data.readers.VolumeReadError: a file or folder that cannot be read or fails a check (names it).
         """
-        from ctxray.data.readers import Volume, read_volume_raw
-        from ctxray.data.validate import check_values, validate_raw
-
         if isinstance(volume, Volume):
             check_values(volume.hu, volume.source)
             return volume
@@ -175,16 +133,12 @@ class CTModel:
         Shape:
             output: (N, E) float32
         """
-        from ctxray.evaluate.zeroshot import encode_texts
-
         texts = [texts] if isinstance(texts, str) else list(texts)
         return encode_texts(self.model, self.tokenizer, texts).numpy()
 
     def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Positive and negative prompt-ensemble embeddings (computed once). Shape: (L, E) each."""
         if self._prompts is None:
-            from ctxray.evaluate.zeroshot import prompt_embeddings
-
             self._prompts = prompt_embeddings(self.model, self.tokenizer, self.label_set)
         return self._prompts
 
@@ -197,8 +151,6 @@ class CTModel:
 
     def findings_from_embedding(self, emb: torch.Tensor | np.ndarray, labels: list[str] | None = None) -> list[Finding]:
         """Zero-shot findings for an embedding already computed (see :meth:`zero_shot`)."""
-        from ctxray.evaluate.zeroshot import zero_shot_probs
-
         pos, neg = self.prompt_embeddings()
         v = torch.as_tensor(np.asarray(emb, dtype=np.float32)).reshape(1, -1)
         probs = zero_shot_probs(v, pos, neg, self.model.scale())[0]
@@ -236,9 +188,7 @@ class CTModel:
             raise NoDecoderError("this model folder has no report decoder; export the run with "
                                  "`ctxray export --decoder G` to include one")
         if self._generator is None:
-            from ctxray.inference.report import load_generator
-
-            self._generator = load_generator(self.decoder_dir)
+            self._generator = report_writer(self.decoder_dir)
         return self._generator(x)
 
     def explain(self, volume: Any, label: str, spacing: tuple[float, float, float] | None = None,
@@ -269,8 +219,6 @@ class CTModel:
         Args:
             stage: the CAM's feature stage (``"auto"``: the encoder's ``explain_stage``; None: the last).
         """
-        from ctxray.inference.heatmap import direction_score, explain
-
         (i,) = self._label_rows([label])
         pos, neg = self.prompt_embeddings()
         return explain(self.model, x, direction_score(self.model, pos[i] - neg[i]), method,  # type: ignore[arg-type]
@@ -287,38 +235,17 @@ class CTModel:
                 f"input={tuple(self.spec.shape_zyx)}, decoder={self.decoder_dir is not None})")
 
 
-def invert_map(spec: Any, map_: np.ndarray, shape: tuple[int, ...], spacing_zyx: tuple[float, float, float]
-               ) -> np.ndarray:
-    """A model-grid map put back on the scan's grid with ``spec.invert``, scaled to [0, 1]."""
-    mapped = spec.invert(map_, tuple(shape), tuple(spacing_zyx))
-    top = float(mapped.max())
-    return (mapped / top if top > 0 else mapped).astype(np.float32)
-
-
 def load(model_dir: str | Path, map_location: str = "cpu") -> CTModel:
-    """Load a model folder written by ``ctxray export``.
+    """Load a model folder written by ``ctxray export`` (layout and checks: :mod:`ctxray.inference.folder`).
 
     Args:
         model_dir: the folder.
         map_location: device for the weights.
 
     Raises:
-        ModelFolderError: a missing or altered file (named), or a folder that is not a model folder.
+        ModelFolderError: a missing or altered file (named), a folder of another format, or not a model folder.
     """
-    from ctxray.data.spec import PreprocessSpec
-    from ctxray.labels import load_labels
-    from ctxray.train.checkpoint import load_model
-
-    root = Path(model_dir)
-    verify_model_dir(root)
-    model, tokenizer, _config = load_model(root / ENCODER_DIR, map_location=map_location, root=root)
-    spec = PreprocessSpec.load(root / "spec.json")
-    label_set = load_labels(str((root / "labels.json").resolve()))
-    thresholds = json.loads((root / "thresholds.json").read_text())["thresholds"]
-    info = json.loads((root / "model.json").read_text())
-    card = (root / "MODEL_CARD.md").read_text()
-    decoder = root / DECODER_DIR if (root / DECODER_DIR).is_dir() else None
-    loc_file = root / LOCALISATION
-    localisation = json.loads(loc_file.read_text()) if loc_file.is_file() else None
-    return CTModel(model, tokenizer, spec, label_set, thresholds, card=card, info=info, decoder_dir=decoder,
-                   localisation=localisation)
+    folder = read_model_folder(model_dir)
+    model, tokenizer, _config = load_model(folder.encoder_dir, map_location=map_location, root=folder.root)
+    return CTModel(model, tokenizer, folder.spec, folder.label_set, folder.thresholds, card=folder.card,
+                   info=folder.info.to_dict(), decoder_dir=folder.decoder_dir, localisation=folder.localisation)

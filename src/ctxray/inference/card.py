@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
+
+from ctxray.data.cachedir import manifest_path, read_manifest
+from ctxray.train.config import LOSS_TERMS
 
 INTENDED_USE = (
     "Research on chest-CT representation learning: zero-shot finding classification, report-volume "
@@ -33,22 +34,17 @@ def _training_data(config: Any) -> list[str]:
     data = getattr(config, "data", None)
     cache = getattr(data, "cache", "") if data is not None else ""
     lines = [f"- Preprocess cache: `{cache or 'unknown'}`"]
-    manifest = Path(cache) / "manifest.jsonl" if cache else None
-    if manifest is not None and manifest.is_file():
+    if cache and manifest_path(cache).is_file():
         splits: dict[str, int] = {}
-        sources: set[str] = set()
-        for line in manifest.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                splits[str(row.get("split"))] = splits.get(str(row.get("split")), 0) + 1
-                sources.add(str(row.get("preset", "")))
+        for row in read_manifest(cache):
+            splits[str(row.get("split"))] = splits.get(str(row.get("split")), 0) + 1
         lines.append("- Volumes per split: " + ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
     if data is not None:
         lines.append(f"- Training split `{getattr(data, 'train_split', '?')}`, validation split "
                      f"`{getattr(data, 'val_split', '?')}`, retrieval targets `{getattr(data, 'retrieval', None)}`")
     loss = getattr(config, "loss", None)
     if loss is not None:
-        terms = {k: getattr(loss, k) for k in ("roco", "pkd", "srkd", "mlm") if hasattr(loss, k)}
+        terms = {k: getattr(loss, k) for k in LOSS_TERMS if hasattr(loss, k)}
         lines.append("- Loss weights: " + ", ".join(f"{k} {v:g}" for k, v in terms.items()))
     return lines
 

@@ -39,12 +39,14 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ctxray.inference.rollout import rollout
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +246,6 @@ def explain(model: nn.Module, volume: torch.Tensor, score_fn: ScoreFn, method: M
         if method == "occlusion":
             cam, text, score, grid = _occlusion(score_fn, volume, patch, stride, baseline, batch)
         elif method in ATTENTION_METHODS:
-            from ctxray.inference.rollout import rollout
-
             cam, text, score, grid = rollout(model, volume, score_fn, weighted=method == "gradrollout")
             text += ("; upsampled trilinearly and mapped back to the scan grid with the preprocessing spec's "
                      "inverse; scaled to [0, 1] per map.")
@@ -266,3 +266,11 @@ def gradcam(model: nn.Module, volume: torch.Tensor, direction: torch.Tensor, sta
         volume: (1, 1, D, H, W); direction: (E,); map: (D, H, W)
     """
     return explain(model, volume, direction_score(model, direction), "gradcam", stage=stage)
+
+
+def invert_map(spec: Any, map_: np.ndarray, shape: tuple[int, ...], spacing_zyx: tuple[float, float, float]
+               ) -> np.ndarray:
+    """A model-grid map put back on the scan's grid with ``spec.invert``, scaled to [0, 1]."""
+    mapped = spec.invert(map_, tuple(shape), tuple(spacing_zyx))
+    top = float(mapped.max())
+    return (mapped / top if top > 0 else mapped).astype(np.float32)

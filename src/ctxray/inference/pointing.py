@@ -26,6 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ctxray.inference.heatmap import invert_map
+from ctxray.utils.progress import progress
+
 
 @dataclass
 class Lesion:
@@ -344,9 +347,6 @@ def collect_cases(model: PointingModel, rows: Iterable[dict], paths: dict[str, P
     Returns:
         (cases, per-label counts ``{"gt_pos", "tp", "tp_localised"}``).
     """
-    from ctxray.inference.api import invert_map
-    from ctxray.utils.progress import progress
-
     rows = list(rows)
     rng = np.random.default_rng(seed)
     counts: dict[str, dict[str, int]] = {n: {"gt_pos": 0, "tp": 0, "tp_localised": 0} for n in model.labels}

@@ -27,11 +27,15 @@ from typing import Literal
 import numpy as np
 
 from ctxray.data.dicom import SkippedSeries
-from ctxray.data.readers import RawVolume
+from ctxray.data.validate import validate_raw
+from ctxray.data.volume import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
-from ctxray.inference.export import make_readable
-from ctxray.inference.scans import discover_scans, json_safe, open_scan, scrub, scrubbed_logs
-from ctxray.utils.io import atomic_write, atomic_write_text
+from ctxray.inference.card import limits_section
+from ctxray.inference.fov import chest_fov_check
+from ctxray.inference.html import ReportPage, write_report_html
+from ctxray.inference.report import report_source
+from ctxray.inference.scans import discover_scans, open_scan, scrub, scrubbed_logs
+from ctxray.utils.io import atomic_write, atomic_write_text, json_safe, make_readable
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -96,8 +100,6 @@ def _report_text(model: CTModel, x, findings: list[Finding]) -> tuple[str, str]:
     listed = ", ".join(positives) if positives else "none"
     try:
         text = model.generate_from_input(x)
-        from ctxray.inference.report import report_source
-
         return text, report_source(model.decoder_dir)
     except NoDecoderError as err:
         return (f"No generated report: {err}.\nZero-shot findings above threshold: {listed}.",
@@ -124,11 +126,6 @@ def predict_scan(model: CTModel, read: Callable[[], RawVolume], name: str, out_d
     Raises:
         Whatever reading, validation or the model raises; :func:`predict` turns it into an error entry.
     """
-    from ctxray.data.validate import validate_raw
-    from ctxray.inference.card import limits_section
-    from ctxray.inference.fov import chest_fov_check
-    from ctxray.inference.html import ReportPage, write_report_html
-
     raw = read()
     validate_raw(raw, name)
     vol = raw.to_volume()

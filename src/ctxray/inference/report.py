@@ -30,8 +30,8 @@ def check_decoder_spec(decoder_dir: str | Path, spec_file: str | Path) -> None:
                          f"the model on {b.get('name')!r} ({spec_file}); export a generator trained on the same cache")
 
 
-def load_generator(decoder_dir: str | Path) -> Callable[[torch.Tensor], str]:
-    """A function from one preprocessed volume to its generated report text.
+def report_writer(decoder_dir: str | Path) -> Callable[[torch.Tensor], str]:
+    """A function from one preprocessed volume to its generated report text (either kind of generator folder).
 
     Returns:
         ``fn(x) -> str`` with x (1, 1, D, H, W) float32 in [0, 1]; the text is
@@ -40,14 +40,14 @@ def load_generator(decoder_dir: str | Path) -> Callable[[torch.Tensor], str]:
     from ctxray.generate.data import extract_features
     from ctxray.generate.planned import is_planned
     from ctxray.generate.run import generate_texts
-    from ctxray.generate.train import load_generator as load_generator_folder
+    from ctxray.generate.train import load_generator
 
     if is_planned(decoder_dir):
         from ctxray.generate.run_planned import planned_writer
 
         write = planned_writer(decoder_dir)
         return lambda x: write([lambda: x])[0]["report"]
-    gen = load_generator_folder(decoder_dir)
+    gen = load_generator(decoder_dir)
 
     def generate(x: torch.Tensor) -> str:
         feats = extract_features(gen.encoder.feature_map, [lambda: x], gen.cfg.decoder.visual_grid, 1, "cpu")

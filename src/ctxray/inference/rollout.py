@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from ctxray.models.vit3d import ViT3D
+
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 ROLLOUT_TEXT = {
@@ -42,8 +44,6 @@ def attention_encoder(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when no encoder with transformer blocks is found (e.g. a ResNet).
     """
-    from ctxray.models.vit3d import ViT3D
-
     for m in (getattr(model, "volume_encoder", None), model, *model.children()):
         if isinstance(m, ViT3D):
             return m

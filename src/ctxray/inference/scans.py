@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ctxray.data.readers import RawVolume
+from ctxray.data.dicom import read_series, scan_dicom_folder, select_series
+from ctxray.data.readers import read_volume_raw
+from ctxray.data.volume import RawVolume
 from ctxray.utils.io import sha256_file
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz")
@@ -72,12 +73,8 @@ def open_scan(path: Path, series_uid: str | None = None) -> tuple[str, Callable[
         path: a NIfTI / ``.npz`` file, a DICOM file or a DICOM folder.
         series_uid: for a DICOM folder with several CT series: a SeriesInstanceUID or its ``dcm-`` id.
     """
-    from ctxray.data.readers import read_volume_raw
-
     path = Path(path)
     if path.is_dir() or (path.is_file() and _is_dicom_file(path)):
-        from ctxray.data.dicom import read_series, scan_dicom_folder, select_series
-
         series = scan_dicom_folder(path)
         if series:
             try:
@@ -127,14 +124,3 @@ def scrubbed_logs(path: Path) -> Iterator[None]:
     finally:
         for h in handlers:
             h.removeFilter(filt)
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by None, so ``json.dumps(allow_nan=False)`` succeeds."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctxray.data.readers import Volume, read_volume_raw
 from ctxray.inference.heatmap import Relevance, explain
+from ctxray.models.registry import create_volume_encoder
 
 
 class ClassifierModel:
@@ -39,8 +41,6 @@ class ClassifierModel:
 
     def read(self, volume: Any):
         """A path (NIfTI, DICOM folder, ``.npz``) or a ``Volume`` as a ``Volume``."""
-        from ctxray.data.readers import Volume, read_volume_raw
-
         return volume if isinstance(volume, Volume) else read_volume_raw(volume).to_volume()
 
     def preprocess(self, volume: Any) -> torch.Tensor:
@@ -66,8 +66,6 @@ class ClassifierModel:
 
 def build_classifier(encoder: str, input_shape: Sequence[int], n_labels: int, **encoder_kwargs: Any) -> nn.Sequential:
     """``nn.Sequential(encoder, nn.Linear(out_dim, n_labels))`` as ``train_full`` builds it."""
-    from ctxray.models.registry import create_volume_encoder
-
     enc = create_volume_encoder(encoder, input_shape=tuple(input_shape), **encoder_kwargs)
     return nn.Sequential(enc, nn.Linear(int(enc.out_dim), n_labels))
 

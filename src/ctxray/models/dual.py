@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.config import from_dict
+from ctxray.models.registry import create_volume_encoder
 from ctxray.models.text import TextEncoder, TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,6 @@ class DualEncoder(nn.Module):
 
     def __init__(self, cfg: DualEncoderConfig) -> None:
         super().__init__()
-        from ctxray.models.registry import create_volume_encoder
-
         if cfg.embed_dim < 1:
             raise ValueError(f"DualEncoderConfig.embed_dim={cfg.embed_dim}: must be positive")
         self.cfg = cfg
@@ -169,6 +169,32 @@ class DualEncoder(nn.Module):
         return out
 
 
+def teacher_text_config(teacher_dir: str | Path) -> TextEncoderConfig:
+    """The X-ray expert's text-tower settings from a built-in teacher folder's ``config.json`` (no weights read).
+
+    A pretrained tower (``kind="hf"``) comes back pointing at its folder by absolute path.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` (or no tower folder for ``kind="hf"``). ValueError: no readable
+            ``text`` section.
+    """
+    root = Path(teacher_dir)
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: not found; is {root} a teacher folder (ctxray teacher train)?")
+    try:
+        data = json.loads(cfg_path.read_text())
+        text_cfg = from_dict(TextEncoderConfig, data["text"], f"{cfg_path}:text")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{cfg_path}: no readable 'text' section (a TextEncoderConfig): {err}") from err
+    if text_cfg.kind == "hf":
+        backbone = root / (text_cfg.hf_path or "")
+        if not text_cfg.hf_path or not backbone.is_dir():
+            raise FileNotFoundError(f"{cfg_path}: text tower folder {text_cfg.hf_path!r} not found under {root}")
+        return replace(text_cfg, hf_path=str(backbone.resolve()))
+    return text_cfg
+
+
 def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict[str, torch.Tensor]]:
     """The X-ray expert's text tower: its config and weights, read from a built-in teacher folder.
 
@@ -186,26 +212,14 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
     """
     from safetensors.torch import load_file
 
-    from ctxray.config import from_dict
-
     root = Path(teacher_dir)
-    cfg_path, weights = root / "config.json", root / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: not found; is {root} a teacher folder (ctxray teacher train)?")
-    try:
-        data = json.loads(cfg_path.read_text())
-        text_cfg = from_dict(TextEncoderConfig, data["text"], f"{cfg_path}:text")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{cfg_path}: no readable 'text' section (a TextEncoderConfig): {err}") from err
+    weights = root / "model.safetensors"
+    text_cfg = teacher_text_config(root)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: not found; is {root} a teacher folder (ctxray teacher train)?")
     keep = ("text_encoder.", "text_proj.")
     state = {k: v for k, v in load_file(str(weights)).items() if k.startswith(keep)}
-    if text_cfg.kind == "hf":
-        backbone = root / (text_cfg.hf_path or "")
-        if not text_cfg.hf_path or not backbone.is_dir():
-            raise FileNotFoundError(f"{cfg_path}: text tower folder {text_cfg.hf_path!r} not found under {root}")
-        return replace(text_cfg, hf_path=str(backbone.resolve())), state
-    if not any(k.startswith("text_encoder.") for k in state):
+    if text_cfg.kind != "hf" and not any(k.startswith("text_encoder.") for k in state):
         raise ValueError(f"{weights}: no 'text_encoder.*' tensors (the teacher's text tower)")
     return text_cfg, state
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.utils.io import sha256_file
+
 TEXT_TRUNCATION_RULE = (
     "Report text is Findings + Impression (ctxray.data.text.report_text). When its WordPiece tokens "
     "exceed the budget, the first half of the budget is kept from the start and the second half from "
@@ -129,8 +131,6 @@ class Teacher(nn.Module):
 
 def fingerprint_files(paths: Sequence[Path], extra: dict | None = None) -> str:
     """SHA-256 over the bytes of ``paths`` (sorted by name) and a JSON of ``extra`` settings."""
-    from ctxray.utils.io import sha256_file
-
     h = hashlib.sha256(json.dumps(extra or {}, sort_keys=True).encode())
     for p in sorted(paths, key=lambda q: q.name):
         h.update(p.name.encode())

@@ -21,6 +21,7 @@ from ctxray.config import from_dict, to_dict
 from ctxray.models.text import TextEncoder, TextEncoderConfig, Tokenizer
 from ctxray.teacher.base import Teacher, fingerprint_files, head_tail_truncate
 from ctxray.teacher.image import ImageEncoderConfig, XrayImageEncoder
+from ctxray.utils.io import atomic_write, atomic_write_text
 
 KIND_KEY = "ctxray_teacher"
 TEXT_BACKBONE = "text_backbone"
@@ -131,8 +132,6 @@ def tokenize_reports(tokenizer: Tokenizer, texts: list[str], max_length: int) ->
 def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None:
     """Write a teacher folder: ``model.safetensors``, ``config.json``, ``tokenizer/``."""
     from safetensors.torch import save_file
-
-    from ctxray.utils.io import atomic_write, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxray.data.xray import load_xray_image, read_xray_gallery
 from ctxray.teacher.base import Teacher
+from ctxray.utils.io import atomic_write, atomic_write_text
 from ctxray.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,6 @@ def embed_image_files(teacher: Teacher, paths: Sequence[Path], batch_size: int =
     Shape:
         returns (len(paths), teacher.embed_dim) float32 on CPU
     """
-    from ctxray.data.xray import load_xray_image
-
     if not teacher.has_image_tower:
         raise ValueError(f"{teacher.name} has no image tower: cannot embed X-ray images")
     out = [torch.zeros(0, teacher.embed_dim)]
@@ -74,8 +74,6 @@ def cached_embeddings(cache_dir: Path | None, teacher: Teacher, ids: Sequence[st
     which are checked on reading, so a stale or foreign file is recomputed, never silently reused.
     """
     from safetensors.torch import load_file, save_file
-
-    from ctxray.utils.io import atomic_write, atomic_write_text
 
     if cache_dir is None:
         return compute()
@@ -127,8 +125,6 @@ def embed_gallery(teacher: Teacher, xray_dir: str | Path, split: str | None = No
         cache_dir: cache folder (keyed by teacher fingerprint and ids); None disables caching.
         images: also embed the images (needed for distillation targets).
     """
-    from ctxray.data.xray import read_xray_gallery
-
     records = read_xray_gallery(xray_dir, split=split)
     if not records:
         raise ValueError(f"{xray_dir}: no gallery rows{f' in split {split!r}' if split else ''}")

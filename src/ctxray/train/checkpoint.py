@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,8 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+import ctxray
 from ctxray.config import to_dict
-from ctxray.utils.io import atomic_write_text
+from ctxray.models.dual import DualEncoder
+from ctxray.models.text import Tokenizer
+from ctxray.train.config import read_stored_config
+from ctxray.utils.io import atomic_write_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ TEXT_BACKBONE_DIR = "text_backbone"  # a copied Hugging Face report tower, next 
 
 def code_version() -> dict[str, str]:
     """The package version, torch version and, when the source is a git checkout, its commit."""
-    import ctxray
-
     version = {"ctxray": ctxray.__version__, "torch": torch.__version__}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(ctxray.__file__).parent, capture_output=True,
@@ -83,21 +83,6 @@ class ResumeState:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _write_folder(dest: Path, write: Any) -> None:
-    """Write a folder by ``write(tmp)`` then swap it into place (the old one is kept until then)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -128,7 +113,7 @@ def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, config: Any, m
                     "world_size": state.world_size, **state.meta}
             (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1))
 
-    _write_folder(Path(dest), write)
+    atomic_write_dir(Path(dest), write)
 
 
 def load_resume_state(ckpt: Path) -> ResumeState:
@@ -199,10 +184,6 @@ def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: 
         (DualEncoder in eval mode, Tokenizer, TrainConfig).
     """
     from safetensors.torch import load_file
-
-    from ctxray.models.dual import DualEncoder
-    from ctxray.models.text import Tokenizer
-    from ctxray.train.config import read_stored_config
 
     ckpt = resolve_checkpoint(run_or_ckpt_dir, prefer)
     try:

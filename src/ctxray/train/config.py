@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ctxray.config import from_dict
 from ctxray.models.dual import DualEncoderConfig
+
+LOSS_TERMS = ("roco", "pkd", "srkd", "mlm")
+"""The loss terms, in the order the objective logs them; each is a weight of ``LossConfig``."""
 
 
 @dataclass
@@ -57,6 +61,11 @@ class LossConfig:
     mlm: float = 0.0
     mlm_prob: float = 0.15
     mlm_entity_boost: float = 3.0
+
+    @property
+    def distils(self) -> bool:
+        """Whether a distillation term (pair-wise or relation KD) is on: the model has a KD head and reads targets."""
+        return self.pkd > 0 or self.srkd > 0
 
 
 @dataclass
@@ -175,12 +184,12 @@ class TrainConfig:
     def check(self) -> None:
         """Raise ``ValueError`` naming the setting when the combination cannot run."""
         lo, op, da = self.loss, self.optim, self.data
-        for name in ("roco", "pkd", "srkd", "mlm"):
+        for name in LOSS_TERMS:
             if getattr(lo, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(lo, name)}: weights must be >= 0")
         if lo.roco == lo.pkd == lo.srkd == lo.mlm == 0:
             raise ValueError("loss: every weight is 0; nothing to train")
-        if (lo.pkd > 0 or lo.srkd > 0 or self.needs_teacher_text) and not da.retrieval:
+        if self.needs_targets and not da.retrieval:
             raise ValueError("data.retrieval is required by loss.pkd/srkd > 0, loss.false_negatives='text' "
                              "and loss.correction='soft' (they read the cached teacher targets)")
         if not da.cache and not da.shards:
@@ -212,7 +221,7 @@ class TrainConfig:
     @property
     def needs_targets(self) -> bool:
         """Whether the run loads the retrieval folder's teacher targets."""
-        return self.loss.pkd > 0 or self.loss.srkd > 0 or self.needs_teacher_text
+        return self.loss.distils or self.needs_teacher_text
 
 
 # Settings added after runs were already saved, with the value those runs trained with (a saved config
@@ -225,8 +234,6 @@ LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def read_stored_config(data: dict[str, Any], where: str) -> TrainConfig:
     """A ``TrainConfig`` from a saved ``config.json``'s data, filling keys it predates with ``LEGACY_DEFAULTS``."""
-    from ctxray.config import from_dict
-
     data = {**data}
     for section, keys in LEGACY_DEFAULTS.items():
         if isinstance(data.get(section), dict):

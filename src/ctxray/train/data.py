@@ -5,10 +5,8 @@ Tokenisation and the teacher-target lookup happen in the collate function (never
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,32 +14,6 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 log = logging.getLogger(__name__)
-
-
-def read_manifest(cache_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of ``C/manifest.jsonl`` (optionally one split), in file order."""
-    path = Path(cache_dir) / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; is {cache_dir} a preprocess cache (ctxray preprocess)?")
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON: {err}") from err
-            if split is None or row.get("split") == split:
-                rows.append(row)
-    return rows
-
-
-def cache_input_shape(cache_dir: str | Path) -> tuple[int, int, int]:
-    """The (D, H, W) every cached volume has, from ``C/spec.json``."""
-    from ctxray.data.spec import PreprocessSpec
-
-    return tuple(PreprocessSpec.load(Path(cache_dir) / "spec.json").shape_zyx)  # type: ignore[return-value]
 
 
 def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:

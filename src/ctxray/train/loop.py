@@ -19,6 +19,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ctxray.config import save_config
+from ctxray.labels import load_labels
+from ctxray.models.text import Tokenizer
 from ctxray.train import checkpoint as ckpt
 from ctxray.train import distributed as D
 from ctxray.train.config import TrainConfig
@@ -38,6 +40,7 @@ from ctxray.train.setup import (
     check_report_lengths,
     check_resume_config,
     kd_mean_level,
+    open_cache,
     report_token_stats,
     resolve_config,
     resolve_text,
@@ -45,6 +48,7 @@ from ctxray.train.setup import (
     stored_config,
     tower_resolved,
 )
+from ctxray.train.shard_data import merge_states, train_rows
 from ctxray.train.validate import validate
 from ctxray.utils.progress import progress
 from ctxray.utils.seed import seed_everything
@@ -93,20 +97,17 @@ class Trainer:
     """One run's model, optimiser, schedule, data and loggers (built by ``train``)."""
 
     def __init__(self, config: TrainConfig, out: Path, rt: Runtime, resume: bool) -> None:
-        from ctxray.models.text import Tokenizer
-
         self.out, self.rt, self.t0 = out, rt, time.perf_counter()
         seed_everything(config.seed)
         last = out / "checkpoints" / "last"
+        cache = open_cache(config)  # read once: the tokenizer's reports, both splits, the input shape
         if resume:
             tokenizer = Tokenizer.from_pretrained(last / ckpt.TOKENIZER_DIR)
         else:
             if rt.main and last.exists():
                 log.warning("%s already holds a run; starting over (its checkpoints and log are replaced; "
                             "--resume continues it instead)", out)
-            from ctxray.train.shard_data import train_rows
-
-            rows = train_rows(config)
+            rows = train_rows(config, cache)
             reports = [str(r.get("report", "")) for r in rows]
             tokenizer = build_tokenizer(config, reports)
         self.tokenizer = tokenizer
@@ -115,9 +116,9 @@ class Trainer:
             self.report_tokens = report_token_stats(tokenizer, reports, config.model.text.max_length)
             check_report_lengths(self.report_tokens, config.data.max_truncated,
                                  str(config.data.shards or config.data.cache))
-        self.data = build_data(config, tokenizer, rt)
+        self.data = build_data(config, tokenizer, rt, cache)
         if not resume:
-            config = resolve_config(config, tokenizer, self.data.targets)
+            config = resolve_config(config, tokenizer, self.data.targets, cache)
             config.code_version = ckpt.code_version()
         self.config = config
         self.kd_mean_level = kd_mean_level(self.data, config)
@@ -140,8 +141,6 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         cfg, tok = self.config, self.tokenizer
-        from ctxray.labels import load_labels
-
         labels = load_labels()
         phrases = [p for lab in labels.labels for p in (lab.name, *lab.phrases)]
         self.objective = Objective(cfg.loss, entity_token_ids(tok, phrases) if cfg.loss.mlm > 0 else None,
@@ -304,8 +303,6 @@ class Trainer:
         st.meta = {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                    "rng": rng_meta}
         if position is not None:  # the shard stream's position: items consumed per slot, over every rank
-            from ctxray.train.shard_data import merge_states
-
             st.meta["shards"] = merge_states([p for _, _, p in everyone])
         metric = _score(val)
         improved = metric is not None and (st.best_metric is None or metric > st.best_metric)

@@ -24,12 +24,12 @@ from ctxray.losses import (
     equivalence_from_text,
     mask_entity_tokens,
 )
-from ctxray.train.config import LossConfig
+from ctxray.train.config import LOSS_TERMS, LossConfig
 from ctxray.train.distributed import gather_features, is_distributed
 
 log = logging.getLogger(__name__)
 
-TERMS = ("roco", "pkd", "srkd", "mlm")
+TERMS = LOSS_TERMS  # the names it logs
 
 
 def entity_token_ids(tokenizer: Any, phrases: list[str], min_chars: int = 3) -> list[int]:
@@ -127,7 +127,7 @@ class Objective(nn.Module):
         world = dist.get_world_size() if is_distributed() else 1
         terms: dict[str, torch.Tensor] = {}
         monitors: dict[str, torch.Tensor] = {}
-        need_teacher = cfg.pkd > 0 or cfg.srkd > 0
+        need_teacher = cfg.distils
         kd = gather_features(out["kd"].float()) if need_teacher else None
         teacher = gather_features(batch["teacher"].float()) if need_teacher else None
         if cfg.roco > 0:

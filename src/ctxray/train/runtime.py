@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ctxray.train import distributed as D
+from ctxray.utils.io import atomic_write_text
 from ctxray.utils.machine import cpu_has_native_bf16, cpu_model
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,6 @@ class RunLogger:
         if resume_step is not None and self.path.exists():
             keep = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            from ctxray.utils.io import atomic_write_text
-
             atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()

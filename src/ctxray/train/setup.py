@@ -14,17 +14,27 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ctxray.config import to_dict
-from ctxray.models.dual import DualEncoder, init_text_from_teacher, teacher_text_tower
+from ctxray.data.cachedir import CacheIndex, read_cache, read_spec
+from ctxray.data.dataset import CTCacheDataset
+from ctxray.data.shards import read_index
+from ctxray.labels import load_labels
+from ctxray.losses import PairwiseKDLoss
+from ctxray.models.dual import DualEncoder, init_text_from_teacher, teacher_text_config, teacher_text_tower
+from ctxray.models.hf_folder import copy_text_backbone
+from ctxray.models.i3resnet import load_pretrained
+from ctxray.models.registry import load_encoder_weights
 from ctxray.models.text import Tokenizer
+from ctxray.retrieval.targets import load_targets
+from ctxray.train.checkpoint import TEXT_BACKBONE_DIR, text_backbone_path
 from ctxray.train.config import TrainConfig, read_stored_config
 from ctxray.train.data import (
     PairCollator,
     ResumableSampler,
-    cache_input_shape,
     shuffled_id_map,
     subset_indices,
 )
 from ctxray.train.runtime import Runtime
+from ctxray.train.shard_data import build_shard_train, build_shard_val, train_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +64,6 @@ def build_tokenizer(config: TrainConfig, reports: list[str]) -> Tokenizer:
         return Tokenizer.from_pretrained(Path(config.teacher_dir) / "tokenizer")
     if config.model.text.kind == "hf":
         return Tokenizer.from_pretrained(config.model.text.hf_path)
-    from ctxray.labels import load_labels
-
     labels = load_labels()
     prompts = [p for name in labels.names for group in labels.prompts(name) for p in group]
     return Tokenizer.train(list(reports) + prompts, vocab_size=config.tokenizer_vocab)
@@ -80,34 +88,38 @@ class RunData:
 def _load_targets(config: TrainConfig) -> Any:
     if not config.needs_targets:
         return None
-    from ctxray.retrieval import load_targets
-
     targets = load_targets(config.data.retrieval)
     return targets.centred() if config.loss.kd_center else targets
 
 
-def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunData:
-    """Datasets (train subset or shard stream, validation), the resumable sampler or stream, and the collator."""
+def open_cache(config: TrainConfig) -> CacheIndex | None:
+    """The run's preprocess cache (spec and manifest), read once for every split; None without ``data.cache``."""
+    return read_cache(config.data.cache) if config.data.cache else None
+
+
+def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: CacheIndex | None = None) -> RunData:
+    """Datasets (train subset or shard stream, validation), the resumable sampler or stream, and the collator.
+
+    Args:
+        cache: the cache already read (:func:`open_cache`); read here when None.
+    """
     da = config.data
+    cache = cache if cache is not None else open_cache(config)
     targets = _load_targets(config)
-    collator_args = dict(with_teacher=config.loss.pkd > 0 or config.loss.srkd > 0,
+    collator_args = dict(with_teacher=config.loss.distils,
                          with_ct_text=config.needs_teacher_text)
     gen = torch.Generator()
     pin = rt.device.type == "cuda"
     if da.shards:
-        from ctxray.train.shard_data import build_shard_train, train_rows
-
-        all_ids = [str(r["id"]) for r in train_rows(config)]
+        all_ids = [str(r["id"]) for r in train_rows(config, cache)]
         train_set, epochs = build_shard_train(config, rt.rank, rt.world_size)
-        _check_spec(config, train_set.spec)
+        _check_spec(config, train_set.spec, cache)
         collator = _collator(config, tokenizer, targets, all_ids, collator_args)
         loader = DataLoader(train_set, batch_size=da.batch_size, collate_fn=collator, num_workers=da.num_workers,
                             drop_last=True, generator=gen, pin_memory=pin)
         sampler, train_ids, micro = None, all_ids, epochs.micro_batches
     else:
-        from ctxray.data.dataset import CTCacheDataset
-
-        full = CTCacheDataset(da.cache, split=da.train_split, augment=da.augment, seed=config.seed)
+        full = CTCacheDataset(cache, split=da.train_split, augment=da.augment, seed=config.seed)
         train_set = Subset(full, subset_indices(len(full), da.max_train, config.seed))
         all_ids = [str(e["id"]) for e in full.entries]
         collator = _collator(config, tokenizer, targets, all_ids, collator_args)
@@ -119,7 +131,7 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> RunDat
                             num_workers=da.num_workers, drop_last=True, generator=gen, pin_memory=pin)
         train_ids = [all_ids[i] for i in train_set.indices]
         epochs, micro = None, sampler.num_samples // da.batch_size
-    return RunData(train_set, loader, sampler, gen, _val_loader(config, tokenizer, rt), collator, targets,
+    return RunData(train_set, loader, sampler, gen, _val_loader(config, tokenizer, rt, cache), collator, targets,
                    train_ids, micro, epochs)
 
 
@@ -130,16 +142,16 @@ def _collator(config: TrainConfig, tokenizer: Tokenizer, targets: Any, ids: list
     return PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target, id_map=id_map, **args)
 
 
-def _check_spec(config: TrainConfig, spec: Any) -> None:
+def _check_spec(config: TrainConfig, spec: Any, cache: CacheIndex | None) -> None:
     """A cache that serves validation beside a shard set must hold volumes of the same grid."""
-    if config.data.cache and not config.data.val_shards and config.data.val_split:
-        cache_shape = cache_input_shape(config.data.cache)
+    if cache is not None and not config.data.val_shards and config.data.val_split:
+        cache_shape = cache.input_shape
         if tuple(cache_shape) != tuple(spec.shape_zyx):
             raise ValueError(f"data.cache={config.data.cache} holds {cache_shape} volumes, data.shards="
                              f"{config.data.shards} {tuple(spec.shape_zyx)}: preprocess both with one spec")
 
 
-def _val_loader(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> DataLoader | None:
+def _val_loader(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: CacheIndex | None) -> DataLoader | None:
     """This rank's validation share: from ``data.val_shards``, else the cache's ``val_split``, else none."""
     da = config.data
     if not da.val_split or not (da.val_shards or da.cache):
@@ -148,14 +160,10 @@ def _val_loader(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime) -> DataL
         return None
     collate = PairCollator(tokenizer, config.model.text.max_length)
     if da.val_shards:
-        from ctxray.train.shard_data import build_shard_val
-
         val = build_shard_val(config, rt.rank, rt.world_size)
         n, where = len(val.members), da.val_shards
     else:
-        from ctxray.data.dataset import CTCacheDataset
-
-        full = CTCacheDataset(da.cache, split=da.val_split, augment=None, seed=config.seed)
+        full = CTCacheDataset(cache, split=da.val_split, augment=None, seed=config.seed)
         n, where = len(full), da.cache
         chosen = subset_indices(len(full), da.max_val, config.seed)
         val = Subset(full, chosen[rt.rank::rt.world_size])  # every rank embeds its share
@@ -205,8 +213,6 @@ def kd_mean_level(data: RunData, config: TrainConfig) -> float:
     its CT reaches (NaN without PKD). Centred targets put it near 1; uncentred, near ``1 - |mean|``."""
     if data.targets is None or config.loss.pkd <= 0:
         return float("nan")
-    from ctxray.losses import PairwiseKDLoss
-
     t = data.targets.lookup(data.train_ids, config.loss.target)  # (N, Dt)
     mean = t.mean(0, keepdim=True).expand_as(t)
     return float(PairwiseKDLoss(config.loss.pkd_kind)(mean, t))
@@ -221,7 +227,7 @@ def resolve_text(config: TrainConfig) -> TrainConfig:
     """
     if config.text_init != "teacher":
         return config
-    text, _ = teacher_text_tower(config.teacher_dir)
+    text = teacher_text_config(config.teacher_dir)  # settings only: the weights are read once, by build_model
     if text.kind == "hf":
         text = dataclasses.replace(text, max_length=min(config.model.text.max_length, _hf_positions(text.hf_path)))
     return dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
@@ -235,27 +241,26 @@ def _hf_positions(path: str | None) -> int:
         return 512
 
 
-def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any) -> TrainConfig:
+def resolve_config(config: TrainConfig, tokenizer: Tokenizer, targets: Any,
+                   cache: CacheIndex | None = None) -> TrainConfig:
     """Fill what the data decides: input shape, vocabulary size, teacher width, MLM head."""
     m = config.model
     text = m.text
     if text.kind == "bert":
         text = dataclasses.replace(text, vocab_size=tokenizer.vocab_size)
     teacher_dim = None
-    if targets is not None and (config.loss.pkd > 0 or config.loss.srkd > 0):
+    if targets is not None and config.loss.distils:
         teacher_dim = int(targets.dim)
     model = dataclasses.replace(m, text=text, teacher_dim=teacher_dim, mlm_head=config.loss.mlm > 0,
-                                input_shape=tuple(m.input_shape) if m.input_shape else data_input_shape(config))
+                                input_shape=tuple(m.input_shape) if m.input_shape else data_input_shape(config, cache))
     return dataclasses.replace(config, model=model)
 
 
-def data_input_shape(config: TrainConfig) -> tuple[int, int, int]:
+def data_input_shape(config: TrainConfig, cache: CacheIndex | None = None) -> tuple[int, int, int]:
     """The (D, H, W) of the training volumes: the shard set's spec, or the cache's."""
     if config.data.shards:
-        from ctxray.data.shards import read_index
-
         return tuple(read_index(config.data.shards)["spec"]["shape_zyx"])  # type: ignore[return-value]
-    return cache_input_shape(config.data.cache)
+    return cache.input_shape if cache is not None else tuple(read_spec(config.data.cache).shape_zyx)  # type: ignore
 
 
 def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) -> TrainConfig:
@@ -269,9 +274,6 @@ def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) ->
         backbone: the loaded ``transformers`` model (written as safetensors when the source holds pickles only).
         main: whether this process writes files (rank 0).
     """
-    from ctxray.inference.export import copy_text_backbone
-    from ctxray.train.checkpoint import TEXT_BACKBONE_DIR
-
     text = config.model.text
     if text.kind != "hf" or not text.hf_path or text.hf_path == TEXT_BACKBONE_DIR:
         return config
@@ -290,8 +292,6 @@ def run_text_tower(config: TrainConfig, out: Path, backbone: Any, main: bool) ->
 
 def tower_resolved(config: TrainConfig, root: Path) -> TrainConfig:
     """``config`` with a relative ``hf`` tower path resolved against the run folder ``root`` (to build a model)."""
-    from ctxray.train.checkpoint import text_backbone_path
-
     path = text_backbone_path(config, root, "the run's config")
     if path is None:
         return config
@@ -306,12 +306,8 @@ def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
     if not initialise:
         return model
     if config.model.pretrained:
-        from ctxray.models.i3resnet import load_pretrained
-
         load_pretrained(model.volume_encoder, config.model.pretrained)
     if config.encoder_init:
-        from ctxray.models.registry import load_encoder_weights
-
         load_encoder_weights(model.volume_encoder, config.encoder_init)
     if config.text_init == "teacher":
         _, state = teacher_text_tower(config.teacher_dir)

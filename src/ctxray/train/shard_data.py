@@ -45,14 +45,14 @@ def open_shard_index(url: str, split: str, setting: str) -> dict[str, Any]:
     return index
 
 
-def train_rows(config: Any) -> list[dict[str, Any]]:
+def train_rows(config: Any, cache: Any = None) -> list[dict[str, Any]]:
     """The training split's rows (``id``, ``report``, ``labels``, ...), from the shard set or the cache manifest."""
     da = config.data
     if da.shards:
         return read_rows(da.shards, open_shard_index(da.shards, da.train_split, "data.shards"))
-    from ctxray.train.data import read_manifest
+    from ctxray.data.cachedir import read_manifest
 
-    return read_manifest(da.cache, da.train_split)
+    return cache.split(da.train_split) if cache is not None else read_manifest(da.cache, da.train_split)
 
 
 class ShardEpochs:

@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctxray.labels import CT_RATE_LABELS
+from ctxray.labels import CT_RATE_LABELS, load_labels
 from ctxray.losses import RobustContrastiveLoss
+from ctxray.metrics import auroc_per_label, macro, per_query_recall
+from ctxray.models.zeroshot import prompt_embeddings, zero_shot_probs
 from ctxray.train.data import to_device
+from ctxray.train.distributed import gather_features
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +68,16 @@ def validate(model: Any, tokenizer: Any, loader: Any, device: torch.device, chun
         label_set: the labels and prompts (``ctxray.labels.load_labels()`` by default).
 
     Returns:
-        ``val_loss`` (plain InfoNCE), ``val_r1`` (volume -> report recall@1 over the whole split),
+        ``val_loss`` (plain InfoNCE), ``val_r1`` (volume -> report recall@1 over the whole split, tie-aware),
         ``val_auroc`` (zero-shot macro AUROC over labels with both classes; NaN if none),
         ``val_report_auroc`` (the same prompts scoring the validation *reports*: the report tower's ceiling
         on zero-shot), ``val_n``.
     """
-    from ctxray.evaluate.metrics import auroc_per_label, macro
-    from ctxray.evaluate.zeroshot import prompt_embeddings, zero_shot_probs
-    from ctxray.labels import load_labels
-    from ctxray.train.distributed import gather_features
-
     local = embed_pairs(model, loader, device, autocast)  # this rank's shard
     volume, text, labels = (gather_features(x.to(device)).cpu() for x in local)
     scale = float(model.scale().detach())
     sims = volume @ text.T  # (N, N)
-    r1 = float((sims.argmax(dim=1) == torch.arange(len(sims))).float().mean())
+    r1 = float(per_query_recall(sims, (1,))["R@1"].mean())
     pos, neg = prompt_embeddings(model, tokenizer, label_set or load_labels())
     probs = zero_shot_probs(volume, pos, neg, scale)
     auroc = macro(auroc_per_label(labels.numpy(), probs.numpy()))

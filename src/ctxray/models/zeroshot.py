@@ -1,15 +1,20 @@
-"""Zero-shot classification with positive/negative prompt ensembles.
+"""Zero-shot classification with positive/negative prompt ensembles, for any CLIP-style model.
 
 For each label, every positive prompt and every negative prompt from ``LabelSet.prompts`` is
-encoded by the model's text tower; the (L2-normalised) embeddings of each ensemble are averaged and
-re-normalised. A volume's probability for a label is the softmax over its two scaled cosine
+encoded by a text tower; the (L2-normalised) embeddings of each ensemble are averaged and
+re-normalised. An image's (volume's) probability for a label is the softmax over its two scaled cosine
 similarities (positive vs negative ensemble), i.e. ``sigmoid(scale * (cos_pos - cos_neg))``.
+
+The ensembles are built from an ``encode_text(texts) -> (N, E)`` callable (:func:`prompt_ensembles`), so
+the X-ray expert (``ctxray.teacher``), its prompt-anchored loss and the CT dual encoder share one
+definition; :func:`prompt_embeddings` is the dual encoder's (a model with ``encode_text(ids, mask)`` and a
+tokenizer).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -95,12 +100,67 @@ def encode_texts(model: TextModel, tokenizer: Any, texts: list[str], max_length:
     return torch.cat(out)
 
 
+def prompt_texts(label_set: LabelSet, names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[int, int]]]:
+    """Every prompt of the labels in one list (each label's positives, then its negatives) and their counts.
+
+    Args:
+        label_set: labels and prompt templates (``ctxray.labels.load_labels``).
+        names: the labels, in output order; default all of ``label_set.names``.
+
+    Returns:
+        (texts, counts): ``counts[l] = (n_pos, n_neg)`` of label ``l``.
+    """
+    texts: list[str] = []
+    counts: list[tuple[int, int]] = []
+    for name in label_set.names if names is None else names:
+        pos, neg = label_set.prompts(name)
+        if not pos or not neg:
+            raise ValueError(f"{label_set.source}: label {name!r} has no positive or no negative prompt")
+        counts.append((len(pos), len(neg)))
+        texts.extend(pos + neg)
+    return texts, counts
+
+
+def ensemble_directions(text_emb: torch.Tensor, counts: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised mean of each label's positive and of its negative prompt embeddings (differentiable).
+
+    Args:
+        text_emb: L2-normalised prompt embeddings in :func:`prompt_texts` order.
+        counts: ``(n_pos, n_neg)`` per label.
+
+    Shape:
+        text_emb: (sum of counts, E) -> pos (L, E), neg (L, E)
+    """
+    pos_rows, neg_rows, start = [], [], 0
+    for n_pos, n_neg in counts:
+        pos_rows.append(text_emb[start:start + n_pos].mean(0))
+        neg_rows.append(text_emb[start + n_pos:start + n_pos + n_neg].mean(0))
+        start += n_pos + n_neg
+    return F.normalize(torch.stack(pos_rows), dim=-1), F.normalize(torch.stack(neg_rows), dim=-1)
+
+
+def prompt_ensembles(encode_text: Callable[[list[str]], torch.Tensor], label_set: LabelSet,
+                     names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-ensemble embeddings of labels from any text tower; all prompts are encoded in one call.
+
+    Args:
+        encode_text: texts -> L2-normalised embeddings ``(len(texts), E)``.
+        label_set: labels and prompt templates.
+        names: the labels, in output order; default all of ``label_set.names``.
+
+    Returns:
+        (pos, neg), rows in ``names`` order, unit norm.
+
+    Shape:
+        pos, neg: (L, E)
+    """
+    texts, counts = prompt_texts(label_set, names)
+    return ensemble_directions(encode_text(texts), counts)
+
+
 def prompt_embeddings(model: TextModel, tokenizer: Any, label_set: LabelSet,
                       max_length: int = DEFAULT_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt-ensemble embeddings for every label of a label set.
-
-    All prompts of all labels are encoded in one pass; each label's positive (negative) embeddings
-    are averaged and the mean is L2-normalised.
+    """Prompt-ensemble embeddings of every label of a label set with a dual encoder's text tower.
 
     Args:
         model: has ``encode_text(input_ids, attention_mask)`` (normalised output).
@@ -114,18 +174,7 @@ def prompt_embeddings(model: TextModel, tokenizer: Any, label_set: LabelSet,
     Shape:
         pos, neg: (L, E)
     """
-    texts: list[str] = []
-    spans: list[tuple[int, int, int]] = []  # (start, n_pos, n_neg) per label
-    for name in label_set.names:
-        pos, neg = label_set.prompts(name)
-        if not pos or not neg:
-            raise ValueError(f"{label_set.source}: label {name!r} has no positive or no negative prompt")
-        spans.append((len(texts), len(pos), len(neg)))
-        texts.extend(pos + neg)
-    emb = encode_texts(model, tokenizer, texts, max_length=max_length)  # (T, E)
-    pos_rows = [emb[s:s + p].mean(0) for s, p, _ in spans]
-    neg_rows = [emb[s + p:s + p + n].mean(0) for s, p, n in spans]
-    return F.normalize(torch.stack(pos_rows), dim=-1), F.normalize(torch.stack(neg_rows), dim=-1)
+    return prompt_ensembles(lambda texts: encode_texts(model, tokenizer, texts, max_length=max_length), label_set)
 
 
 def zero_shot_logits(volume_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,

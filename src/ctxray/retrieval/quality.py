@@ -1,4 +1,4 @@
-"""Is the retrieved X-ray about the same thing as the CT? Label agreement of pairings, and the IU text check.
+"""Is the retrieved X-ray about the same thing as the CT? The quality table of a pairing, and the IU text check.
 
 Agreement is measured on the X-ray-visible labels only (what a radiograph and its report can
 share with a CT): ``exact`` is the fraction of CTs whose matched X-ray has the identical set of
@@ -14,20 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ctxray.labels import load_labels
+from ctxray.retrieval.rerank import normal_to_abnormal
+from ctxray.retrieval.search import exact_topk, label_oracle_pairs, random_pairs
+from ctxray.teacher.embed import embed_texts
+
 log = logging.getLogger(__name__)
-
-
-def jaccard_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Jaccard index of 0/1 label rows (1 where both rows are empty).
-
-    Shape:
-        a (Q, L), b (N, L) -> (Q, N) float32
-    """
-    a = (np.asarray(a) > 0.5).astype(np.float32)
-    b = (np.asarray(b) > 0.5).astype(np.float32)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float32)
 
 
 def label_agreement(ct_labels: np.ndarray, gallery_labels: np.ndarray, index: torch.Tensor | np.ndarray,
@@ -52,9 +44,6 @@ def label_agreement(ct_labels: np.ndarray, gallery_labels: np.ndarray, index: to
 def agreement_table(ct_labels: np.ndarray, gallery_labels: np.ndarray, text_index: torch.Tensor,
                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Label agreement of text retrieval against random pairing and the label oracle (X-ray-visible labels)."""
-    from ctxray.labels import load_labels
-    from ctxray.retrieval import label_oracle_pairs, random_pairs
-
     label_set = load_labels()
     cols = [label_set.index(n) for n in label_set.xray_visible_names]
     rand = random_pairs(len(ct_labels), len(gallery_labels), 1, seed=seed)
@@ -85,9 +74,6 @@ def iu_text_check(teacher, reports: list, seed: int = 0, batch_size: int = 128) 
     Returns:
         ``{"n", "teacher", "full": {text, random, oracle}, "heads": {...}}``.
     """
-    from ctxray.retrieval import exact_topk
-    from ctxray.teacher.embed import embed_texts
-
     emb = embed_texts(teacher, [r.report for r in reports], batch_size=batch_size, desc="IU reports")
     _, idx = exact_topk(emb, emb, 2)  # (N, 2): self first unless duplicates tie
     n = len(reports)
@@ -108,3 +94,34 @@ def iu_text_check(teacher, reports: list, seed: int = 0, batch_size: int = 128) 
         }
     log.info("IU check (%s): %s", teacher.name, out)
     return out
+
+
+def warn_if_near_random(table: dict[str, dict[str, float]], margin: float = 0.05) -> None:
+    """Warn when the written pairing agrees with the CTs' own labels hardly better than random pairing."""
+    got, rand = table["written"]["exact"], table["random"]["exact"]
+    if got < rand + margin:
+        log.warning("retrieval: the pairs agree with the CTs' own labels about as often as random pairs (exact "
+                    "X-ray-visible label set %.3f vs %.3f at random; label oracle %.3f): the teacher targets "
+                    "carry little about each CT", got, rand, table["label_oracle"]["exact"])
+
+
+def quality_table(ct_labels: np.ndarray, gallery_labels: np.ndarray, text_index: torch.Tensor,
+                  written_index: torch.Tensor, columns: Sequence[int], seed: int = 0) -> dict:
+    """The label-agreement part of ``quality.json`` (warns when the written pairs are near random).
+
+    Args:
+        text_index: the text search's matches; written_index: the pairs written (after re-ranking, or another
+            pairing mode). columns: the X-ray-visible label columns.
+
+    Returns:
+        ``agreement_top1`` (``agreement_table`` of the text search plus ``written``) and ``normal_to_abnormal``.
+
+    Shape:
+        ct_labels (Q, L), gallery_labels (N, L), text_index / written_index (Q, k)
+    """
+    agreement = agreement_table(ct_labels, gallery_labels, text_index, seed)
+    agreement["written"] = agreement_table(ct_labels, gallery_labels, written_index, seed)["text"]
+    table = {"agreement_top1": agreement,
+             "normal_to_abnormal": normal_to_abnormal(ct_labels, gallery_labels, written_index, columns)}
+    warn_if_near_random(agreement)
+    return table

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score, roc_curve
 
-from ctxray.evaluate.metrics import (
+from ctxray.metrics import (
     auroc_per_label,
     binary_metrics,
     macro,

@@ -1,11 +1,11 @@
-"""Label-aware re-ranking, X-ray-visible queries and the hubness figure (ctxray.rerank)."""
+"""Label-aware re-ranking, X-ray-visible queries and the hubness figure (ctxray.retrieval.rerank)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ctxray.rerank import NORMAL_QUERY, hubness, label_rerank, normal_to_abnormal, xray_query
+from ctxray.retrieval.rerank import NORMAL_QUERY, hubness, label_rerank, normal_to_abnormal, xray_query
 
 
 def test_label_rerank_prefers_agreement_then_cosine():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ctxray.data.iu import IUReport
-from ctxray.retrieval import center_embeddings, exact_topk
+from ctxray.retrieval.quality import iu_text_check
+from ctxray.retrieval.search import center_embeddings, exact_topk
 from ctxray.teacher.base import Teacher
-from ctxray.teacher.quality import iu_text_check
 
 
 class _KeywordTeacher(Teacher):

@@ -99,7 +99,7 @@ def map_radchest_rows(rows: list[dict[str, str]], mapping: RadChestMapping | Non
     return [row[mapping.id_column] for row in rows], out
 
 
-def read_radchest_labels(csv_path: str | Path, mapping: RadChestMapping | None = None,
+def read_radchest_label_csv(csv_path: str | Path, mapping: RadChestMapping | None = None,
                          label_set: LabelSet | None = None) -> tuple[list[str], np.ndarray]:
     """``map_radchest_rows`` over a RAD-ChestCT label CSV file (errors name the file)."""
     path = Path(csv_path)

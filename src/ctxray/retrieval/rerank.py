@@ -19,13 +19,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ctxray.labeler import find_mentions
+from ctxray.labels import load_labels
+from ctxray.retrieval.search import jaccard_matrix
+
 NORMAL_QUERY = "Normal chest radiograph. No acute cardiopulmonary process."
 
 
 def xray_visible_columns() -> list[int]:
     """Indices of the X-ray-visible labels in ``labels.json`` order."""
-    from ctxray.labels import load_labels
-
     label_set = load_labels()
     return [label_set.index(n) for n in label_set.xray_visible_names]
 
@@ -54,9 +56,6 @@ def read_reports(reports: list[str]) -> tuple[list[str], np.ndarray]:
     Shape:
         returns (N queries, (N, 18) float32 in ``labels.json`` order)
     """
-    from ctxray.labeler import find_mentions
-    from ctxray.labels import load_labels
-
     label_set = load_labels()
     visible = set(label_set.xray_visible_names)
     column = {n: j for j, n in enumerate(label_set.names)}
@@ -88,8 +87,6 @@ def label_rerank(scores: torch.Tensor, index: torch.Tensor, ct_labels: np.ndarra
     Shape:
         scores, index (Q, C); ct_labels (Q, L), gallery_labels (N, L) -> (Q, k), (Q, k)
     """
-    from ctxray.teacher.quality import jaccard_matrix
-
     q, c = index.shape
     rng = np.random.default_rng(seed)
     jac = np.empty((q, c), dtype=np.float64)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ctxray.evaluate.radchest import load_radchest_mapping, map_radchest_rows, read_radchest_labels
+from ctxray.data.radchest_labels import load_radchest_mapping, map_radchest_rows, read_radchest_label_csv
 from ctxray.labels import CT_RATE_LABELS
 
 # the 84 RAD-ChestCT abnormality columns (Draelos et al. 2021), as in the public label CSVs
@@ -59,12 +59,12 @@ def test_csv_reader_and_errors(tmp_path):
         w = csv.DictWriter(f, fieldnames=["NoteAcc_DEID"] + RAD_COLUMNS)
         w.writeheader()
         w.writerow(_row("tst9", {"lymphadenopathy"}))
-    ids, y = read_radchest_labels(path)
+    ids, y = read_radchest_label_csv(path)
     assert ids == ["tst9"] and y[0, CT_RATE_LABELS.index("Lymphadenopathy")] == 1.0
     bad = tmp_path / "bad.csv"
     bad.write_text("NoteAcc_DEID,nodule\ntst1,1\n")
     with pytest.raises(ValueError, match="bad.csv.*lack columns"):
-        read_radchest_labels(bad)
+        read_radchest_label_csv(bad)
     wrong = tmp_path / "map.json"
     wrong.write_text(json.dumps({"mapping": {"Lung nodules": ["nodule"]}}))
     with pytest.raises(ValueError, match="not CT-RATE label names"):

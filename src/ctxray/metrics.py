@@ -1,18 +1,27 @@
-"""Classification metrics for multi-label scores: AUROC, Youden thresholds, F1 and friends.
+"""Metrics of scores, shared by every stage that scores (train, teacher, evaluate, generate).
 
-Conventions: ``y`` is ``(N, L)`` with 0/1 entries and NaN for "unknown" (such entries are left out of
-that label's metrics); ``scores`` is ``(N, L)``, higher meaning more likely positive. A metric that
-is undefined for a label (a single class present; no predicted positives for precision) is NaN for
-AUROC and 0 for precision/recall/F1 (scikit-learn's ``zero_division=0``). Macro averages are the
-mean over labels where the metric is defined (``nanmean``).
+Classification (multi-label): ``y`` is ``(N, L)`` with 0/1 entries and NaN for "unknown" (such entries are
+left out of that label's metrics); ``scores`` is ``(N, L)``, higher meaning more likely positive. A metric
+that is undefined for a label (a single class present; no predicted positives for precision) is NaN for
+AUROC and 0 for precision/recall/F1 (scikit-learn's ``zero_division=0``). Macro averages are the mean over
+labels where the metric is defined (``nanmean``).
+
+Retrieval: row i of a similarity matrix is a query whose true candidate is column i. Ranks are
+*expected ranks under random tie-breaking*: with g candidates scoring strictly higher than the true
+one and e others tying with it, the true item's position is uniform on g+1 .. g+e+1, so its expected
+rank is ``g + 1 + e/2`` and ``P(rank <= K) = clip((K - g) / (e + 1), 0, 1)``. This matters because
+identical reports (e.g. normal patients) give identical embeddings: a collapsed model that embeds
+everything alike scores chance, not perfect recall.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
 BINARY_METRICS = ("f1", "accuracy", "precision", "recall")
+DEFAULT_KS = (1, 5, 10)
 
 
 def _check(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,4 +175,56 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, thresholds: np.nda
     """
     out = {"auroc": auroc_per_label(y, scores)}
     out.update(binary_metrics(y, scores, thresholds))
+    return out
+
+
+def tie_aware_ranks(sim: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of candidates above and tying with each query's true match (the diagonal).
+
+    Args:
+        sim: similarity of query i to candidate j; the true candidate of query i is j = i.
+
+    Returns:
+        (greater, ties): per query, how many candidates score strictly higher / equal (excluding itself).
+
+    Shape:
+        sim: (N, N); outputs: (N,)
+    """
+    s = (sim if isinstance(sim, torch.Tensor) else torch.as_tensor(np.asarray(sim))).double()
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"similarity matrix must be square (N, N), got {tuple(s.shape)}")
+    s = torch.round(s, decimals=9)  # identical texts must tie exactly, whatever the matmul's summation order
+    true = s.diagonal().unsqueeze(1)  # (N, 1)
+    greater = (s > true).sum(1)
+    ties = (s == true).sum(1) - 1
+    return greater.numpy(), ties.numpy()
+
+
+def retrieval_metrics(sim: np.ndarray | torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    """Recall at K and median (expected) rank for queries = rows of ``sim``.
+
+    Returns:
+        ``{"R@1": ..., "R@5": ..., "R@10": ..., "median_rank": ..., "mean_rank": ..., "n": N}``.
+
+    Shape:
+        sim: (N, N)
+    """
+    q = per_query_recall(sim, ks)
+    ranks = q.pop("rank")
+    out: dict[str, float] = {name: float(v.mean()) for name, v in q.items()}
+    out["median_rank"] = float(np.median(ranks))
+    out["mean_rank"] = float(ranks.mean())
+    out["n"] = int(len(ranks))
+    return out
+
+
+def per_query_recall(sim: np.ndarray | torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Per query: the probability that the true candidate is in the top K (``R@K``) and its expected ``rank``.
+
+    Shape:
+        sim: (N, N); each output: (N,)
+    """
+    greater, ties = tie_aware_ranks(sim)
+    out = {f"R@{k}": np.clip((k - greater) / (ties + 1), 0.0, 1.0) for k in ks}
+    out["rank"] = greater + 1 + ties / 2
     return out

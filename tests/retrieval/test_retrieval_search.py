@@ -9,18 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctxray.retrieval import (
-    canonical_id,
-    exact_topk,
-    faiss_topk,
-    label_oracle_pairs,
-    load_targets,
-    random_pairs,
-    read_ct_reports,
-    write_pairs_csv,
-    write_targets,
-)
-from ctxray.teacher.quality import jaccard_matrix, label_agreement
+from ctxray.data.ids import ct_id
+from ctxray.retrieval.quality import label_agreement
+from ctxray.retrieval.search import exact_topk, faiss_topk, jaccard_matrix, label_oracle_pairs, random_pairs
+from ctxray.retrieval.stage import read_ct_reports
+from ctxray.retrieval.targets import load_targets, write_pairs_csv, write_targets
 
 
 def _unit(n, d, seed):
@@ -107,4 +100,4 @@ def test_read_ct_reports_from_manifest(tmp_path):
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"report": "x"}) + "\n")
     with pytest.raises(ValueError, match="manifest.jsonl:1"):
         read_ct_reports(tmp_path)
-    assert canonical_id("train_1_a_1.nii.gz") == "train_1_a_1"
+    assert ct_id("train_1_a_1.nii.gz") == "train_1_a_1"
