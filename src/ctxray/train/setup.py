@@ -34,7 +34,7 @@ from ctxray.train.data import (
     subset_indices,
 )
 from ctxray.train.runtime import Runtime
-from ctxray.train.shard_data import build_shard_train, build_shard_val, train_rows
+from ctxray.train.shard_data import build_shard_train, build_shard_val
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: Ca
     gen = torch.Generator()
     pin = rt.device.type == "cuda"
     if da.shards:
-        all_ids = [str(r["id"]) for r in train_rows(config, cache)]
         train_set, epochs = build_shard_train(config, rt.rank, rt.world_size)
+        all_ids = [str(m["id"]) for _, m in train_set.members]  # the index's order, which meta.jsonl follows
         _check_spec(config, train_set.spec, cache)
         collator = _collator(config, tokenizer, targets, all_ids, collator_args)
         loader = DataLoader(train_set, batch_size=da.batch_size, collate_fn=collator, num_workers=da.num_workers,
