@@ -16,7 +16,6 @@ ones and the CT-only ones (:func:`group_macros`).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,10 +28,11 @@ import torch
 from torch import nn
 
 from ctxray.data.dataset import CTCacheDataset
-from ctxray.evaluate.finetune import FinetuneSettings, train_probe
+from ctxray.evaluate.finetune import FinetuneSettings, masked_bce, train_probe
 from ctxray.labels import CT_RATE_LABELS, load_labels
 from ctxray.metrics import auroc_per_label
 from ctxray.models.registry import create_volume_encoder
+from ctxray.optim import lr_factor, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,6 @@ def group_macros(auroc: np.ndarray) -> dict[str, float]:
     return {"macro": mean(np.ones_like(mask)), "xray_visible": mean(mask), "ct_only": mean(~mask)}
 
 
-def _schedule(step: int, total: int) -> float:
-    warm = max(1, total // 20)
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def _masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    known = ~torch.isnan(y)
-    return nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
-
-
 def train_supervised(x: torch.Tensor, y: np.ndarray, settings: CeilingSettings, seed: int) -> nn.Module:
     """An encoder plus a linear head trained from random initialisation on ``(x, y)``.
 
@@ -112,11 +100,9 @@ def train_supervised(x: torch.Tensor, y: np.ndarray, settings: CeilingSettings, 
     torch.manual_seed(seed)
     enc = create_volume_encoder(settings.encoder, input_shape=tuple(x.shape[-3:]), **(settings.encoder_kwargs or {}))
     model = nn.Sequential(enc, nn.Linear(int(enc.out_dim), y.shape[1])).train()
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, settings.steps))
+    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
+    warm = max(1, settings.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, settings.steps, warm, min_ratio=0.0))
     yt = torch.as_tensor(y, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=gen)
@@ -127,7 +113,7 @@ def train_supervised(x: torch.Tensor, y: np.ndarray, settings: CeilingSettings, 
         idx = order[pos:pos + settings.batch_size]
         pos += settings.batch_size
         opt.zero_grad(set_to_none=True)
-        loss = _masked_bce(model(x[idx].float()), yt[idx])
+        loss = masked_bce(model(x[idx].float()), yt[idx])
         loss.backward()
         opt.step()
         sched.step()

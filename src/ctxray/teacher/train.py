@@ -2,7 +2,9 @@
 
 Objective: symmetric InfoNCE between each radiograph and its report, where studies with identical
 report text (e.g. two normal patients) are all positives of each other (uniform soft targets), so
-the text tower is not pushed to separate reports that say the same thing.
+the text tower is not pushed to separate reports that say the same thing: the CT model's own loss,
+``ctxray.losses.RobustContrastiveLoss("multi_positive")`` with report identity as the equivalence.
+AdamW with the shared groups and warm-up + cosine factor of :mod:`ctxray.optim`.
 
 Output folder: ``model.safetensors``, ``config.json``, ``tokenizer/``, ``metrics.json`` (zero-shot
 AUC on the held-out split for the X-ray-visible labels, report -> image R@1/5/10, training facts).
@@ -26,8 +28,9 @@ from torch import nn
 from ctxray.config import to_dict
 from ctxray.data.xray import XrayRecord, load_xray_image, read_xray_gallery
 from ctxray.labels import load_labels
+from ctxray.losses import RobustContrastiveLoss
 from ctxray.models.text import TextEncoderConfig, Tokenizer, minilm_path
-from ctxray.optim import param_groups
+from ctxray.optim import lr_factor, param_groups
 from ctxray.teacher.base import TEXT_TRUNCATION_RULE
 from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP, XrayCLIPConfig, save_builtin, tokenize_reports
 from ctxray.teacher.embed import embed_texts
@@ -156,35 +159,10 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((out - mean) * contrast + mean + shift).clamp(0, 1)
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with every pair of equal ``group`` (identical report) as a positive.
-
-    The same objective as ``ctxray.losses.RobustContrastiveLoss("multi_positive")`` with group equality as the
-    equivalence, summed in another order (mean of each direction, then their mean); kept so that the expert
-    trains to the same bits as before (switching moves every downstream figure in the last digits).
-
-    Shape:
-        image, text: (B, E) normalised; group: (B,) int -> scalar
-    """
-    logits = scale * image @ text.T  # (B, B)
-    pos = (group[:, None] == group[None, :]).float()
-    target = pos / pos.sum(1, keepdim=True)  # symmetric, so the same targets serve both directions
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
 def _optimizer(model: XrayCLIP, cfg: TeacherTrainConfig, extra: nn.Module | None = None) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters of ``model`` and ``extra`` (:func:`ctxray.optim.param_groups`)."""
     owner = nn.ModuleList([model] + ([extra] if extra is not None else []))
     return torch.optim.AdamW(param_groups(owner, cfg.weight_decay), lr=cfg.lr)
-
-
-def _lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
-    """Linear warm-up over ``cfg.warmup`` of the steps, then a cosine to 0: ``ctxray.optim.lr_factor``'s shape
-    with ``min_ratio=0``, in the float order the expert has always trained with (kept for identical runs)."""
-    warm = max(1, int(cfg.warmup * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _locked_features(model: XrayCLIP, tokenizer: Tokenizer, texts: list[str], cfg: TeacherTrainConfig,
@@ -248,6 +226,9 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
     steps_per_epoch = n // bs
     total = steps_per_epoch * cfg.epochs
     opt = _optimizer(model, cfg, anchors)
+    warm = max(1, int(cfg.warmup * total))  # warm-up steps: cfg.warmup of the run, at least one
+    # identical reports (e.g. two normal studies) are positives of each other: multi-positive InfoNCE
+    contrastive = RobustContrastiveLoss("multi_positive")
     history: list[float] = []
     step = 0
     model.train()
@@ -267,14 +248,15 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
                 mask = enc["attention_mask"][idx]
                 width = int(mask.sum(1).max())
                 text = model.encode_text(enc["input_ids"][idx, :width], mask[:, :width])
-            loss = clip_loss(image, F.normalize(text, dim=-1), model.scale(), group_t[idx])
+            same_report = group_t[idx][:, None] == group_t[idx][None, :]  # (B, B)
+            loss = contrastive(image, F.normalize(text, dim=-1), model.scale(), same_report)
             if supervised:
                 loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(model.label_head(feat), labels[idx])
             if anchors is not None:
                 logits = anchors(image, prompt_text())
                 loss = loss + cfg.prompt_weight * F.binary_cross_entropy_with_logits(logits, labels[idx])
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg)
+                g["lr"] = cfg.lr * lr_factor(step, total, warm, min_ratio=0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
