@@ -12,11 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_data_ctrate import phantom_hu
 
 from ctxray.cli import main
 from ctxray.data.ingest import discover, safe_id
 from ctxray.data.spec import PreprocessSpec
+
+from .test_data_ctrate import phantom_hu
 
 SPEC = PreprocessSpec("t", (3.0, 1.5, 1.5), (8, 16, 16), dtype="float32")
 XYZ = phantom_hu((10, 14, 16)).transpose(2, 1, 0)
@@ -328,7 +329,7 @@ def test_preprocess_redacts_physician_and_institution_names_from_folder_names(tm
 
 
 def test_ctrate_bad_label_cell_and_bad_metadata_row_cost_only_their_volume(tmp_path, caplog):
-    from test_data_ctrate import write_ctrate_fixture
+    from .test_data_ctrate import write_ctrate_fixture
 
     write_ctrate_fixture(tmp_path / "ct", "v1")
     ds = tmp_path / "ct" / "dataset"

@@ -9,13 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_data_ctrate import phantom_hu
 
 from ctxray.data.cache import build_cache
 from ctxray.data.dataset import Augment, CTCacheDataset
 from ctxray.data.ingest import discover
 from ctxray.data.spec import PreprocessSpec
 from ctxray.labels import CT_RATE_LABELS
+
+from .test_data_ctrate import phantom_hu
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from test_data_ctrate import phantom_hu
 
 from ctxray.cli import main
 from ctxray.data.dicom import read_dicom_raw, scan_dicom_folder, series_id, write_ct_series
 from ctxray.data.readers import VolumeReadError, load_volume
+
+from .test_data_ctrate import phantom_hu
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "PID4711", "PatientBirthDate": "19530412",
            "AccessionNumber": "ACC987654"}

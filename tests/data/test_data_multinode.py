@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_data_shards import N, make_cache
 
 from ctxray.data.shards import write_shards
+
+from .test_data_shards import N, make_cache
 
 WORKER = Path(__file__).with_name("multinode_worker.py")
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_data_ctrate import phantom_hu, write_ctrate_fixture
 
 from ctxray.cli import main
 from ctxray.data.spec import PreprocessSpec
 from ctxray.labels import CT_RATE_LABELS
+
+from .test_data_ctrate import phantom_hu, write_ctrate_fixture
 
 SPEC = PreprocessSpec("t", (3.0, 1.5, 1.5), (8, 16, 16), dtype="float32")
 

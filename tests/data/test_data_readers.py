@@ -5,9 +5,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from test_data_ctrate import phantom_hu
 
 from ctxray.data.readers import VolumeReadError, load_volume, read_volume_raw
+
+from .test_data_ctrate import phantom_hu
 
 
 def _save(path, data, affine):

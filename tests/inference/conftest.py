@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from infer_helpers import make_run
+
+from .infer_helpers import make_run
 
 
 @pytest.fixture(scope="session")

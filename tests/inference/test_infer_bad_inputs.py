@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from infer_helpers import synthetic_ct, write_nifti
 
 import ctxray
 from ctxray.cli import main
 from ctxray.data.dicom import series_id, write_ct_series
 from ctxray.inference.predict import predict
+
+from .infer_helpers import synthetic_ct, write_nifti
 
 SPACING = (9.0, 8.0, 8.0)
 
@@ -192,9 +193,9 @@ def test_no_identifier_reaches_any_output_or_log_line(tiny_model_dir, tmp_path, 
 def test_export_refuses_metrics_measured_on_another_checkpoint(tiny_metrics, tmp_path, caplog):
     import shutil
 
-    from infer_helpers import make_run
-
     from ctxray.evaluate.run import checkpoint_identity
+
+    from .infer_helpers import make_run
 
     run = make_run(tmp_path / "a")
     other = make_run(tmp_path / "b", seed=1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from infer_helpers import write_dicom_series, write_nifti
 from torch import nn
 
 from ctxray.data.spec import PreprocessSpec
@@ -21,6 +20,8 @@ from ctxray.inference.api import CTModel
 from ctxray.inference.heatmap import ATTENTION_METHODS, METHODS, explain
 from ctxray.inference.pointing import map_point
 from ctxray.labels import load_labels
+
+from .infer_helpers import write_dicom_series, write_nifti
 
 SPEC = PreprocessSpec("cube", spacing_zyx=(4.0, 4.0, 4.0), shape_zyx=(16, 32, 32), hu_min=-1000, hu_max=1000)
 SHAPE, SPACING = (30, 60, 50), (3.0, 2.0, 2.5)  # 90 x 120 x 125 mm; the model sees 64 x 128 x 128 mm

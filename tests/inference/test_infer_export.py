@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from infer_helpers import synthetic_ct
 
 import ctxray
 from ctxray.inference.api import ModelFolderError, NoDecoderError
 from ctxray.inference.export import export_model, read_thresholds
 from ctxray.inference.folder import FORMAT_VERSION, ModelInfo, write_manifest
 from ctxray.labels import load_labels
+
+from .infer_helpers import synthetic_ct
 
 
 def _reference_probs(run, hu, spacing):

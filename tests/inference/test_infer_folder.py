@@ -7,12 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from infer_helpers import REPORTS, make_run, synthetic_ct
 
 import ctxray
 from ctxray.inference.api import ModelFolderError
 from ctxray.inference.export import export_model
 from ctxray.inference.folder import MANIFEST
+
+from .infer_helpers import REPORTS, make_run, synthetic_ct
 
 SPACING = (9.0, 8.0, 8.0)
 

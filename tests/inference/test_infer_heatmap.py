@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from infer_helpers import ConvToy
 
 from ctxray.data.spec import PreprocessSpec
 from ctxray.inference.api import CTModel
 from ctxray.inference.heatmap import GRAD_X_INPUT, GRADCAM, gradcam
 from ctxray.labels import load_labels
+
+from .infer_helpers import ConvToy
 
 
 class NoSpatial(ConvToy):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from infer_browser import Browser, chromium_path
 
 from ctxray.inference.html import ReportPage, display_grid, page_data, render_html, write_report_html
+
+from .infer_browser import Browser, chromium_path
 
 NASTY = "Heart normal. </script><script>document.title='pwned'</script> <b>bold</b>"
 

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from infer_helpers import synthetic_ct, write_nifti
 
 import ctxray
 from ctxray.inference.predict import predict
+
+from .infer_helpers import synthetic_ct, write_nifti
 
 FINDINGS = [
     "Heart size is normal. No pleural effusion or thickening was detected. No pulmonary nodule was detected.",

@@ -66,12 +66,13 @@ def test_pointing_pipeline_on_a_small_world(tmp_path):
     import json
 
     import torch
-    from infer_helpers import ConvToy, write_nifti
 
     from ctxray.data.spec import PreprocessSpec
     from ctxray.inference.api import CTModel
     from ctxray.inference.pointing import collect_cases, read_ground_truth
     from ctxray.labels import load_labels
+
+    from .infer_helpers import ConvToy, write_nifti
 
     shape, spacing = (24, 40, 36), (6.0, 3.0, 3.5)
     folder = tmp_path / "W" / "ct-rate" / "dataset" / "valid_fixed" / "valid_1" / "valid_1_a"

@@ -10,11 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from infer_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 import ctxray
 from ctxray.cli import main
 from ctxray.inference.predict import discover_scans, predict
+
+from .infer_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 SPACING = (9.0, 8.0, 8.0)
 

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from infer_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 from ctxray.cli import main
+
+from .infer_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Using a model on a scan"

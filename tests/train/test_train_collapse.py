@@ -7,9 +7,10 @@ import json
 import logging
 
 import pytest
-from test_train_support import tiny_config, write_cache
 
 from ctxray.train.loop import train
+
+from .test_train_support import tiny_config, write_cache
 
 
 @pytest.fixture(scope="module")

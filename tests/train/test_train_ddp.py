@@ -1,7 +1,9 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the
 concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on, on uneven
-shards), and the whole trainer on 2 ranks follows the single-process run. The one real multi-process test
-of the package (``tests/train/test_train_gather.py`` checks the gather with patched collectives)."""
+shards), the whole trainer on 2 ranks follows the single-process run, and on tar shards each rank reads its
+own half across a stop and resume. The training side's one multi-process run: one spawn serves all three
+checks (``tests/train/test_train_gather.py`` checks the gather with patched collectives;
+``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ctxray.data.shards import write_shards
 from ctxray.models.dual import DualEncoder, DualEncoderConfig
 from ctxray.models.text import TextEncoderConfig
-from ctxray.train.config import LossConfig
+from ctxray.train import loop
+from ctxray.train.config import LossConfig, TrainConfig
+from ctxray.train.loop import train
 from ctxray.train.objective import Objective
+
+from .test_train_support import tiny_config, write_cache, write_targets
 
 B, DT = 6, 8  # global batch, teacher width
 SHARDS = (4, 2)  # pairs on rank 0 and rank 1
@@ -57,13 +64,18 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _shard_config(cache: Path, retrieval: Path) -> TrainConfig:
+    """Two epochs streamed from the train shards (4 pairs per rank and step), validation from the valid shards."""
+    shards = cache.parent / "shards"
+    return tiny_config(cache, retrieval, **{"data.cache": "", "data.shards": str(shards / "train"),
+                                            "data.val_shards": str(shards / "valid"), "optim.epochs": 2,
+                                            "data.batch_size": 4})
+
+
 def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: str) -> None:
-    """One spawn for both checks (process start-up and imports dominate their cost). The spawned process gets
-    the parent's ``sys.path`` (how it finds this module), so the test helpers import as in the parent."""
-    from test_train_support import tiny_config
-
-    from ctxray.train.loop import train
-
+    """One spawn for every check (process start-up and imports dominate their cost): a DDP step on this rank's
+    shard of the batch, the trainer on the cache, and the trainer on tar shards stopped after one step and
+    resumed, recording the ids this rank stepped on per epoch."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -80,6 +92,19 @@ def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: 
             (Path(out) / "logged.json").write_text(json.dumps(logged))
         train(tiny_config(Path(cache), Path(retrieval), **{"optim.epochs": 1, "data.batch_size": 4}),
               Path(out) / "two")
+
+        seen: dict[int, list[str]] = {}
+        step = loop.Trainer._micro_step
+
+        def record(self, batch, sync):
+            seen.setdefault(self.state.epoch, []).extend(batch["ids"])
+            return step(self, batch, sync)
+
+        loop.Trainer._micro_step = record
+        cfg = _shard_config(Path(cache), Path(retrieval))
+        train(cfg, Path(out) / "on_shards", stop_after=1)
+        train(cfg, Path(out) / "on_shards", resume=True)
+        (Path(out) / f"ids{rank}.json").write_text(json.dumps(seen))
     finally:
         dist.destroy_process_group()
 
@@ -87,11 +112,11 @@ def _worker(rank: int, world: int, store: str, out: str, cache: str, retrieval: 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Run the 2-rank workers once; returns the folder with their outputs and the data they trained on."""
-    from test_train_support import write_cache, write_targets
-
     root = tmp_path_factory.mktemp("ddp")
     cache = write_cache(root / "cache", n_train=16, n_valid=4, seed=2)
     retrieval = write_targets(root / "retrieval", cache)
+    for split in ("train", "valid"):  # ~2 volumes of (16, 32, 32) float16 per shard
+        write_shards(cache, root / "shards" / split, split=split, shard_bytes=40_000)
     mp.spawn(_worker, args=(2, str(root / "store"), str(root), str(cache), str(retrieval)), nprocs=2, join=True)
     return root, cache, retrieval
 
@@ -137,10 +162,6 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
 def test_trainer_under_two_ranks_follows_the_single_process_run(two_ranks, tmp_path):
     """The whole trainer (sampler shards, gathered losses, DDP, rank-0 checkpoints) on 2 gloo ranks with
     4 pairs each takes the same steps as one process with 8 pairs per batch."""
-    from test_train_support import tiny_config
-
-    from ctxray.train.loop import train
-
     root, cache, retrieval = two_ranks
     train(tiny_config(cache, retrieval, **{"optim.epochs": 1, "data.batch_size": 8}), tmp_path / "one")
 
@@ -162,3 +183,17 @@ def test_trainer_under_two_ranks_follows_the_single_process_run(two_ranks, tmp_p
     assert (root / "two" / "checkpoints" / "last" / "state.safetensors").is_file()
     state = json.loads((root / "two" / "checkpoints" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's RNG state is kept
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_read_disjoint_shard_halves_across_a_resume(two_ranks):
+    root, cache, _ = two_ranks
+    train_ids = [json.loads(line)["id"] for line in (cache / "manifest.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "train"]
+    got = [json.loads((root / f"ids{r}.json").read_text()) for r in (0, 1)]
+    for epoch in ("0", "1"):
+        a, b = got[0][epoch], got[1][epoch]
+        assert len(a) == len(b) == 8 and not set(a) & set(b)  # each rank its own half
+        assert sorted(a + b) == sorted(train_ids), epoch  # together every volume once, across the resume
+    state = json.loads((root / "on_shards" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["shards"]["world_size"] == 2

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from test_train_support import tiny_config, write_cache, write_targets
 
 from ctxray.train.checkpoint import load_model
 from ctxray.train.loop import train
+
+from .test_train_support import tiny_config, write_cache, write_targets
 
 
 @pytest.fixture(scope="module")

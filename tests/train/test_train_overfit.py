@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import torch
-from test_train_support import tiny_config, write_cache
 
 from ctxray.data.cachedir import read_manifest
 from ctxray.train.checkpoint import load_model
 from ctxray.train.data import PairCollator
 from ctxray.train.loop import train
+
+from .test_train_support import tiny_config, write_cache
 
 
 def test_tiny_model_overfits_eight_pairs(tmp_path):

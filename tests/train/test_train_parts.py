@@ -187,9 +187,10 @@ def test_text_lr_scale_zero_freezes_the_report_tower(tmp_path):
     import shutil
 
     from safetensors.torch import load_file
-    from test_train_support import tiny_config, write_cache
 
     from ctxray.train.loop import train
+
+    from .test_train_support import tiny_config, write_cache
 
     cache = write_cache(tmp_path / "c", n_train=8, n_valid=2)
     cfg = tiny_config(cache, None, **{"optim.text_lr_scale": 0.0, "optim.epochs": 2})

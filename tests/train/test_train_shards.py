@@ -1,5 +1,6 @@
 """The trainer reading tar shards (``data.shards``): same data as the cache, every volume once per epoch, exact
-mid-epoch resume (with DataLoader workers), 2 gloo ranks, and errors that name a bad shard setting."""
+mid-epoch resume (with DataLoader workers) and errors that name a bad shard setting (2 gloo ranks on shards:
+``test_train_ddp.py``)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_train_support import tiny_config, write_cache, write_targets
 
 from ctxray.data.shards import ShardDataset, write_shards
 from ctxray.train import loop
 from ctxray.train.loop import train
 from ctxray.train.shard_data import ShardEpochs
+
+from .test_train_support import tiny_config, write_cache, write_targets
 
 SHARD_BYTES = 40_000  # ~2 volumes of (16, 32, 32) float16 per shard: epochs cross many shard boundaries
 
@@ -135,47 +135,3 @@ def test_bad_shard_settings_name_the_setting_and_the_folder(data, tmp_path):
     with pytest.raises(ValueError, match="max_train"):
         train(shard_config(data, **{"data.max_train": 8}), tmp_path / "d")
     assert main(["train", "--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")]) == 2
-
-
-def _ddp_worker(rank: int, world: int, store: str, out: str, cfg_json: str) -> None:
-    """Train 1 step, stop, resume to the end on 2 gloo ranks; write the ids each rank stepped on, per epoch."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from ctxray.config import from_dict
-    from ctxray.train import loop as L
-    from ctxray.train.config import TrainConfig
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    seen: dict[int, list[str]] = {}
-    step = L.Trainer._micro_step
-
-    def record(self, batch, sync):
-        seen.setdefault(self.state.epoch, []).extend(batch["ids"])
-        return step(self, batch, sync)
-
-    L.Trainer._micro_step = record
-    try:
-        cfg = from_dict(TrainConfig, json.loads(cfg_json))
-        L.train(cfg, Path(out) / "run", stop_after=1)
-        L.train(cfg, Path(out) / "run", resume=True)
-        (Path(out) / f"ids{rank}.json").write_text(json.dumps(seen))
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_two_gloo_ranks_read_disjoint_halves_and_resume(data, tmp_path):
-    from ctxray.config import to_dict
-
-    cfg = shard_config(data, **{"optim.epochs": 2, "data.batch_size": 4})
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path), json.dumps(to_dict(cfg))), nprocs=2,
-             join=True)
-    got = [json.loads((tmp_path / f"ids{r}.json").read_text()) for r in (0, 1)]
-    for epoch in ("0", "1"):
-        a, b = got[0][epoch], got[1][epoch]
-        assert len(a) == len(b) == 8 and not set(a) & set(b)  # each rank its own half
-        assert sorted(a + b) == sorted(data[3]), epoch  # together every volume once, across the resume
-    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
-    assert state["world_size"] == 2 and state["shards"]["world_size"] == 2

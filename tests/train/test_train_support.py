@@ -1,5 +1,6 @@
 """Tiny training data in the stage contracts' formats (a preprocess cache, a retrieval folder), shared by
-the training tests (``from test_train_support import ...``), plus checks that the files fit the readers.
+the training tests (``from .test_train_support import ...``: tests/ is a package), plus checks that the
+files fit the readers.
 
 The cache world: each volume (16, 32, 32) holds a bright cube in one of four fixed places per positive
 label (labels 0-3 of labels.json only), over noise; its report names each label as present or absent

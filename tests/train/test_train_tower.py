@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_train_support import tiny_config, write_cache
 
 from ctxray.train.checkpoint import load_model
 from ctxray.train.loop import train
+
+from .test_train_support import tiny_config, write_cache
 
 REPORTS = ["There is a lung nodule. No pleural effusion.", "Cardiomegaly with pericardial effusion."]
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import tiny_config, write_cache, write_targets
 
 from ctxray.train.loop import train
+
+from .test_train_support import tiny_config, write_cache, write_targets
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
