@@ -142,3 +142,70 @@ def test_the_checks_can_fail() -> None:
     real = import_graph()
     assert "ctxray.data.volume" in real["ctxray.data.readers"]  # a module-level import
     assert "ctxray.retrieval" in real["ctxray.commands.retrieve"]  # one inside a function (light CLI start-up)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules a test file imports (``from ctxray.a import b`` counts ``ctxray.a.b`` when it is one)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in out if m in modules}
+
+
+def untested_modules() -> list[str]:
+    """Modules of src/ that no test of their mirrored folder imports.
+
+    ``ctxray.x`` (a top-level module) is mirrored by the files of ``tests/``, ``ctxray.pkg.x`` by those under
+    ``tests/pkg/``; a package counts as imported when any of its modules is. Command modules are imported by
+    name from ``ctxray.cli.COMMANDS`` in ``tests/commands/test_commands.py``.
+    """
+    from ctxray.cli import COMMANDS
+
+    modules = _modules()
+    seen: dict[Path, set[str]] = {}
+    for path in TESTS.rglob("*.py"):
+        seen.setdefault(path.parent, set()).update(_imported_modules(path, modules))
+    if "COMMANDS" in (TESTS / "commands" / "test_commands.py").read_text():
+        seen[TESTS / "commands"] |= {module for module, _ in COMMANDS.values()}
+    missing = []
+    for name, path in sorted(modules.items()):
+        parts = name.split(".")
+        if name == "ctxray":
+            continue
+        if path.name == "__init__.py" or len(parts) > 2:
+            folder = TESTS / parts[1]
+            imported = set().union(*(v for k, v in seen.items() if k == folder or folder in k.parents))
+        else:
+            imported = seen.get(TESTS, set())
+        covered = name in imported or (path.name == "__init__.py" and any(m.startswith(name + ".") for m in imported))
+        if not covered:
+            missing.append(name)
+    return missing
+
+
+def test_every_module_is_imported_by_a_test_of_its_own_folder() -> None:
+    assert untested_modules() == []
+
+
+def test_the_mirror_check_can_fail(tmp_path, monkeypatch) -> None:
+    """A module that only a test of another folder imports is reported."""
+    modules = _modules()
+    assert _imported_modules(TESTS / "synth" / "test_synth_writers.py", modules) >= {"ctxray.synth.writers"}
+    assert "ctxray.synth.writers" not in _imported_modules(TESTS / "data" / "test_data_world.py", modules)
+    monkeypatch.setattr(f"{__name__}.TESTS", tmp_path)
+    (tmp_path / "commands").mkdir()
+    (tmp_path / "commands" / "test_commands.py").write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test_x.py").write_text("from ctxray.synth.writers import write_csv\n")
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "test_y.py").write_text("from ctxray.synth import lesions\n")
+    missing = untested_modules()
+    assert {"ctxray.synth.writers", "ctxray.losses", "ctxray.data"} <= set(missing)
+    assert "ctxray.synth.lesions" not in missing and "ctxray.synth" not in missing
