@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from ctxray.config import load_config
+from ctxray.generate.compare import examples, metrics_table
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="{train,plan,run,compare}")
@@ -57,8 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ctxray.generate.compare import examples, metrics_table
-
     runs = {}
     for item in args.runs:
         name, sep, folder = item.partition("=")
@@ -73,7 +74,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ctxray.config import load_config
     from ctxray.generate.run import train_generator
     from ctxray.generate.train import GenerateConfig
 
@@ -88,7 +88,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from ctxray.config import load_config
     from ctxray.generate.planned import PlannedConfig
     from ctxray.generate.run_planned import train_planned
 

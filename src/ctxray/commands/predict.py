@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+import ctxray
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ctxray
     from ctxray.inference.predict import predict
 
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctxray.synth.presets import PRESETS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ctxray.synth.presets import PRESETS
-
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="world size (default: tiny)")
     parser.add_argument("--seed", type=int, default=0, help="world seed; same seed, same bytes (default: 0)")

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
+
+from ctxray.config import apply_overrides, from_dict, load_config
+from ctxray.data.iu import read_iu_reports
+from ctxray.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from ctxray.config import apply_overrides, from_dict, load_config
     from ctxray.teacher.train import TeacherTrainConfig, preset, train_teacher
 
     if args.config:
@@ -69,10 +71,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _iu_check(args: argparse.Namespace) -> int:
-    from ctxray.data.iu import read_iu_reports
     from ctxray.retrieval.quality import iu_text_check
     from ctxray.teacher import load_teacher
-    from ctxray.utils.io import atomic_write_text
 
     reports = read_iu_reports(args.tgz, drop_empty=True)
     results = {spec: iu_text_check(load_teacher(spec), reports) for spec in args.teacher}

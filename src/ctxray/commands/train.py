@@ -15,6 +15,8 @@ import argparse
 import json
 import logging
 
+from ctxray.config import load_config
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctxray.config import load_config
     from ctxray.train.config import TrainConfig
     from ctxray.train.loop import train
 

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -341,8 +342,6 @@ class ShardDataset(IterableDataset):
         s = self.index["shards"][shard]
         url = f"{self.root}/{s['name']}"
         if shard not in self._checked and self.verify == "checksum":
-            import hashlib
-
             h = hashlib.sha256()
             with _open(url) as f:
                 while block := f.read(1 << 22):

@@ -19,12 +19,14 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
 from ctxray.data.dataset import CTCacheDataset
@@ -90,8 +92,6 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _loader(dataset: Any, batch_size: int, shuffle: bool = False, seed: int = 0):
-    from torch.utils.data import DataLoader
-
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, generator=gen)
 
@@ -205,8 +205,6 @@ def finetune_compare(encoders: dict[str, nn.Module], train_ds: Any, eval_ds: Any
     Returns:
         ``{"mode", "fractions": {str(f): {"n_train": k, encoder name: zero_shot_protocols block}}, ...}``.
     """
-    from torch.utils.data import Subset
-
     settings = settings or FinetuneSettings()
     if mode not in ("probe", "full"):
         raise ValueError(f"finetune mode {mode!r}: expected 'probe' or 'full'")
@@ -283,8 +281,6 @@ def finetune_checkpoint(checkpoint: str, cache: str, out: str, mode: Mode = "pro
         scratch: also train the randomly initialised encoder (the comparison).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
     """
-    from pathlib import Path
-
     dev = resolve_device(device)
     model, _, config = load_model(checkpoint, map_location=dev)
     encoders: dict[str, nn.Module] = {"pretrained": model.volume_encoder}

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
 from ctxray.data.dataset import CTCacheDataset
@@ -69,8 +70,6 @@ def embed_dataset(model: Any, tokenizer: Any, dataset: Iterable[dict], scan_of: 
         max_length: token budget for reports.
         workers: DataLoader worker processes (volume loading).
     """
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     device = model_device(model)
     ids: list[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,6 @@ def most_common_report(items: Sequence[ReportItem], label_set: str = "ct") -> Re
     (ties: first in id order). Grouping by findings first keeps a scan whose several reconstructions
     share one report from counting as "common".
     """
-    from collections import Counter
-
     if not items:
         raise ValueError("most_common_report: no reports")
     vectors = [tuple(v) for v in label_matrix([i.report for i in items], label_set).tolist()]

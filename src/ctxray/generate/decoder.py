@@ -13,6 +13,7 @@ Reports are tokenised with the CT model's WordPiece tokenizer; ``[CLS]`` serves 
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -169,8 +170,6 @@ class ReportDecoder(nn.Module):
 @lru_cache(maxsize=1)
 def _cache_arg() -> str:
     """The name transformers' GPT-2 uses for the key/value cache (``cache``; older: ``past_key_values``)."""
-    import inspect
-
     from transformers import GPT2LMHeadModel
 
     return "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"

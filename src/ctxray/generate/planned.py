@@ -34,6 +34,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ctxray.config import from_dict, to_dict
@@ -259,9 +262,6 @@ def save_planned(out: str | Path, gen: PlannedGenerator, view: VolumeView, encod
                  train_sections: tuple[Sequence[str], Sequence[str]], skeleton: tuple[str, str],
                  spec_path: Path | None) -> None:
     """Write the generator folder (see the module docstring)."""
-    from safetensors.numpy import save_file as save_np
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {f"encoder.{k}": v for k, v in view.encoder.state_dict().items()}
@@ -302,9 +302,6 @@ def load_planned(folder: str | Path, device: str = "cpu") -> tuple[PlannedGenera
     Raises:
         FileNotFoundError / ValueError: a file is missing or does not fit (the message names it).
     """
-    from safetensors.numpy import load_file as load_np
-    from safetensors.torch import load_file
-
     root = Path(folder)
     for name in ("config.json", "encoder.safetensors", "planner.safetensors", "bank.json"):
         if not (root / name).is_file():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ctxray.config import from_dict, to_dict
@@ -182,8 +183,6 @@ def tokenize_reports(tokenizer: Any, texts: list[str], max_length: int) -> tuple
 def save_generator(out: Path, decoder: ReportDecoder, encoder: nn.Module, encoder_desc: dict, tokenizer: Any,
                    cfg: GenerateConfig, spec_path: Path | None) -> None:
     """Write the generator folder (see the module docstring)."""
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     save_file(_untied_state(decoder), str(out / "model.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
@@ -225,8 +224,6 @@ def load_generator(folder: str | Path, device: str = "cpu") -> Generator:
     Raises:
         FileNotFoundError / ValueError: a file is missing or does not fit (the message names it).
     """
-    from safetensors.torch import load_file
-
     root = Path(folder)
     for name in ("config.json", "model.safetensors", "encoder.safetensors", "tokenizer"):
         if not (root / name).exists():

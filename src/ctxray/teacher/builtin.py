@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ctxray.config import from_dict, to_dict
@@ -131,8 +132,6 @@ def tokenize_reports(tokenizer: Tokenizer, texts: list[str], max_length: int) ->
 
 def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None:
     """Write a teacher folder: ``model.safetensors``, ``config.json``, ``tokenizer/``."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -148,8 +147,6 @@ def save_builtin(model: XrayCLIP, tokenizer: Tokenizer, out: str | Path) -> None
 
 def load_builtin_model(path: str | Path) -> tuple[XrayCLIP, Tokenizer]:
     """Rebuild an ``XrayCLIP`` and its tokenizer from a teacher folder (strict weight loading)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     try:
         data = json.loads((path / "config.json").read_text())

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from ctxray.data.xray import load_xray_image, read_xray_gallery
 from ctxray.teacher.base import Teacher
@@ -73,8 +74,6 @@ def cached_embeddings(cache_dir: Path | None, teacher: Teacher, ids: Sequence[st
     A cache file holds the tensor (``{what}-{key}.safetensors``) and a JSON with ids and fingerprint,
     which are checked on reading, so a stale or foreign file is recomputed, never silently reused.
     """
-    from safetensors.torch import load_file, save_file
-
     if cache_dir is None:
         return compute()
     key = cache_key(teacher.fingerprint(), ids, what)

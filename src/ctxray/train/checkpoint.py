@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import ctxray
@@ -99,8 +100,6 @@ def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, config: Any, m
         metrics: JSON-ready scores of this point of the run.
         state: the resume state; None for a folder that only serves loading (``best``).
     """
-    from safetensors.torch import save_file
-
     def write(tmp: Path) -> None:
         save_file(_model_tensors(model), str(tmp / MODEL_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
@@ -118,8 +117,6 @@ def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, config: Any, m
 
 def load_resume_state(ckpt: Path) -> ResumeState:
     """Read ``state.safetensors`` + ``state.json`` of a ``last`` checkpoint."""
-    from safetensors.torch import load_file
-
     ckpt = Path(ckpt)
     for name in (STATE_FILE, STATE_JSON):
         if not (ckpt / name).is_file():
@@ -183,8 +180,6 @@ def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: 
     Returns:
         (DualEncoder in eval mode, Tokenizer, TrainConfig).
     """
-    from safetensors.torch import load_file
-
     ckpt = resolve_checkpoint(run_or_ckpt_dir, prefer)
     try:
         config = read_stored_config(json.loads((ckpt / CONFIG_FILE).read_text()), str(ckpt / CONFIG_FILE))

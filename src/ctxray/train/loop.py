@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
 from ctxray.config import save_config
@@ -316,8 +317,6 @@ class Trainer:
         self.rt.barrier()
 
     def _restore(self, last: Path) -> None:
-        from safetensors.torch import load_file
-
         saved = ckpt.load_resume_state(last)
         self.model.load_state_dict(load_file(str(last / ckpt.MODEL_FILE)))
         opt = optimizer_state_from_tensors(saved.tensors, saved.meta["optimizer"])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -180,8 +181,6 @@ def report_token_stats(tokenizer: Tokenizer, reports: list[str], max_length: int
     Returns:
         ``n``, ``max``, ``median``, ``p95``, ``max_length``, ``truncated`` (count) and ``truncated_fraction``.
     """
-    import numpy as np
-
     lengths = np.asarray(tokenizer.lengths(reports) if reports else [0])
     cut = int((lengths > max_length).sum())
     return {"n": len(reports), "max": int(lengths.max()), "median": float(np.median(lengths)),

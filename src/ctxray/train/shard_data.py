@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ctxray.data.cachedir import read_manifest
 from ctxray.data.shards import INDEX, ShardDataset, ShardProgress, epoch_slices, read_index, read_rows
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ def train_rows(config: Any, cache: Any = None) -> list[dict[str, Any]]:
     da = config.data
     if da.shards:
         return read_rows(da.shards, open_shard_index(da.shards, da.train_split, "data.shards"))
-    from ctxray.data.cachedir import read_manifest
 
     return cache.split(da.train_split) if cache is not None else read_manifest(da.cache, da.train_split)
 
