@@ -70,6 +70,7 @@ def _mirrored(plans: list[Plan]) -> list[Plan]:
     return [Plan(p.labels, {k: swap.get(v, v) for k, v in p.sides.items()}) for p in plans]
 
 
+@pytest.mark.slow
 def test_planned_reports_beat_the_template_and_the_shuffled_plans(fitted) -> None:
     gen, feats, valid, template, _ = fitted
     refs = [i.report for i in valid]

@@ -52,6 +52,7 @@ def test_retrieve_outputs(teacher_dir, tiny_world, tmp_path, pairing):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_text_retrieval_beats_random_pairing(teacher_dir, tiny_world, tmp_path):
     """The default retrieval (X-ray-visible query, label re-ranking of the text candidates) agrees with the
     CTs' own labels far more often than random pairing, on exact label sets too, without hubs."""

@@ -104,6 +104,7 @@ def test_xray_gallery(tiny_world: Path) -> None:
     assert {r["split"] for r in rows} <= {"train", "valid", "test"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tiny_world: Path, tmp_path: Path) -> None:
     """Regenerated with two worker processes: every file identical (order and workers do not matter)."""
     generate_world(tmp_path, preset="tiny", seed=0, workers=2)

@@ -41,6 +41,7 @@ def galleries(tmp_path_factory):
     return _gallery(root / "train", 0, N_TRAIN, "train"), _gallery(root / "held", 50_000, 50_000 + N_HELD, "test")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_tiny_expert_zero_shot_clears_chance_on_held_out_radiographs(galleries, tmp_path, seed: int) -> None:
     from ctxray.data.xray import read_xray_gallery

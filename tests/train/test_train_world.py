@@ -67,6 +67,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
 PKD_GAP = 0.015
 
 
+@pytest.mark.slow
 def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path):
     from ctxray.cli import main
     from ctxray.train.checkpoint import load_model
@@ -118,6 +119,7 @@ def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path)
     assert tok_t.vocab_size == cfg_t.model.text.vocab_size != tok.vocab_size
 
 
+@pytest.mark.slow
 def test_tiny_world_shuffled_targets_stay_at_the_constant_prediction_level(tiny_chain, tmp_path):
     """The control: with every CT given another CT's target, PKD cannot go below what a constant reaches."""
     from ctxray.cli import main
