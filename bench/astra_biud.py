@@ -7,7 +7,10 @@ the demo world, all on ONE cache (the demo world resized to ``--shape`` with Ast
   astra_frozen   ``i3resnet_152`` with ``model.pretrained=astra``, every stage frozen (``freeze_stages=5``):
                  only the linear projection, the KD head and the report tower train
   random_frozen  the same network randomly initialised (seeded), same freezing: the control that isolates the
-                 weights from the architecture
+                 weights from the architecture. Its BatchNorms keep their initial statistics (mean 0, variance 1),
+                 so 50 residual blocks add up to features dominated by one direction: BIUD collapses on them
+  random_bn_frozen  the same random weights with every BatchNorm's statistics estimated on ``--bn-volumes``
+                 training volumes (unlabelled, no reports; one forward pass in training mode): the fair control
   astra_last     Astra weights, stages 1-3 frozen, stage 4 trains (``freeze_stages=4``, ``norm_eval``)
   random_last    its random-init control
   scratch        ``resnet3d_small`` (BatchNorm), trained end to end: the project's default encoder
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 log = logging.getLogger("astra_biud")
 
 ROWS: dict[str, tuple[str, dict[str, Any], str | None]] = {  # key -> (encoder, encoder_kwargs, pretrained)
@@ -46,8 +51,13 @@ ROWS: dict[str, tuple[str, dict[str, Any], str | None]] = {  # key -> (encoder, 
     "random_frozen": ("i3resnet_152", {"freeze_stages": 5, "norm_eval": True}, None),
     "astra_last": ("i3resnet_152", {"freeze_stages": 4, "norm_eval": True}, "astra"),
     "random_last": ("i3resnet_152", {"freeze_stages": 4, "norm_eval": True}, None),
+    "random_bn_frozen": ("i3resnet_152", {"freeze_stages": 5, "norm_eval": True}, None),
     "scratch": ("resnet3d_small", {"norm": "batch"}, None),
 }
+BN_ROWS = {"random_bn_frozen"}  # random weights, BatchNorm statistics estimated on --bn-volumes training volumes
+COMPARE = [("astra_frozen", "random_bn_frozen"), ("astra_frozen", "scratch"), ("random_bn_frozen", "scratch"),
+           ("astra_frozen", "random_frozen"),
+           ("astra_last", "random_last"), ("astra_last", "scratch"), ("astra_last", "astra_frozen")]
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
@@ -118,6 +128,26 @@ def with_memo(model: Any, memo: Any) -> Any:
     return model
 
 
+def recalibrate_bn(encoder: torch.nn.Module, volumes: torch.Tensor, batch: int = 16) -> None:
+    """Replace every BatchNorm's running statistics by their average over ``volumes`` (one pass, no gradients).
+
+    Shape:
+        volumes: (N, 1, D, H, W) float in [0, 1]
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    was = encoder.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    with torch.no_grad():
+        for i in range(0, len(volumes), batch):
+            encoder(volumes[i:i + batch].float())
+    for m in norms:
+        m.momentum = 0.1
+    encoder.train(was)  # frozen parts back on (their new) stored statistics
+
+
 def score_run(ckpt: Path, cache: Path, memo: Any, budget: int, out: Path) -> dict[str, Any]:
     """Zero-shot probabilities of the validation split (saved) and the two frozen-feature probes."""
     from ctxray.data.dataset import CTCacheDataset
@@ -141,6 +171,28 @@ def score_run(ckpt: Path, cache: Path, memo: Any, budget: int, out: Path) -> dic
     keys = ("macro", "xray_visible", "ct_only")
     return {**group_macros(auroc), "per_label": {n: float(a) for n, a in zip(labels.names, auroc)},
             "probe_features": {k: feats[k] for k in keys}, "probe_embedding": {k: embedding[k] for k in keys}}
+
+
+def paired(work: Path, a: str, b: str, n: int, seed: int, n_boot: int = 1000) -> dict[str, Any] | None:
+    """Zero-shot macro AUROC of run ``a`` minus run ``b`` (same N and seed, same validation volumes), with a 95 %
+    interval from a bootstrap over validation volumes."""
+    from ctxray.evaluate.headroom import group_macros
+    from ctxray.metrics import auroc_per_label
+
+    fa, fb = (work / "runs" / f"{r}_n{n}_s{seed}" / "valid_scores.npz" for r in (a, b))
+    if not (fa.is_file() and fb.is_file()):
+        return None
+    za, zb = np.load(fa), np.load(fb)
+    y, pa, pb = za["y"], za["probs"], zb["probs"]
+
+    def diff(idx: np.ndarray) -> float:
+        return group_macros(auroc_per_label(y[idx], pa[idx]))["macro"] - group_macros(
+            auroc_per_label(y[idx], pb[idx]))["macro"]
+
+    rng = np.random.default_rng(0)
+    boots = [diff(rng.integers(0, len(y), len(y))) for _ in range(n_boot)]
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return {"a": a, "b": b, "pairs": n, "seed": seed, "diff": diff(np.arange(len(y))), "ci95": [lo, hi]}
 
 
 def table(results: dict[str, Any], rows: list[str], pairs: list[int]) -> str:
@@ -170,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrieval", required=True, help="retrieved X-ray targets of that world (ctxray retrieve)")
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True, help="JSON results (a .md table beside it)")
-    parser.add_argument("--rows", default="astra_last,random_last,astra_frozen,random_frozen,scratch")
+    parser.add_argument("--rows", default="astra_frozen,random_bn_frozen,scratch,astra_last")
     parser.add_argument("--pairs", default="50,400")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shape", default="32,64,64", help="D,H,W of the cache every row reads")
     parser.add_argument("--probe-budget", type=int, default=100)
+    parser.add_argument("--bn-volumes", type=int, default=64, help="training volumes for random_bn_frozen's statistics")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite the JSON from saved runs")
     parser.add_argument("--time-only", action="store_true", help="time one forward (and backward) and stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -209,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     memo_path = work / "memo.safetensors"
     memo = PrefixMemo.load(memo_path) if memo_path.is_file() else PrefixMemo()
     plain_build = loop.build_model
-    loop.build_model = lambda *a, **kw: with_memo(plain_build(*a, **kw), memo)  # the trainer's model, memoised
+    bn_volumes: list[torch.Tensor | None] = [None]  # set per run: recalibrate the built encoder's BatchNorms
+
+    def build(*a, **kw):
+        model = plain_build(*a, **kw)
+        if bn_volumes[0] is not None:
+            recalibrate_bn(model.volume_encoder, bn_volumes[0])
+        return with_memo(model, memo)
+
+    loop.build_model = build  # the trainer's model, memoised
     state_path = work / "results.json"
     results: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     machine, t_all = describe_machine(), time.perf_counter()
@@ -219,23 +281,35 @@ def main(argv: list[str] | None = None) -> int:
                "batch_size": args.batch_size, "probe_budget": args.probe_budget, "rows": rows, "pairs": pairs,
                "seeds": seeds, "config": str(CONFIG.name), "timing": timing, "preprocess_s": prep_s,
                "runs": results, "table": table(results, rows, pairs), "complete": final,
+               "paired": [d for n in pairs for seed in seeds for a, b in COMPARE
+                          if (d := paired(work, a, b, n, seed)) is not None] if final else [],
                "seconds": round(time.perf_counter() - t_all, 1), "command": " ".join(sys.argv)}
         out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-        out.with_suffix(".md").write_text(doc["table"] + "\n")
+        lines = [f"- {d['a']} - {d['b']} at {d['pairs']} pairs (seed {d['seed']}): {d['diff']:+.3f} "
+                 f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" for d in doc["paired"]]
+        out.with_suffix(".md").write_text("\n".join([doc["table"], "", *lines]) + "\n")
 
-    for seed in seeds:
+    for seed in [] if args.summarise_only else seeds:
         for n in pairs:
             for row in rows:
                 key = f"{row}_n{n}_s{seed}"
                 if key in results:
                     continue
                 run = work / "runs" / key
-                feature_s0, t0 = memo.seconds, time.perf_counter()
+                feature_s0, t0, c0 = memo.seconds, time.perf_counter(), time.process_time()
+                if row in BN_ROWS:
+                    from ctxray.evaluate.headroom import load_split
+
+                    x_tr = load_split(cache, "train")[0]
+                    bn_volumes[0] = x_tr[np.random.default_rng(seed).permutation(len(x_tr))[:args.bn_volumes]]
+                else:
+                    bn_volumes[0] = None
                 loop.train(run_config(args, cache, row, n, seed), run)
                 t1 = time.perf_counter()
                 res = score_run(run / "checkpoints" / "last", cache, memo, args.probe_budget, run)
                 res.update(train_s=round(t1 - t0, 1), score_s=round(time.perf_counter() - t1, 1),
-                           feature_s=round(memo.seconds - feature_s0, 1))
+                           feature_s=round(memo.seconds - feature_s0, 1),
+                           cpu_s=round(time.process_time() - c0, 1))  # this process's CPU seconds (load-proof)
                 results[key] = res
                 shutil.rmtree(run / "checkpoints", ignore_errors=True)  # 470 MB each for i3resnet_152
                 if ROWS[row][0] == "i3resnet_152":
