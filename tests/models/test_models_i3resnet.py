@@ -150,7 +150,7 @@ def test_unknown_or_missing_weights_name_what_to_install(monkeypatch):
 
 def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
     torch.manual_seed(0)
-    enc = I3ResNet(input_shape=(16, 32, 32), **TINY, freeze_stages=2).train()
+    enc = I3ResNet(input_shape=(16, 32, 32), **TINY, freeze_stages=2)  # as built: the trainer never calls .train()
     frozen = {k: v.clone() for k, v in enc.state_dict().items() if k.startswith(("stem.", "stages.0."))}
     enc(torch.rand(2, 1, 16, 32, 32)).pow(2).sum().backward()
     for name, p in enc.named_parameters():
@@ -162,7 +162,7 @@ def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
         assert torch.equal(enc.state_dict()[k], v), k
     assert not enc.stages[1][0].bn1.running_mean.eq(0).all()  # unfrozen parts did update theirs
 
-    held = I3ResNet(input_shape=(16, 32, 32), **TINY, norm_eval=True).train()
+    held = I3ResNet(input_shape=(16, 32, 32), **TINY, norm_eval=True)
     assert held.training and not any(m.training for m in held.modules() if isinstance(m, torch.nn.BatchNorm3d))
     with pytest.raises(ValueError, match="freeze_stages"):
         I3ResNet(**TINY, freeze_stages=6)

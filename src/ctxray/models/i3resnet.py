@@ -136,6 +136,7 @@ class I3ResNet(VolumeEncoder):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for part in self._parts()[: self.freeze_stages]:
             part.requires_grad_(False)
+        self.train()  # a new module is in training mode: hold the frozen BatchNorms from the start
 
     def _parts(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
