@@ -109,3 +109,72 @@ def test_pointing_pipeline_on_a_small_world(tmp_path):
     assert cases == [] and counts["Lung nodule"]["tp"] == 0
     cases, _ = collect_cases(model, gt, paths, require_decision=False)
     assert len(cases) == 2
+
+
+def test_a_shell_region_hits_the_fluid_not_the_heart():
+    """Pericardial fluid is a shell: a point at the heart's centre misses, one in the fluid hits."""
+    from ctxray.inference.pointing import Region
+
+    spacing = (1.0, 1.0, 1.0)
+    shell = Region((0.0, 0.0, 0.0), (60.0, 60.0, 70.0), rot=0.5, inner_radii_mm=(45.0, 45.0, 55.0))
+    lesion = Lesion("Pericardial effusion", (100, 100, 100), radius_mm=7.5, region=shell)
+    centre, fluid = np.array([[100.0, 100, 100]]), np.array([[152.0, 100, 100]])  # 52 mm up: between 45 and 60
+    assert not lesion.contains(centre, spacing, 10.0)[0]
+    assert lesion.contains(fluid, spacing, 0.0)[0]
+    assert not lesion.contains(np.array([[175.0, 100, 100]]), spacing, 10.0)[0]  # 75 mm: beyond 60 + 10
+    assert lesion.contains(np.array([[168.0, 100, 100]]), spacing, 10.0)[0]
+    # the rotation about z turns the long (x) axis: 66 mm along x is outside unless rotated onto it
+    along_x = np.array([[100.0, 100, 166]])
+    assert not Lesion("P", (100, 100, 100), region=Region((0, 0, 0), (60, 60, 70), rot=np.pi / 2)).contains(
+        along_x, spacing, 0.0)[0]
+    assert Lesion("P", (100, 100, 100), region=Region((0, 0, 0), (60, 60, 70))).contains(along_x, spacing, 0.0)[0]
+
+
+def test_a_layer_region_is_cut_by_its_plane():
+    """A pleural effusion: the part of an ellipsoid behind a coronal plane (y <= offset), off-centre."""
+    from ctxray.inference.pointing import Region
+
+    layer = Region((0.0, -40.0, 0.0), (80.0, 50.0, 60.0), plane=((0.0, 1.0, 0.0), -30.0))
+    lesion = Lesion("Pleural effusion", (50, 50, 50), radius_mm=10.0, region=layer)
+    spacing = (2.0, 1.0, 1.0)
+    lateral = np.array([[50.0, 50 - 80, 50 + 30]])  # y = -80 mm, 30 mm to the side: in the layer, far from the centre
+    assert lesion.contains(lateral, spacing, 0.0)[0]
+    assert np.linalg.norm((lateral[0] - 50) * spacing) > 10.0 + 10.0  # the old ball rule would miss it
+    front = np.array([[50.0, 50 - 55, 50]])  # y = -55: in the ellipsoid, 15 mm in front of the plane (y <= -70)
+    assert not lesion.contains(front, spacing, 10.0)[0]
+    assert lesion.contains(front, spacing, 16.0)[0]
+    res = pointing_game([PointingCase("v", "Pleural effusion", tuple(lateral[0]), [lesion], (60, 100, 120), spacing)],
+                        margin_mm=0.0)["Pleural effusion"]
+    assert res.hits == 1
+
+
+@pytest.mark.parametrize("label", ["Pericardial effusion", "Pleural effusion"])
+def test_the_recorded_region_is_where_the_world_paints_the_fluid(label):
+    """The ground truth's region of a shell or layer holds every voxel the lesion paints, and is mostly that lesion
+    (measured: all painted voxels inside, 64-79 % of the region painted, on 8 patients; the old ball of half the
+    size + 10 mm held 0 % of the pericardial and 19-29 % of the pleural fluid)."""
+    from ctxray.inference.pointing import Region
+    from ctxray.synth.canvas import Grid
+    from ctxray.synth.presets import get_preset
+    from ctxray.synth.render import paint_patient
+    from ctxray.synth.scans import ScanTask, lesion_record, scan_lesions
+
+    preset = get_preset("tiny")
+    grid = Grid.centred(preset.ct_shape, preset.ct_spacing)
+    checked = 0
+    for pid in range(1, 200):
+        anatomy, labels, _, lesions = scan_lesions(ScanTask(None, "train", pid, 0, 1, preset, seed=0))
+        if not labels.get(label):
+            continue
+        painted = np.abs(paint_patient(anatomy, lesions, grid).hu
+                         - paint_patient(anatomy, lesions, grid, exclude=[label]).hu) > 30
+        records = [lesion_record(les, grid) for les in lesions if les.label == label]
+        found = [Lesion(label, tuple(r["center_zyx_vox"]), 0.0, Region.from_record(r["region"])) for r in records]
+        points = np.indices(grid.shape).reshape(3, -1).T
+        inside = np.any([les.contains(points, grid.spacing, 0.0) for les in found], axis=0)
+        assert inside[painted.reshape(-1)].mean() >= 0.99
+        assert painted.reshape(-1)[inside].mean() >= 0.5
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2

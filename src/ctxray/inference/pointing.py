@@ -6,7 +6,10 @@ region of the voxels at or above the top ``top_fraction`` quantile of the body's
 rule, where a first-in-C-order argmax lands on the corner of every flat plateau). It is a hit when its
 distance in mm to the centre of any lesion of that label is at most ``lesion radius + margin_mm`` (the
 lesion radius is half its largest size in mm, 0 when unknown). The same sphere (radius + margin) is the
-"dilated lesion mask" of the energy measure: the share of the map's sum inside it.
+"dilated lesion mask" of the energy measure: the share of the map's sum inside it. Lesions that are not
+balls carry a :class:`Region` in the ground truth (pericardial fluid: a shell around the heart; a pleural
+effusion: a posterior layer of the lung's width); for them the region dilated by the margin replaces the
+sphere.
 
 Chance levels: a point drawn uniformly from the volume (``baseline``) or from the body (the largest
 connected region above -500 HU, holes filled; ``body_baseline``), under the same rule. They are also
@@ -31,12 +34,78 @@ from ctxray.utils.progress import progress
 
 
 @dataclass
+class Region:
+    """Where a lesion that is not a ball lies: an ellipsoid, optionally cut by a plane or hollowed out.
+
+    The synthetic world records one for shells and layers (``region`` in ``ground_truth.jsonl``): pericardial
+    fluid is the shell between the heart (``inner_radii_mm``) and the heart plus the fluid's thickness, a
+    pleural effusion the part of an ellipsoid behind a coronal plane. Dilated by a margin m, the region is
+    the ellipsoid with semi-axes + m (which contains the exact m-neighbourhood), the plane moved out by m and
+    the hollow shrunk by m.
+
+    Args:
+        offset_mm: (z, y, x) centre of the ellipsoid relative to the lesion's centre.
+        radii_mm: (rz, ry, rx) semi-axes.
+        rot: rotation about z in radians (``ctxray.synth.canvas.Ellipsoid``'s convention).
+        inner_radii_mm: semi-axes of a hollow about the same centre, if any.
+        plane: ``(normal_zyx, offset)``: only points ``q`` (mm from the ellipsoid's centre) with
+            ``normal . q <= offset`` belong to it.
+    """
+
+    offset_mm: tuple[float, float, float]
+    radii_mm: tuple[float, float, float]
+    rot: float = 0.0
+    inner_radii_mm: tuple[float, float, float] | None = None
+    plane: tuple[tuple[float, float, float], float] | None = None
+
+    @classmethod
+    def from_record(cls, rec: dict | None) -> Region | None:
+        if not rec:
+            return None
+        plane = rec.get("plane")
+        return cls(tuple(rec.get("offset_mm", (0.0, 0.0, 0.0))), tuple(rec["radii_mm"]), float(rec.get("rot", 0.0)),
+                   tuple(rec["inner_radii_mm"]) if rec.get("inner_radii_mm") else None,
+                   (tuple(plane[0]), float(plane[1])) if plane else None)
+
+    def contains(self, q_mm: np.ndarray, margin_mm: float) -> np.ndarray:
+        """Which points lie in the region dilated by ``margin_mm``. Shape: q_mm (N, 3) mm from the lesion's
+        centre -> (N,) bool."""
+        q = np.asarray(q_mm, dtype=np.float64) - np.asarray(self.offset_mm)
+        c, s = np.cos(self.rot), np.sin(self.rot)
+        z, y, x = q[:, 0], q[:, 1], q[:, 2]
+        xr, yr = c * x + s * y, -s * x + c * y
+
+        def inside(radii, grow):
+            rz, ry, rx = (max(v + grow, 1e-9) for v in radii)
+            return (z / rz) ** 2 + (yr / ry) ** 2 + (xr / rx) ** 2 <= 1.0
+
+        ok = inside(self.radii_mm, margin_mm)
+        if self.plane is not None:
+            normal = np.asarray(self.plane[0], dtype=np.float64)
+            ok &= q @ (normal / np.linalg.norm(normal)) <= self.plane[1] + margin_mm
+        if self.inner_radii_mm is not None and min(self.inner_radii_mm) > margin_mm:
+            ok &= ~inside(self.inner_radii_mm, -margin_mm)
+        return ok
+
+
+@dataclass
 class Lesion:
-    """A lesion of one label: centre in voxels of the (D, H, W) RAS array and radius in mm."""
+    """A lesion of one label: centre in voxels of the (D, H, W) RAS array and radius in mm.
+
+    Without a ``region`` the lesion is the ball of ``radius_mm`` about its centre; with one, the region.
+    """
 
     label: str
     center_zyx: tuple[float, float, float]
     radius_mm: float = 0.0
+    region: Region | None = None
+
+    def contains(self, points_zyx: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
+        """Which voxel points (N, 3) lie in the lesion dilated by ``margin_mm``. Shape: -> (N,) bool."""
+        q = (np.asarray(points_zyx, dtype=np.float64) - np.asarray(self.center_zyx)) * np.asarray(spacing_zyx)
+        if self.region is not None:
+            return self.region.contains(q, margin_mm)
+        return np.linalg.norm(q, axis=1) <= self.radius_mm + margin_mm
 
 
 @dataclass
@@ -127,17 +196,16 @@ def map_point(map_: np.ndarray, mask: np.ndarray | None = None, top_fraction: fl
 
 
 def lesion_energy(map_: np.ndarray, lesions: Sequence[Lesion], spacing_zyx: Sequence[float], margin_mm: float) -> float:
-    """Share of a non-negative map's sum inside the lesions' spheres of radius ``radius + margin_mm``."""
+    """Share of a non-negative map's sum inside the lesions dilated by ``margin_mm`` (:meth:`Lesion.contains`)."""
     arr = np.clip(np.nan_to_num(np.asarray(map_, dtype=np.float64)), 0, None)
     total = arr.sum()
     if total <= 0:
         return 0.0
-    inside = np.zeros(arr.shape, bool)
-    grids = np.ogrid[tuple(slice(0, n) for n in arr.shape)]
+    points = np.indices(arr.shape).reshape(3, -1).T  # (N, 3)
+    inside = np.zeros(len(points), bool)
     for lesion in lesions:
-        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, lesion.center_zyx, spacing_zyx))
-        inside |= d2 <= (lesion.radius_mm + margin_mm) ** 2
-    return float(arr[inside].sum() / total)
+        inside |= lesion.contains(points, spacing_zyx, margin_mm)
+    return float(arr.reshape(-1)[inside].sum() / total)
 
 
 def grid_centres(spec, grid: Sequence[int], shape: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -173,8 +241,7 @@ def _hits(points_zyx: np.ndarray, lesions: Sequence[Lesion], spacing: np.ndarray
     """Boolean hit per point (N, 3) voxel coordinates."""
     hit = np.zeros(len(points_zyx), dtype=bool)
     for lesion in lesions:
-        d = np.linalg.norm((points_zyx - np.asarray(lesion.center_zyx)) * spacing, axis=1)
-        hit |= d <= lesion.radius_mm + margin_mm
+        hit |= lesion.contains(points_zyx, spacing, margin_mm)
     return hit
 
 
@@ -239,8 +306,9 @@ def format_table(results: dict[str, PointingResult], margin_mm: float) -> str:
         best, energy, base, body = sums / n
         lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {best:.3f} | {energy:.3f} | {base:.3f} | "
                      f"{body:.3f} |")
-    lines.append(f"(hit: the map's point within lesion radius + {margin_mm:g} mm of a lesion centre; energy: share "
-                 "of the map in those spheres, whose chance levels are the two random-point columns)")
+    lines.append(f"(hit: the map's point within lesion radius + {margin_mm:g} mm of a lesion centre, or within "
+                 f"{margin_mm:g} mm of the recorded region of a shell or layer (pericardial, pleural fluid); energy: "
+                 "share of the map in those dilated lesions, whose chance levels are the two random-point columns)")
     return "\n".join(lines)
 
 
@@ -363,7 +431,8 @@ def collect_cases(model: PointingModel, rows: Iterable[dict], paths: dict[str, P
             if require_decision and not decided[label]:
                 continue
             counts[label]["tp"] += 1
-            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")))
+            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")),
+                              Region.from_record(les.get("region")))
                        for les in row.get("lesions", []) if les.get("label") == label]
             if not lesions:
                 continue
