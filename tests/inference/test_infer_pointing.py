@@ -178,3 +178,22 @@ def test_the_recorded_region_is_where_the_world_paints_the_fluid(label):
         if checked == 2:
             break
     assert checked == 2
+
+
+def test_comparison_table_pools_the_focal_findings():
+    from ctxray.inference.pointing import PointingResult, format_comparison, pooled
+
+    def res(label, n, hits, body):
+        return PointingResult(label, n=n, hits=hits, body_baseline=body, best_possible=1.0)
+
+    sup = {"gradcam": {"Lung nodule": res("Lung nodule", 4, 3, 0.01), "Cardiomegaly": res("Cardiomegaly", 6, 6, 0.2)}}
+    biud = {"hirescam": {"Lung nodule": res("Lung nodule", 2, 0, 0.02)}}
+    p = pooled(sup["gradcam"], ["Lung nodule", "Hiatal hernia"])
+    assert (p.n, p.hits) == (4, 3) and p.body_baseline == pytest.approx(0.01)
+    assert pooled(sup["gradcam"], ["Cardiomegaly", "Lung nodule"]).body_baseline == pytest.approx((0.04 + 1.2) / 10)
+    table = format_comparison({"supervised": sup, "BIUD": biud}, ["Cardiomegaly", "Lung nodule"])
+    assert "| supervised: n | supervised: gradcam | supervised: random, body | BIUD: n |" in table
+    assert "| Lung nodule | 4 | 0.75 (1.00) | 0.010 | 2 | 0.00 (1.00) | 0.020 |" in table
+    assert "| Cardiomegaly | 6 | 1.00 (1.00) | 0.200 | 0 | - | - |" in table
+    assert "| **focal findings** | 4 | 0.75 (1.00) | 0.010 | 2 | 0.00 (1.00) | 0.020 |" in table
+    assert "| **all labels** | 10 | 0.90 (1.00) |" in table

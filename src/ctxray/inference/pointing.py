@@ -328,6 +328,68 @@ def format_matrix(by_method: dict[str, dict[str, PointingResult]], labels: Seque
             cells.append(f"{r.rate:.2f} ({r.best_possible:.2f})" if r else "-")
         lines.append(f"| {label} | {first.n} | " + " | ".join(cells)
                      + f" | {first.baseline:.3f} | {first.body_baseline:.3f} |")
+    for name, subset in (("focal findings", FOCAL), ("all labels", labels)):
+        first = pooled(by_method[methods[0]], subset)
+        if first.n:
+            cells = [f"{pooled(by_method[m], subset).rate:.2f} ({pooled(by_method[m], subset).best_possible:.2f})"
+                     for m in methods]
+            lines.append(f"| **{name}** | {first.n} | " + " | ".join(cells)
+                         + f" | {first.baseline:.3f} | {first.body_baseline:.3f} |")
+    return "\n".join(lines)
+
+
+FOCAL = ("Lung nodule", "Lung opacity", "Consolidation", "Pleural effusion", "Pericardial effusion", "Hiatal hernia")
+"""The focal findings of issue 14's goal (pointing accuracy >= 0.6 with the supervised reference)."""
+
+
+def pooled(results: dict[str, PointingResult], labels: Sequence[str]) -> PointingResult:
+    """The case-weighted pool of ``labels``' results (hits summed; best possible and chance levels averaged
+    over cases)."""
+    out = PointingResult("pooled")
+    rows = [results[k] for k in labels if k in results and results[k].n]
+    if not rows:
+        return out
+    out.n, out.hits = sum(r.n for r in rows), sum(r.hits for r in rows)
+    for name in ("best_possible", "energy", "baseline", "body_baseline"):
+        setattr(out, name, float(sum(r.n * getattr(r, name) for r in rows) / out.n))
+    return out
+
+
+def format_comparison(by_subject: dict[str, dict[str, dict[str, PointingResult]]], labels: Sequence[str],
+                      focal: Sequence[str] = FOCAL) -> str:
+    """Pointing accuracy per label of several models side by side (each on its own true positives).
+
+    Args:
+        by_subject: model name -> method -> label -> result.
+        labels: row order.
+        focal: labels pooled into the "focal findings" row.
+
+    Returns:
+        A Markdown table: per model its cases, each method's accuracy (best possible on its grid) and the
+        random-body-point chance level; rows per label, the focal findings pooled, all labels pooled.
+    """
+    head, rule = ["label"], ["---"]
+    for subject, methods in by_subject.items():
+        head += [f"{subject}: n"] + [f"{subject}: {m}" for m in methods] + [f"{subject}: random, body"]
+        rule += ["---:"] * (len(methods) + 2)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
+
+    def cells(get) -> list[str]:
+        out = []
+        for methods in by_subject.values():
+            first = get(next(iter(methods.values())))
+            out.append(str(first.n) if first.n else "0")
+            for results in methods.values():
+                r = get(results)
+                out.append(f"{r.rate:.2f} ({r.best_possible:.2f})" if r.n else "-")
+            out.append(f"{first.body_baseline:.3f}" if first.n else "-")
+        return out
+
+    shown = [k for k in labels if any(k in res and res[k].n for m in by_subject.values() for res in m.values())]
+    for label in shown:
+        lines.append(f"| {label} | " + " | ".join(cells(lambda res, k=label: res.get(k) or PointingResult(k))) + " |")
+    lines.append("| **focal findings** | " + " | ".join(cells(lambda res: pooled(res, focal))) + " |")
+    lines.append("| **all labels** | " + " | ".join(cells(lambda res: pooled(res, list(res)))) + " |")
     return "\n".join(lines)
 
 
