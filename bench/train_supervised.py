@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--stem-stride", default="1,2,2", help="lse: stem stride per axis")
     parser.add_argument("--layers", default="2", help="lse: blocks per ResNet stage kept, comma-separated")
     parser.add_argument("--widths", default="32", help="lse: channels per stage kept, comma-separated")
+    parser.add_argument("--stem-width", type=int, default=16, help="lse: channels of the stem convolution")
     parser.add_argument("--sharpness", type=float, default=5.0, help="lse: r of the pooling")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -79,7 +80,7 @@ def main() -> None:
 
         ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
         encoder_kwargs = {**encoder_kwargs, "stem_stride": ints(args.stem_stride), "layers": ints(args.layers),
-                          "widths": ints(args.widths), "sharpness": args.sharpness}
+                          "widths": ints(args.widths), "stem_width": args.stem_width, "sharpness": args.sharpness}
         info = {"head": "lse", "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
                 "labels": list(CT_RATE_LABELS)}
         model = fit(build_from_info(info), train_ds, args.epochs, args.lr, args.batch_size, args.seed)
@@ -112,7 +113,7 @@ def main() -> None:
            "thresholds": thresholds, "threshold_source": "Youden's J on the validation split",
            "valid_positives": {n: int(np.nansum(y[:, j])) for j, n in enumerate(CT_RATE_LABELS)}}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"trained {args.encoder} in {seconds:.0f} s; validation AUROC (positives of {len(valid_ds)}):")
+    print(f"trained {doc['encoder']} in {seconds:.0f} s; validation AUROC (positives of {len(valid_ds)}):")
     for name, a in auroc.items():
         print(f"  {name:<38} {a:.3f} ({doc['valid_positives'][name]})")
     print(f"  macro {np.mean(list(auroc.values())):.3f}")

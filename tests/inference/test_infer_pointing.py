@@ -197,3 +197,20 @@ def test_comparison_table_pools_the_focal_findings():
     assert "| Cardiomegaly | 6 | 1.00 (1.00) | 0.200 | 0 | - | - |" in table
     assert "| **focal findings** | 4 | 0.75 (1.00) | 0.010 | 2 | 0.00 (1.00) | 0.020 |" in table
     assert "| **all labels** | 10 | 0.90 (1.00) |" in table
+
+
+def test_regions_are_rebuilt_for_a_world_written_without_them(tiny_world):
+    """An older world's ground truth lacks ``region``: it is rebuilt from the world's seed, equal to the recorded one."""
+    from ctxray.inference.pointing import REGION_LABELS, add_missing_regions, read_ground_truth
+
+    rows, _ = read_ground_truth(tiny_world)
+    with_region = [r for r in rows if any(les["label"] in REGION_LABELS for les in r["lesions"])][:6]
+    assert with_region
+    stripped = [{**r, "lesions": [{k: v for k, v in les.items() if k != "region"} for les in r["lesions"]]}
+                for r in with_region]
+    assert add_missing_regions(tiny_world, stripped) == with_region
+    assert all("region" not in les for r in stripped for les in r["lesions"])  # the input rows are not changed
+    moved = [{**stripped[0], "lesions": [{**les, "center_mm": [v + 5 for v in les["center_mm"]]}
+                                         for les in stripped[0]["lesions"]]}]
+    with pytest.raises(ValueError, match="regenerate the world"):
+        add_missing_regions(tiny_world, moved)

@@ -431,12 +431,48 @@ def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list
         raise FileNotFoundError(f"{gt}: not found; is {world} a world written by ctxray synth?")
     rows = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if split is None or r.get("split") == split]
+    rows = add_missing_regions(world, rows)
     paths = {_stem(p.name): p for p in (root / "dataset").rglob("*.nii.gz")}
     missing = [r["VolumeName"] for r in rows if _stem(r["VolumeName"]) not in paths]
     if missing:
         raise FileNotFoundError(f"{root / 'dataset'}: {len(missing)} volume(s) of {gt.name} not found, "
                                 f"e.g. {missing[0]}")
     return rows, paths
+
+
+REGION_LABELS = ("Pericardial effusion", "Pleural effusion")  # lesions the world records a Region for
+
+
+def add_missing_regions(world: str | Path, rows: list[dict]) -> list[dict]:
+    """Ground-truth rows of a world written before lesions recorded their ``region``, with the regions added.
+
+    Each scan's lesions are rebuilt from the world's seed (``world.json``; no rendering) and must match the
+    rows' labels and centres; the rows are copied, not changed in place.
+
+    Raises:
+        ValueError: the rebuilt lesions differ from the rows (the world was written by other synth code).
+    """
+    need = [i for i, r in enumerate(rows)
+            if any(les.get("label") in REGION_LABELS and "region" not in les for les in r.get("lesions", []))]
+    if not need:
+        return rows
+    from ctxray.synth.scans import SCAN_LETTERS, ScanTask, scan_lesions
+
+    seed = int(json.loads((Path(world) / "world.json").read_text())["seed"])
+    rows = list(rows)
+    for i in need:
+        row = rows[i]
+        split, pid, letter, _recon = _stem(row["VolumeName"]).rsplit("_", 3)
+        built = scan_lesions(ScanTask(None, split, int(pid), SCAN_LETTERS.index(letter), 1, None, seed))[3]
+        same = [les.label for les in built] == [rec["label"] for rec in row["lesions"]] and all(
+            np.allclose(les.centre_mm, rec["center_mm"], atol=0.11) for les, rec in zip(built, row["lesions"]))
+        if not same:
+            raise ValueError(f"{world}: the lesions of {row['VolumeName']} rebuilt from seed {seed} differ from its "
+                             "ground truth; regenerate the world with this version of ctxray synth")
+        lesions = [{**rec, "region": les.attrs["region"]} if "region" in les.attrs else rec
+                   for les, rec in zip(built, row["lesions"])]
+        rows[i] = {**row, "lesions": lesions}
+    return rows
 
 
 def _stem(name: str) -> str:
