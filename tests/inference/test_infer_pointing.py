@@ -200,7 +200,7 @@ def test_comparison_table_pools_the_focal_findings():
 
 
 def test_regions_are_rebuilt_for_a_world_written_without_them(tiny_world):
-    """An older world's ground truth lacks ``region``: it is rebuilt from the world's seed, equal to the recorded one."""
+    """An older world's ground truth lacks ``region``: rebuilt from the world's seed, equal to the recorded one."""
     from ctxray.inference.pointing import REGION_LABELS, add_missing_regions, read_ground_truth
 
     rows, _ = read_ground_truth(tiny_world)
