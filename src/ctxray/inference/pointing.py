@@ -409,7 +409,8 @@ def validated_labels(bench: dict, min_cases: int = MIN_CASES, min_rate: float = 
     for method, rows in bench.get("methods", {}).items():
         ok = [k for k, r in rows.items() if r["n"] >= min_cases and (r["rate"] or 0.0) >= min_rate]
         methods[method] = {"validated": ok, "measured": rows}
-    rule = (f"pointing game on the synthetic world, hit within lesion radius + {bench.get('margin_mm')} mm: "
+    rule = (f"pointing game on the synthetic world, hit within {bench.get('margin_mm')} mm of the lesion (its ball of "
+            "half its size; the recorded region of pericardial and pleural fluid): "
             f"at least {min_cases} true positives and a hit rate of at least {min_rate}")
     return {"rule": rule, "benchmark": {k: bench.get(k) for k in ("model", "world", "split", "n_volumes")},
             "methods": methods}
