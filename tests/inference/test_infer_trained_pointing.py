@@ -8,8 +8,8 @@ activation map) of Cardiomegaly is judged by the pointing game (the heart's radi
 ground-truth positive of the world; locations were never trained on.
 
 Measured when this test was written (2-core x86_64 shared with other jobs, 1 thread): 15/15, 11/15, 15/15
-hits for seeds 0, 1, 2 against 0.20 for a random body point (13-25 s of training and ~6 s of pointing per
-seed at a load average of 7). Asserted: every seed at least 0.3 above that chance, the mean at least 0.5 above.
+hits for seeds 0, 1, 2 against 0.20 for a random body point (the test: 13 s at a low load, 70 s at a load
+average of 7). Asserted: every seed at least 0.3 above that chance, the mean at least 0.5 above.
 """
 
 from __future__ import annotations
