@@ -15,6 +15,9 @@ Grad-CAM on the head's stage is exactly the class activation map ``relu(s_l - b_
 per location, so the channel weights are the head's weights up to a constant), HiResCAM weights it by
 each location's share of the pool. Pooling by the maximum of a receptive field this small is the
 weakly-supervised localisation of multiple-instance learning (Pinheiro and Collobert 2015, LSE pooling).
+It makes localisation possible, not certain: the cells that carry a label can still be those of a co-occurring
+finding, and which ones they are varied with the seed and the number of epochs at equal AUROC (README,
+"Pointing game"), so a trained model's maps are trusted only after the pointing game.
 """
 
 from __future__ import annotations
