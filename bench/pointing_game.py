@@ -10,14 +10,17 @@ centre), the energy inside the dilated lesion spheres, and two chance levels (a 
 of the body; also the energy of a uniform map). Then a method x label matrix.
 
 The model is an exported CT-report model (``--model``, ``ctxray export``; zero-shot decisions and
-prompt-direction scores) or a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
-decisions at its validation Youden thresholds, label logits explained). A method ``gradcam:2`` is Grad-CAM
+prompt-direction scores), a supervised classifier (``--classifier``, ``bench/train_supervised.py``;
+decisions at its validation Youden thresholds, label logits explained), or both: then the supervised
+reference and the BIUD model are measured on the same volumes and printed side by side (each on its own
+true positives), with a "focal findings" row (the issue's goal: >= 0.6 on nodule, lung opacity,
+consolidation, pleural and pericardial effusion, hiatal hernia). A method ``gradcam:2`` is Grad-CAM
 on stage 2 (see ``ctxray.inference.heatmap``), ``occlusion:4x8x8`` occlusion with that patch (stride half),
 ``occlusion:blur`` occlusion whose patch is filled with a smoothed copy of the volume instead of air.
 ``--json`` writes the results (``ctxray export --localisation`` reads it to mark validated labels).
 
-    .venv/bin/python bench/pointing_game.py (--model MODEL_DIR | --classifier DIR --spec small) --world W \
-        [--split valid] [--margin 10] [--methods gradcam hirescam occlusion] [--json OUT.json]
+    .venv/bin/python bench/pointing_game.py [--model MODEL_DIR] [--classifier DIR --spec small] --world W \
+        [--split valid] [--margin 10] [--methods gradcam hirescam occlusion] [--model-methods ...] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -54,75 +57,115 @@ class _Staged:
         return self._model.relevance_input(x, label, method, **self._kw)
 
 
+def _load_subjects(args) -> list[tuple[str, str, object]]:
+    """(short name, description, model) for --classifier and --model, the supervised reference first."""
+    subjects = []
+    if args.classifier:
+        from ctxray.data.spec import get_preset
+        from ctxray.inference.supervised import load_classifier
+
+        info = json.loads((Path(args.classifier) / "classifier.json").read_text())
+        subjects.append(("supervised", f"supervised classifier {args.classifier} ({info.get('head', 'linear')} head; "
+                         f"thresholds: {info.get('threshold_source', 'probability 0.5')})",
+                         load_classifier(args.classifier, get_preset(args.spec))))
+    if args.model:
+        import ctxray
+
+        subjects.append(("BIUD", f"CT-report model {args.model} (zero-shot decisions)", ctxray.load(args.model)))
+    return subjects
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="model folder (ctxray export)")
-    src.add_argument("--classifier", help="classifier folder (bench/train_supervised.py)")
+    parser.add_argument("--model", help="model folder (ctxray export)")
+    parser.add_argument("--classifier", help="classifier folder (bench/train_supervised.py)")
     parser.add_argument("--spec", default="small", help="preprocessing preset of --classifier")
     parser.add_argument("--world", required=True, help="synthetic world folder (ctxray synth)")
     parser.add_argument("--split", default="valid", help="ground-truth split to use (train / valid / all)")
     parser.add_argument("--margin", type=float, default=10.0, help="mm added to the lesion radius")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "hirescam", "occlusion"],
                         help="methods, optionally with a CAM stage: gradcam:2")
+    parser.add_argument("--model-methods", nargs="+", default=None,
+                        help="methods for --model when both models are given (default: --methods)")
     parser.add_argument("--max-volumes", type=int, default=None, help="use only the first N volumes")
     parser.add_argument("--also-all-positives", action="store_true",
                         help="also score the maps of every ground-truth positive (not only true positives)")
-    parser.add_argument("--json", default=None, help="write the per-method, per-label results here")
+    parser.add_argument("--json", default=None, help="write the per-method, per-label results here (of --model "
+                        "when given, with the classifier's under 'reference')")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not (args.model or args.classifier):
+        parser.error("give --model, --classifier or both")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     from ctxray.utils.machine import describe_machine
 
     print(describe_machine())
 
-    from ctxray.inference.pointing import collect_cases, format_matrix, format_table, pointing_game, read_ground_truth
+    from ctxray.inference.pointing import (
+        collect_cases,
+        format_comparison,
+        format_matrix,
+        format_table,
+        pointing_game,
+        read_ground_truth,
+    )
 
-    if args.model:
-        import ctxray
-
-        model = ctxray.load(args.model)
-        what_model = f"CT-report model {args.model} (zero-shot decisions)"
-    else:
-        from ctxray.data.spec import get_preset
-        from ctxray.inference.supervised import load_classifier
-
-        model = load_classifier(args.classifier, get_preset(args.spec))
-        info = json.loads((Path(args.classifier) / "classifier.json").read_text())
-        what_model = (f"supervised classifier {args.classifier} (thresholds: "
-                      f"{info.get('threshold_source', 'probability 0.5')})")
     rows, paths = read_ground_truth(args.world, None if args.split == "all" else args.split)
     rows = rows[: args.max_volumes] if args.max_volumes else rows
     modes = [True, False] if args.also_all_positives else [True]
-    out: dict = {"model": args.model or args.classifier, "world": args.world, "split": args.split,
-                 "margin_mm": args.margin, "n_volumes": len(rows), "methods": {}}
-    for require in modes:
-        by_method = {}
-        what = "true positives" if require else "all ground-truth positives (model decision ignored)"
-        for spec in args.methods:
-            method, _, stage = spec.partition(":")
-            subject = _Staged(model, stage) if stage else model
-            t0 = time.perf_counter()
-            cases, counts = collect_cases(subject, rows, paths, require_decision=require, method=method,
-                                          margin_mm=args.margin)
-            results = pointing_game(cases, margin_mm=args.margin)
-            by_method[spec] = {k: results[k] for k in model.labels if k in results}
-            print(f"\n{spec} on {len(rows)} {args.split} volumes of {args.world}, {what}; {what_model}; "
-                  f"{time.perf_counter() - t0:.0f} s")
-            print(format_table(by_method[spec], args.margin))
+    records: dict[str, dict] = {}
+    compared: dict[str, dict] = {}
+    for short, what_model, model in _load_subjects(args):
+        methods = args.model_methods if short == "BIUD" and args.model_methods and args.classifier else args.methods
+        out: dict = {"model": args.model if short == "BIUD" else args.classifier, "world": args.world,
+                     "split": args.split, "margin_mm": args.margin, "n_volumes": len(rows), "methods": {},
+                     "seconds": {}}
+        for require in modes:
+            by_method = {}
+            what = "true positives" if require else "all ground-truth positives (model decision ignored)"
+            for spec in methods:
+                method, _, stage = spec.partition(":")
+                subject = _Staged(model, stage) if stage else model
+                t0 = time.perf_counter()
+                cases, counts = collect_cases(subject, rows, paths, require_decision=require, method=method,
+                                              margin_mm=args.margin)
+                results = pointing_game(cases, margin_mm=args.margin)
+                by_method[spec] = {k: results[k] for k in model.labels if k in results}
+                seconds = time.perf_counter() - t0
+                print(f"\n{spec} on {len(rows)} {args.split} volumes of {args.world}, {what}; {what_model}; "
+                      f"{seconds:.0f} s")
+                print(format_table(by_method[spec], args.margin))
+                if require:
+                    out["seconds"][spec] = round(seconds, 1)
+                    out["methods"][spec] = {k: {"n": r.n, "hits": r.hits, "rate": r.rate,
+                                                "best_possible": r.best_possible, "energy": r.energy,
+                                                "random_volume": r.baseline, "random_body": r.body_baseline}
+                                            for k, r in by_method[spec].items()}
+            print(f"\nPointing accuracy ({what}; {short}), method (best possible on its grid) x label:")
+            print(format_matrix(by_method, model.labels))
+            print("counts (gt positives / counted / localised): "
+                  + "; ".join(f"{k}: {c['gt_pos']}/{c['tp']}/{c['tp_localised']}" for k, c in counts.items()))
             if require:
-                out["methods"][spec] = {k: {"n": r.n, "hits": r.hits, "rate": r.rate, "best_possible": r.best_possible,
-                                            "energy": r.energy, "random_volume": r.baseline,
-                                            "random_body": r.body_baseline}
-                                        for k, r in by_method[spec].items()}
-        print(f"\nPointing accuracy ({what}), method (best possible on its grid) x label:")
-        print(format_matrix(by_method, model.labels))
-        print("counts (gt positives / counted / localised): "
-              + "; ".join(f"{k}: {c['gt_pos']}/{c['tp']}/{c['tp_localised']}" for k, c in counts.items()))
+                compared[short] = by_method
+        records[short] = out
+    if len(compared) > 1:
+        labels = _load_labels()
+        print(f"\nPointing accuracy on true positives, supervised reference beside the BIUD model (margin "
+              f"{args.margin:g} mm; best possible on the method's grid in brackets):")
+        print(format_comparison(compared, labels))
     if args.json:
+        out = records.get("BIUD", records.get("supervised"))
+        if "BIUD" in records and "supervised" in records:
+            out = {**out, "reference": records["supervised"]}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+
+
+def _load_labels() -> list[str]:
+    from ctxray.labels import load_labels
+
+    return load_labels().names
 
 
 if __name__ == "__main__":

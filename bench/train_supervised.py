@@ -7,8 +7,13 @@ validation AUROC is printed, and ``bench/pointing_game.py --classifier OUT`` run
 methods on it. Writes ``OUT/model.safetensors`` and ``OUT/classifier.json`` (encoder, input shape,
 labels, validation AUROC per label).
 
+``--head lse`` trains the model that is localisable by design instead
+(``ctxray.inference.localising.LocalisingClassifier``: the ResNet stopped at a fine stage, one logit per
+label and location, log-sum-exp pooling; ``--stem-stride``, ``--widths``, ``--layers``, ``--sharpness``),
+with AdamW and a one-cycle schedule.
+
     .venv/bin/python bench/train_supervised.py --cache CACHE --out OUT [--extra-train CACHE1 CACHE2 ...]
-        [--encoder resnet3d_small] [--epochs 12]
+        [--encoder resnet3d_small] [--epochs 12] [--head lse --norm batch]
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head", choices=("linear", "lse"), default="linear",
+                        help="linear: global average pool + linear head (--encoder); lse: per-location logits "
+                        "pooled by log-sum-exp (LocalisingClassifier)")
+    parser.add_argument("--stem-stride", default="1,2,2", help="lse: stem stride per axis")
+    parser.add_argument("--layers", default="2", help="lse: blocks per ResNet stage kept, comma-separated")
+    parser.add_argument("--widths", default="32", help="lse: channels per stage kept, comma-separated")
+    parser.add_argument("--stem-width", type=int, default=16, help="lse: channels of the stem convolution")
+    parser.add_argument("--sharpness", type=float, default=5.0, help="lse: r of the pooling")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,11 +73,22 @@ def main() -> None:
     shape = tuple(int(s) for s in train_ds[0]["volume"].shape[-3:])
     torch.manual_seed(args.seed)
     encoder_kwargs = {"norm": args.norm} if args.norm else {}
-    enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
-    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
-                                batch_size=args.batch_size)
     t0 = time.perf_counter()
-    model = train_full(enc, train_ds, len(CT_RATE_LABELS), settings, args.seed)
+    if args.head == "lse":
+        from ctxray.inference.localising import fit
+        from ctxray.inference.supervised import build_from_info
+
+        ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+        encoder_kwargs = {**encoder_kwargs, "stem_stride": ints(args.stem_stride), "layers": ints(args.layers),
+                          "widths": ints(args.widths), "stem_width": args.stem_width, "sharpness": args.sharpness}
+        info = {"head": "lse", "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
+                "labels": list(CT_RATE_LABELS)}
+        model = fit(build_from_info(info), train_ds, args.epochs, args.lr, args.batch_size, args.seed)
+    else:
+        enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
+        settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
+                                    batch_size=args.batch_size)
+        model = train_full(enc, train_ds, len(CT_RATE_LABELS), settings, args.seed)
     seconds = time.perf_counter() - t0
     probs = _predict(model, valid_ds, 8)
     y = np.stack([np.asarray(valid_ds[i]["labels"], dtype=np.float64) for i in range(len(valid_ds))])
@@ -80,7 +104,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    doc = {"encoder": args.encoder, "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
+    doc = {"head": args.head, "encoder": args.encoder if args.head == "linear" else "LocalisingClassifier",
+           "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
            "labels": list(CT_RATE_LABELS),
            "extra_train": list(args.extra_train), "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
            "train_seconds": round(seconds, 1),
@@ -88,7 +113,7 @@ def main() -> None:
            "thresholds": thresholds, "threshold_source": "Youden's J on the validation split",
            "valid_positives": {n: int(np.nansum(y[:, j])) for j, n in enumerate(CT_RATE_LABELS)}}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"trained {args.encoder} in {seconds:.0f} s; validation AUROC (positives of {len(valid_ds)}):")
+    print(f"trained {doc['encoder']} in {seconds:.0f} s; validation AUROC (positives of {len(valid_ds)}):")
     for name, a in auroc.items():
         print(f"  {name:<38} {a:.3f} ({doc['valid_positives'][name]})")
     print(f"  macro {np.mean(list(auroc.values())):.3f}")

@@ -6,7 +6,10 @@ region of the voxels at or above the top ``top_fraction`` quantile of the body's
 rule, where a first-in-C-order argmax lands on the corner of every flat plateau). It is a hit when its
 distance in mm to the centre of any lesion of that label is at most ``lesion radius + margin_mm`` (the
 lesion radius is half its largest size in mm, 0 when unknown). The same sphere (radius + margin) is the
-"dilated lesion mask" of the energy measure: the share of the map's sum inside it.
+"dilated lesion mask" of the energy measure: the share of the map's sum inside it. Lesions that are not
+balls carry a :class:`Region` in the ground truth (pericardial fluid: a shell around the heart; a pleural
+effusion: a posterior layer of the lung's width); for them the region dilated by the margin replaces the
+sphere.
 
 Chance levels: a point drawn uniformly from the volume (``baseline``) or from the body (the largest
 connected region above -500 HU, holes filled; ``body_baseline``), under the same rule. They are also
@@ -31,12 +34,78 @@ from ctxray.utils.progress import progress
 
 
 @dataclass
+class Region:
+    """Where a lesion that is not a ball lies: an ellipsoid, optionally cut by a plane or hollowed out.
+
+    The synthetic world records one for shells and layers (``region`` in ``ground_truth.jsonl``): pericardial
+    fluid is the shell between the heart (``inner_radii_mm``) and the heart plus the fluid's thickness, a
+    pleural effusion the part of an ellipsoid behind a coronal plane. Dilated by a margin m, the region is
+    the ellipsoid with semi-axes + m (which contains the exact m-neighbourhood), the plane moved out by m and
+    the hollow shrunk by m.
+
+    Args:
+        offset_mm: (z, y, x) centre of the ellipsoid relative to the lesion's centre.
+        radii_mm: (rz, ry, rx) semi-axes.
+        rot: rotation about z in radians (``ctxray.synth.canvas.Ellipsoid``'s convention).
+        inner_radii_mm: semi-axes of a hollow about the same centre, if any.
+        plane: ``(normal_zyx, offset)``: only points ``q`` (mm from the ellipsoid's centre) with
+            ``normal . q <= offset`` belong to it.
+    """
+
+    offset_mm: tuple[float, float, float]
+    radii_mm: tuple[float, float, float]
+    rot: float = 0.0
+    inner_radii_mm: tuple[float, float, float] | None = None
+    plane: tuple[tuple[float, float, float], float] | None = None
+
+    @classmethod
+    def from_record(cls, rec: dict | None) -> Region | None:
+        if not rec:
+            return None
+        plane = rec.get("plane")
+        return cls(tuple(rec.get("offset_mm", (0.0, 0.0, 0.0))), tuple(rec["radii_mm"]), float(rec.get("rot", 0.0)),
+                   tuple(rec["inner_radii_mm"]) if rec.get("inner_radii_mm") else None,
+                   (tuple(plane[0]), float(plane[1])) if plane else None)
+
+    def contains(self, q_mm: np.ndarray, margin_mm: float) -> np.ndarray:
+        """Which points lie in the region dilated by ``margin_mm``. Shape: q_mm (N, 3) mm from the lesion's
+        centre -> (N,) bool."""
+        q = np.asarray(q_mm, dtype=np.float64) - np.asarray(self.offset_mm)
+        c, s = np.cos(self.rot), np.sin(self.rot)
+        z, y, x = q[:, 0], q[:, 1], q[:, 2]
+        xr, yr = c * x + s * y, -s * x + c * y
+
+        def inside(radii, grow):
+            rz, ry, rx = (max(v + grow, 1e-9) for v in radii)
+            return (z / rz) ** 2 + (yr / ry) ** 2 + (xr / rx) ** 2 <= 1.0
+
+        ok = inside(self.radii_mm, margin_mm)
+        if self.plane is not None:
+            normal = np.asarray(self.plane[0], dtype=np.float64)
+            ok &= q @ (normal / np.linalg.norm(normal)) <= self.plane[1] + margin_mm
+        if self.inner_radii_mm is not None and min(self.inner_radii_mm) > margin_mm:
+            ok &= ~inside(self.inner_radii_mm, -margin_mm)
+        return ok
+
+
+@dataclass
 class Lesion:
-    """A lesion of one label: centre in voxels of the (D, H, W) RAS array and radius in mm."""
+    """A lesion of one label: centre in voxels of the (D, H, W) RAS array and radius in mm.
+
+    Without a ``region`` the lesion is the ball of ``radius_mm`` about its centre; with one, the region.
+    """
 
     label: str
     center_zyx: tuple[float, float, float]
     radius_mm: float = 0.0
+    region: Region | None = None
+
+    def contains(self, points_zyx: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
+        """Which voxel points (N, 3) lie in the lesion dilated by ``margin_mm``. Shape: -> (N,) bool."""
+        q = (np.asarray(points_zyx, dtype=np.float64) - np.asarray(self.center_zyx)) * np.asarray(spacing_zyx)
+        if self.region is not None:
+            return self.region.contains(q, margin_mm)
+        return np.linalg.norm(q, axis=1) <= self.radius_mm + margin_mm
 
 
 @dataclass
@@ -127,17 +196,16 @@ def map_point(map_: np.ndarray, mask: np.ndarray | None = None, top_fraction: fl
 
 
 def lesion_energy(map_: np.ndarray, lesions: Sequence[Lesion], spacing_zyx: Sequence[float], margin_mm: float) -> float:
-    """Share of a non-negative map's sum inside the lesions' spheres of radius ``radius + margin_mm``."""
+    """Share of a non-negative map's sum inside the lesions dilated by ``margin_mm`` (:meth:`Lesion.contains`)."""
     arr = np.clip(np.nan_to_num(np.asarray(map_, dtype=np.float64)), 0, None)
     total = arr.sum()
     if total <= 0:
         return 0.0
-    inside = np.zeros(arr.shape, bool)
-    grids = np.ogrid[tuple(slice(0, n) for n in arr.shape)]
+    points = np.indices(arr.shape).reshape(3, -1).T  # (N, 3)
+    inside = np.zeros(len(points), bool)
     for lesion in lesions:
-        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, lesion.center_zyx, spacing_zyx))
-        inside |= d2 <= (lesion.radius_mm + margin_mm) ** 2
-    return float(arr[inside].sum() / total)
+        inside |= lesion.contains(points, spacing_zyx, margin_mm)
+    return float(arr.reshape(-1)[inside].sum() / total)
 
 
 def grid_centres(spec, grid: Sequence[int], shape: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -173,8 +241,7 @@ def _hits(points_zyx: np.ndarray, lesions: Sequence[Lesion], spacing: np.ndarray
     """Boolean hit per point (N, 3) voxel coordinates."""
     hit = np.zeros(len(points_zyx), dtype=bool)
     for lesion in lesions:
-        d = np.linalg.norm((points_zyx - np.asarray(lesion.center_zyx)) * spacing, axis=1)
-        hit |= d <= lesion.radius_mm + margin_mm
+        hit |= lesion.contains(points_zyx, spacing, margin_mm)
     return hit
 
 
@@ -239,8 +306,9 @@ def format_table(results: dict[str, PointingResult], margin_mm: float) -> str:
         best, energy, base, body = sums / n
         lines.append(f"| **all** | {n} | {hits} | {hits / n:.3f} | {best:.3f} | {energy:.3f} | {base:.3f} | "
                      f"{body:.3f} |")
-    lines.append(f"(hit: the map's point within lesion radius + {margin_mm:g} mm of a lesion centre; energy: share "
-                 "of the map in those spheres, whose chance levels are the two random-point columns)")
+    lines.append(f"(hit: the map's point within lesion radius + {margin_mm:g} mm of a lesion centre, or within "
+                 f"{margin_mm:g} mm of the recorded region of a shell or layer (pericardial, pleural fluid); energy: "
+                 "share of the map in those dilated lesions, whose chance levels are the two random-point columns)")
     return "\n".join(lines)
 
 
@@ -260,6 +328,68 @@ def format_matrix(by_method: dict[str, dict[str, PointingResult]], labels: Seque
             cells.append(f"{r.rate:.2f} ({r.best_possible:.2f})" if r else "-")
         lines.append(f"| {label} | {first.n} | " + " | ".join(cells)
                      + f" | {first.baseline:.3f} | {first.body_baseline:.3f} |")
+    for name, subset in (("focal findings", FOCAL), ("all labels", labels)):
+        first = pooled(by_method[methods[0]], subset)
+        if first.n:
+            cells = [f"{pooled(by_method[m], subset).rate:.2f} ({pooled(by_method[m], subset).best_possible:.2f})"
+                     for m in methods]
+            lines.append(f"| **{name}** | {first.n} | " + " | ".join(cells)
+                         + f" | {first.baseline:.3f} | {first.body_baseline:.3f} |")
+    return "\n".join(lines)
+
+
+FOCAL = ("Lung nodule", "Lung opacity", "Consolidation", "Pleural effusion", "Pericardial effusion", "Hiatal hernia")
+"""The focal findings of issue 14's goal (pointing accuracy >= 0.6 with the supervised reference)."""
+
+
+def pooled(results: dict[str, PointingResult], labels: Sequence[str]) -> PointingResult:
+    """The case-weighted pool of ``labels``' results (hits summed; best possible and chance levels averaged
+    over cases)."""
+    out = PointingResult("pooled")
+    rows = [results[k] for k in labels if k in results and results[k].n]
+    if not rows:
+        return out
+    out.n, out.hits = sum(r.n for r in rows), sum(r.hits for r in rows)
+    for name in ("best_possible", "energy", "baseline", "body_baseline"):
+        setattr(out, name, float(sum(r.n * getattr(r, name) for r in rows) / out.n))
+    return out
+
+
+def format_comparison(by_subject: dict[str, dict[str, dict[str, PointingResult]]], labels: Sequence[str],
+                      focal: Sequence[str] = FOCAL) -> str:
+    """Pointing accuracy per label of several models side by side (each on its own true positives).
+
+    Args:
+        by_subject: model name -> method -> label -> result.
+        labels: row order.
+        focal: labels pooled into the "focal findings" row.
+
+    Returns:
+        A Markdown table: per model its cases, each method's accuracy (best possible on its grid) and the
+        random-body-point chance level; rows per label, the focal findings pooled, all labels pooled.
+    """
+    head, rule = ["label"], ["---"]
+    for subject, methods in by_subject.items():
+        head += [f"{subject}: n"] + [f"{subject}: {m}" for m in methods] + [f"{subject}: random, body"]
+        rule += ["---:"] * (len(methods) + 2)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
+
+    def cells(get) -> list[str]:
+        out = []
+        for methods in by_subject.values():
+            first = get(next(iter(methods.values())))
+            out.append(str(first.n) if first.n else "0")
+            for results in methods.values():
+                r = get(results)
+                out.append(f"{r.rate:.2f} ({r.best_possible:.2f})" if r.n else "-")
+            out.append(f"{first.body_baseline:.3f}" if first.n else "-")
+        return out
+
+    shown = [k for k in labels if any(k in res and res[k].n for m in by_subject.values() for res in m.values())]
+    for label in shown:
+        lines.append(f"| {label} | " + " | ".join(cells(lambda res, k=label: res.get(k) or PointingResult(k))) + " |")
+    lines.append("| **focal findings** | " + " | ".join(cells(lambda res: pooled(res, focal))) + " |")
+    lines.append("| **all labels** | " + " | ".join(cells(lambda res: pooled(res, list(res)))) + " |")
     return "\n".join(lines)
 
 
@@ -279,7 +409,8 @@ def validated_labels(bench: dict, min_cases: int = MIN_CASES, min_rate: float = 
     for method, rows in bench.get("methods", {}).items():
         ok = [k for k, r in rows.items() if r["n"] >= min_cases and (r["rate"] or 0.0) >= min_rate]
         methods[method] = {"validated": ok, "measured": rows}
-    rule = (f"pointing game on the synthetic world, hit within lesion radius + {bench.get('margin_mm')} mm: "
+    rule = (f"pointing game on the synthetic world, hit within {bench.get('margin_mm')} mm of the lesion (its ball of "
+            "half its size; the recorded region of pericardial and pleural fluid): "
             f"at least {min_cases} true positives and a hit rate of at least {min_rate}")
     return {"rule": rule, "benchmark": {k: bench.get(k) for k in ("model", "world", "split", "n_volumes")},
             "methods": methods}
@@ -301,12 +432,48 @@ def read_ground_truth(world: str | Path, split: str | None = None) -> tuple[list
         raise FileNotFoundError(f"{gt}: not found; is {world} a world written by ctxray synth?")
     rows = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if split is None or r.get("split") == split]
+    rows = add_missing_regions(world, rows)
     paths = {_stem(p.name): p for p in (root / "dataset").rglob("*.nii.gz")}
     missing = [r["VolumeName"] for r in rows if _stem(r["VolumeName"]) not in paths]
     if missing:
         raise FileNotFoundError(f"{root / 'dataset'}: {len(missing)} volume(s) of {gt.name} not found, "
                                 f"e.g. {missing[0]}")
     return rows, paths
+
+
+REGION_LABELS = ("Pericardial effusion", "Pleural effusion")  # lesions the world records a Region for
+
+
+def add_missing_regions(world: str | Path, rows: list[dict]) -> list[dict]:
+    """Ground-truth rows of a world written before lesions recorded their ``region``, with the regions added.
+
+    Each scan's lesions are rebuilt from the world's seed (``world.json``; no rendering) and must match the
+    rows' labels and centres; the rows are copied, not changed in place.
+
+    Raises:
+        ValueError: the rebuilt lesions differ from the rows (the world was written by other synth code).
+    """
+    need = [i for i, r in enumerate(rows)
+            if any(les.get("label") in REGION_LABELS and "region" not in les for les in r.get("lesions", []))]
+    if not need:
+        return rows
+    from ctxray.synth.scans import SCAN_LETTERS, ScanTask, scan_lesions
+
+    seed = int(json.loads((Path(world) / "world.json").read_text())["seed"])
+    rows = list(rows)
+    for i in need:
+        row = rows[i]
+        split, pid, letter, _recon = _stem(row["VolumeName"]).rsplit("_", 3)
+        built = scan_lesions(ScanTask(None, split, int(pid), SCAN_LETTERS.index(letter), 1, None, seed))[3]
+        same = [les.label for les in built] == [rec["label"] for rec in row["lesions"]] and all(
+            np.allclose(les.centre_mm, rec["center_mm"], atol=0.11) for les, rec in zip(built, row["lesions"]))
+        if not same:
+            raise ValueError(f"{world}: the lesions of {row['VolumeName']} rebuilt from seed {seed} differ from its "
+                             "ground truth; regenerate the world with this version of ctxray synth")
+        lesions = [{**rec, "region": les.attrs["region"]} if "region" in les.attrs else rec
+                   for les, rec in zip(built, row["lesions"])]
+        rows[i] = {**row, "lesions": lesions}
+    return rows
 
 
 def _stem(name: str) -> str:
@@ -363,7 +530,8 @@ def collect_cases(model: PointingModel, rows: Iterable[dict], paths: dict[str, P
             if require_decision and not decided[label]:
                 continue
             counts[label]["tp"] += 1
-            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")))
+            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")),
+                              Region.from_record(les.get("region")))
                        for les in row.get("lesions", []) if les.get("label") == label]
             if not lesions:
                 continue

@@ -70,12 +70,23 @@ def build_classifier(encoder: str, input_shape: Sequence[int], n_labels: int, **
     return nn.Sequential(enc, nn.Linear(int(enc.out_dim), n_labels))
 
 
+def build_from_info(info: dict) -> nn.Module:
+    """The untrained network a ``classifier.json`` describes: ``head`` ``linear`` (default;
+    :func:`build_classifier`) or ``lse`` (:class:`ctxray.inference.localising.LocalisingClassifier`)."""
+    kwargs = info.get("encoder_kwargs", {})
+    if info.get("head", "linear") == "lse":
+        from ctxray.inference.localising import LocalisingClassifier
+
+        return LocalisingClassifier(len(info["labels"]), info["input_shape"], **kwargs)
+    return build_classifier(info["encoder"], info["input_shape"], len(info["labels"]), **kwargs)
+
+
 def load_classifier(folder: str | Path, spec: Any) -> ClassifierModel:
     """A classifier written by ``bench/train_supervised.py`` (``model.safetensors`` + ``classifier.json``)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     info = json.loads((folder / "classifier.json").read_text())
-    net = build_classifier(info["encoder"], info["input_shape"], len(info["labels"]), **info.get("encoder_kwargs", {}))
+    net = build_from_info(info)
     net.load_state_dict(load_file(str(folder / "model.safetensors")))
     return ClassifierModel(net, info["labels"], spec, info.get("thresholds"))

@@ -32,7 +32,8 @@ class Lesion:
         centre_mm: ``(z, y, x)`` mm of the lesion's centre.
         size_mm: the size a report would quote (diameter, thickness, depth...).
         shapes: what to paint, in order.
-        attrs: further facts for the report (severity, count, ratio...).
+        attrs: further facts for the report (severity, count, ratio...); ``region``: where a lesion whose shape
+            is not a ball around ``centre_mm`` lies (``ctxray.inference.pointing.Region``).
     """
 
     label: str
@@ -114,8 +115,11 @@ def pericardial_effusion(a: Anatomy, atlas: Atlas, rng: np.random.Generator, lab
     shapes: list[Shape] = [Ellipsoid(c, (r[0] + thick, r[1] + thick, r[2] + thick), 12, T.FLUID, rot=a.heart_rot,
                                      within=(*LUNGS, T.FAT))]
     sev = "minimal" if thick < 10 else "moderate" if thick < 16 else "large"
+    # the fluid is a shell around the heart, not a ball of its thickness: its region for the pointing game
+    region = {"offset_mm": [0.0, 0.0, 0.0], "radii_mm": [round(v + thick, 1) for v in r],
+              "inner_radii_mm": [round(v, 1) for v in r], "rot": round(float(a.heart_rot), 4)}
     return [Lesion("Pericardial effusion", "pericardial fluid", "pericardium", "midline", c, thick, shapes,
-                   {"severity": sev})]
+                   {"severity": sev, "region": region})]
 
 
 def coronary_artery_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.Generator,

@@ -155,8 +155,12 @@ def pleural_effusion(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels:
                                          T.FLUID, within=LUNGS, plane=((0.0, 1.0, 0.0), back + depth))]
         sev = "small" if depth < 25 else "moderate" if depth < 45 else "large"
         where = (centre[0] - r[0] * 0.3, back + depth / 2, c[2])
+        # a posterior layer as wide as the lung, not a ball of its depth: its region for the pointing game
+        region = {"offset_mm": [round(float(u - v), 1) for u, v in zip(centre, where)],
+                  "radii_mm": [round(float(v), 1) for v in shapes[0].radii], "rot": 0.0,
+                  "plane": [[0.0, 1.0, 0.0], round(float(back + depth - centre[1]), 1)]}
         out.append(Lesion("Pleural effusion", "pleural fluid", f"{side} pleural space", side, where, round(depth),
-                          shapes, {"severity": sev}))
+                          shapes, {"severity": sev, "region": region}))
     return out
 
 

@@ -1,0 +1,122 @@
+"""A classifier that is localisable by design: per-location logits on a fine grid, pooled by log-sum-exp.
+
+The reference model of issue 14 that the explanation methods are validated on. A ResNet classifier that
+global-average-pools its last stage (1x2x2 at 32x64x64) and then applies a linear head can decide from
+anything in the volume (co-occurring findings, the volume's statistics) and has no grid to point with.
+This one stops the ResNet at an early stage (``stem_stride=(1, 2, 2)`` and one stage: a 16x16x16 grid at
+32x64x64, cells of 20 x 22 x 22 mm on the ``small`` spec), applies a 1x1x1 convolution there (one logit
+per label and location), and pools the locations by log-sum-exp (``sharpness`` r):
+
+    logit_l = (1 / r) * log(mean_xyz exp(r * s_l(xyz)))
+
+which lies between the mean (r -> 0) and the maximum (r -> inf) of the location logits ``s_l``. A positive
+label must then be carried by the few locations that dominate the pool, and those are what its map shows:
+Grad-CAM on the head's stage is exactly the class activation map ``relu(s_l - b_l)`` (the head is linear
+per location, so the channel weights are the head's weights up to a constant), HiResCAM weights it by
+each location's share of the pool. Pooling by the maximum of a receptive field this small is the
+weakly-supervised localisation of multiple-instance learning (Pinheiro and Collobert 2015, LSE pooling).
+It makes localisation possible, not certain: the cells that carry a label can still be those of a co-occurring
+finding, and which ones they are varied with the seed and the number of epochs at equal AUROC (README,
+"Pointing game"), so a trained model's maps are trusted only after the pointing game.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctxray.models.resnet3d import Norm, ResNet3D
+
+log = logging.getLogger(__name__)
+
+
+class LocalisingClassifier(nn.Module):
+    """ResNet stages up to a fine grid, a per-location linear head, log-sum-exp pooling.
+
+    Args:
+        n_labels: logits per volume.
+        input_shape: expected ``(D, H, W)``.
+        layers, widths: blocks and channels of the ResNet stages kept (the head reads the last).
+        stem_width: channels of the stem convolution.
+        stem_stride: stride of the stem convolution per axis (``(1, 2, 2)`` keeps the slices of a thick-slice
+            scan).
+        norm: ``"batch"`` (default: per-voxel in eval mode, so a location's logit depends on its receptive
+            field only), ``"group"`` or ``"instance"`` (these normalise by the whole volume's statistics).
+        sharpness: r of the pooling.
+
+    Shape:
+        forward: (B, 1, D, H, W) -> (B, n_labels); logit_map: -> (B, n_labels, d, h, w).
+    """
+
+    def __init__(self, n_labels: int, input_shape: Sequence[int], layers: Sequence[int] = (2,),
+                 widths: Sequence[int] = (32,), stem_width: int = 16, stem_stride: int | Sequence[int] = (1, 2, 2),
+                 norm: Norm = "batch", sharpness: float = 5.0) -> None:
+        super().__init__()
+        if sharpness <= 0:
+            raise ValueError(f"LocalisingClassifier: sharpness must be positive; got {sharpness}")
+        self.encoder = ResNet3D(input_shape=input_shape, layers=layers, widths=widths, stem_width=stem_width,
+                                stem_stride=stem_stride, norm=norm)
+        self.head = nn.Conv3d(int(widths[-1]), int(n_labels), 1)
+        self.sharpness = float(sharpness)
+        self.explain_stage = self.encoder.n_stages  # relevance maps read the head's input
+
+    # the stage interface of ctxray.inference.heatmap (hooks attach to the encoder's stages)
+    def feature_module(self, stage: int | None = None) -> nn.Module:
+        return self.encoder.feature_module(stage)
+
+    def stage_grid(self, shape: Sequence[int], stage: int | None = None) -> tuple[int, int, int]:
+        return self.encoder.stage_grid(shape, stage)
+
+    def stage_channels(self, stage: int | None = None) -> int:
+        return self.encoder.stage_channels(stage)
+
+    def logit_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-location logits. Shape: (B, 1, D, H, W) -> (B, n_labels, d, h, w)."""
+        return self.head(self.encoder.feature_map(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, 1, D, H, W) -> (B, n_labels)."""
+        s = self.logit_map(x).flatten(2)  # (B, L, d*h*w)
+        r = self.sharpness
+        return (torch.logsumexp(r * s, dim=-1) - math.log(s.shape[-1])) / r
+
+
+def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, seed: int,
+        weight_decay: float = 1e-4) -> nn.Module:
+    """Train ``net`` (volumes -> logits) with masked binary cross-entropy, AdamW, no decay on 1-D parameters.
+
+    Args:
+        dataset: items ``{"volume": (1, D, H, W), "labels": (L,)}`` (NaN: unknown).
+
+    Returns:
+        ``net`` in eval mode.
+    """
+    from ctxray.evaluate.finetune import _loader, masked_bce
+
+    torch.manual_seed(seed)
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps = epochs * math.ceil(len(dataset) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    net.train()
+    for epoch in range(epochs):
+        t0, losses = time.perf_counter(), []
+        for batch in _loader(dataset, batch_size, shuffle=True, seed=seed + epoch):
+            loss = masked_bce(net(batch["volume"]), batch["labels"].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, epochs, float(np.mean(losses)),
+                 time.perf_counter() - t0)
+    return net.eval()

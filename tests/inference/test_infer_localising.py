@@ -1,0 +1,64 @@
+"""The localisable-by-design classifier: pooling, gradients, and its Grad-CAM being its own class activation map."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ctxray.inference.heatmap import explain
+from ctxray.inference.localising import LocalisingClassifier
+from ctxray.inference.supervised import build_from_info
+
+
+def _net(**kw) -> LocalisingClassifier:
+    torch.manual_seed(0)
+    return LocalisingClassifier(3, (8, 16, 16), layers=(1,), widths=(8,), stem_width=4, **kw).eval()
+
+
+def test_shapes_and_every_parameter_gets_a_gradient():
+    net = _net().train()
+    x = torch.rand(2, 1, 8, 16, 16)
+    assert net.logit_map(x).shape == (2, 3, *net.stage_grid((8, 16, 16)))
+    net(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="sharpness"):
+        LocalisingClassifier(3, (8, 16, 16), sharpness=0.0)
+
+
+def test_log_sum_exp_pooling_lies_between_the_mean_and_the_maximum():
+    x = torch.rand(2, 1, 8, 16, 16)
+    s = _net().logit_map(x).flatten(2)
+    for r, close_to in ((1e-2, s.mean(-1)), (1e4, s.amax(-1))):  # r -> 0: the mean; r -> inf: the maximum
+        net = _net(sharpness=r)
+        with torch.no_grad():
+            pooled = net(x)
+        assert torch.all(pooled >= s.mean(-1) - 1e-4) and torch.all(pooled <= s.amax(-1) + 1e-4)
+        assert torch.allclose(pooled, close_to, atol=1e-3)
+    net = _net(sharpness=5.0)
+    with torch.no_grad():
+        expected = (torch.logsumexp(5.0 * s, -1) - math.log(s.shape[-1])) / 5.0
+        assert torch.allclose(net(x), expected, atol=1e-5)
+
+
+def test_gradcam_on_the_head_stage_is_the_class_activation_map():
+    """Grad-CAM weights are the head's weights / cells, so the map is relu(logit map - bias), upsampled."""
+    net = _net()
+    x = torch.rand(1, 1, 8, 16, 16)
+    rel = explain(net, x, lambda v: net(v)[:, 1], "gradcam")
+    with torch.no_grad():
+        cam = F.relu(net.logit_map(x)[:, 1:2] - net.head.bias[1])
+    cam = F.interpolate(cam, size=(8, 16, 16), mode="trilinear", align_corners=False)[0, 0]
+    assert rel.grid == tuple(net.stage_grid((8, 16, 16)))
+    assert torch.allclose(torch.from_numpy(rel.map), cam / cam.max(), atol=1e-4)
+
+
+def test_classifier_json_rebuilds_the_localising_network():
+    info = {"head": "lse", "input_shape": [8, 16, 16], "labels": ["a", "b"],
+            "encoder_kwargs": {"layers": [1], "widths": [8], "stem_width": 4, "stem_stride": [1, 2, 2],
+                               "sharpness": 3.0}}
+    net = build_from_info(info)
+    assert isinstance(net, LocalisingClassifier) and net.sharpness == 3.0 and net.head.out_channels == 2
+    assert net.encoder.stem_stride == (1, 2, 2)
