@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+import scipy.stats
 import torch
 
 from ctxray.demo import PRESETS, RUNS, train_config
@@ -63,7 +64,8 @@ def summarise(demo: Path, res: dict) -> str:
     """Markdown tables: the runs (seed 0 read from the demo folder) and the retrieval per expert seed."""
     lines = ["| seed | plain | full | full - plain | collapsed steps (plain / full) |", "|---:|---:|---:|---:|---|"]
     diffs = []
-    for seed in range(10):
+    seeds = sorted({0} | {int(k.rsplit("_seed", 1)[1]) for k in res if "_seed" in k})
+    for seed in seeds:
         if seed == 0:
             row = {n: json.loads((demo / "runs" / n / "metrics.json").read_text()) for n in RUNS}
         elif all(f"{n}_seed{seed}" in res for n in RUNS):
@@ -76,7 +78,7 @@ def summarise(demo: Path, res: dict) -> str:
                      f"{row['plain']['collapsed_steps']} / {row['full']['collapsed_steps']} |")
     if len(diffs) > 1:
         mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
-        t = {2: 12.71, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}[len(diffs)]
+        t = float(scipy.stats.t.ppf(0.975, len(diffs) - 1))
         lines.append(f"\nmean full - plain {mean:+.3f}, 95% t-interval over seeds [{mean - t * se:+.3f}, "
                      f"{mean + t * se:+.3f}] ({len(diffs)} seeds)")
     lines += ["", "| expert seed | expert zero-shot macro | exact | Jaccard | most CTs on one X-ray "

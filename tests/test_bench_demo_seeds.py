@@ -38,6 +38,20 @@ def test_summary_pairs_seeds_and_lists_every_expert(tmp_path):
     assert "| 0 | 0.700 | 0.720 | +0.020 | 0 / 3 |" in text
     assert "| 1 | 0.600 | 0.660 | +0.060 | 0 / 0 |" in text
     assert "| 2 |" not in text.split("expert seed")[0]
-    # mean +0.040, sd 0.0283, se 0.02, t(1) 12.71 -> +-0.254
+    # mean +0.040, sd 0.0283, se 0.02, t(1) 12.706 -> +-0.254
     assert "mean full - plain +0.040, 95% t-interval over seeds [-0.214, +0.294] (2 seeds)" in text
     assert "| 1 | 0.910 | 0.800 | 0.900 | 40 | 0.000 |" in text
+
+
+def test_summary_takes_every_seed_it_finds(tmp_path):
+    demo = tmp_path / "demo"
+    _write(demo / "runs" / "plain" / "metrics.json", {"val_auroc": 0.70, "collapsed_steps": 0})
+    _write(demo / "runs" / "full" / "metrics.json", {"val_auroc": 0.70, "collapsed_steps": 0})
+    quality = {"agreement_top1": {"text": {"exact": 0.8, "jaccard": 0.9}}, "hubness": {"max_ct_per_xray": 13}}
+    _write(demo / "retrieval" / "quality.json", quality)
+    _write(demo / "teacher" / "metrics.json", {"zero_shot_auc": {"macro": 0.89}})
+    res = {f"{name}_seed{s}": {"val_auroc": 0.70 + 0.01 * s * (name == "full"), "collapsed_steps": 0}
+           for s in (3, 12) for name in ("plain", "full")}
+    text = _bench().summarise(demo, res)
+    assert "| 12 | 0.700 | 0.820 | +0.120 | 0 / 0 |" in text
+    assert "(3 seeds)" in text
