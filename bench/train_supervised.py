@@ -9,7 +9,8 @@ labels, validation AUROC per label).
 
 ``--head lse`` trains the model that is localisable by design instead
 (``ctxray.inference.localising.LocalisingClassifier``: the ResNet stopped at a fine stage, one logit per
-label and location, log-sum-exp pooling; ``--stem-stride``, ``--widths``, ``--layers``, ``--sharpness``),
+label and location, log-sum-exp pooling; ``--stem-stride``, ``--widths``, ``--layers``, ``--sharpness``;
+with ``--patch`` a ``PatchEncoder`` whose cells see only themselves and a few voxels around),
 with AdamW and a one-cycle schedule.
 
     .venv/bin/python bench/train_supervised.py --cache CACHE --out OUT [--extra-train CACHE1 CACHE2 ...]
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--widths", default="32", help="lse: channels per stage kept, comma-separated")
     parser.add_argument("--stem-width", type=int, default=16, help="lse: channels of the stem convolution")
     parser.add_argument("--sharpness", type=float, default=5.0, help="lse: r of the pooling")
+    parser.add_argument("--patch", default=None, help="lse: cell size in voxels, e.g. 4,8,8: a PatchEncoder whose "
+                        "cells see only themselves and a few voxels around (--widths: its two widths) instead of "
+                        "the ResNet stages")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +85,9 @@ def main() -> None:
         ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
         encoder_kwargs = {**encoder_kwargs, "stem_stride": ints(args.stem_stride), "layers": ints(args.layers),
                           "widths": ints(args.widths), "stem_width": args.stem_width, "sharpness": args.sharpness}
+        if args.patch:
+            encoder_kwargs = {"norm": encoder_kwargs.get("norm", "batch"), "widths": ints(args.widths),
+                              "sharpness": args.sharpness, "patch": ints(args.patch)}
         info = {"head": "lse", "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
                 "labels": list(CT_RATE_LABELS)}
         model = fit(build_from_info(info), train_ds, args.epochs, args.lr, args.batch_size, args.seed)

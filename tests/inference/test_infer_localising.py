@@ -62,3 +62,49 @@ def test_classifier_json_rebuilds_the_localising_network():
     net = build_from_info(info)
     assert isinstance(net, LocalisingClassifier) and net.sharpness == 3.0 and net.head.out_channels == 2
     assert net.encoder.stem_stride == (1, 2, 2)
+
+
+def _patch_net(**kw) -> LocalisingClassifier:
+    torch.manual_seed(0)
+    return LocalisingClassifier(3, (16, 32, 32), widths=(4, 8), patch=(4, 8, 8), **kw).eval()
+
+
+def test_patch_encoder_cells_see_only_their_box():
+    """A cell's logit has zero gradient outside the cell plus PatchEncoder.reach, and some inside the cell."""
+    net = _patch_net()
+    x = torch.rand(1, 1, 16, 32, 32, requires_grad=True)
+    lm = net.logit_map(x)
+    assert lm.shape == (1, 3, 4, 4, 4)
+    lm[0, 1, 2, 1, 2].backward()
+    g = x.grad[0, 0].abs()
+    (rd, rh, rw), (pd, ph, pw) = net.encoder.reach, net.encoder.patch
+    box = torch.zeros_like(g, dtype=torch.bool)
+    box[max(2 * pd - rd, 0):3 * pd + rd, max(ph - rh, 0):2 * ph + rh, max(2 * pw - rw, 0):3 * pw + rw] = True
+    assert g[~box].sum() == 0
+    assert g[2 * pd:3 * pd, ph:2 * ph, 2 * pw:3 * pw].sum() > 0
+    # control: the ResNet cells of the same grid see far beyond their box
+    res = _net()
+    y = torch.rand(1, 1, 8, 16, 16, requires_grad=True)
+    res.logit_map(y)[0, 1, 0, 0, 0].backward()
+    assert y.grad[0, 0, -1].abs().sum() > 0  # the first cell's logit depends on the last slice
+
+
+def test_patch_encoder_gradients_gradcam_and_rebuild():
+    net = _patch_net().train()
+    x = torch.rand(2, 1, 16, 32, 32)
+    net(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        net.head.weight.abs_()  # features are non-negative (a max of ReLUs): a positive map somewhere
+    rel = explain(net, x[:1], lambda v: net(v)[:, 2], "gradcam")
+    with torch.no_grad():
+        cam = F.relu(net.logit_map(x[:1])[:, 2:3] - net.head.bias[2])
+    cam = F.interpolate(cam, size=(16, 32, 32), mode="trilinear", align_corners=False)[0, 0]
+    assert rel.grid == (4, 4, 4)
+    assert torch.allclose(torch.from_numpy(rel.map), cam / cam.max(), atol=1e-4)
+    info = {"head": "lse", "input_shape": [16, 32, 32], "labels": ["a", "b"],
+            "encoder_kwargs": {"widths": [4, 8], "patch": [4, 8, 8], "norm": "batch", "sharpness": 5.0}}
+    assert build_from_info(info).encoder.patch == (4, 8, 8)
+    with pytest.raises(ValueError, match="multiple of patch"):
+        LocalisingClassifier(3, (16, 30, 32), patch=(4, 8, 8))

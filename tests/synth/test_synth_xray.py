@@ -110,7 +110,7 @@ REGION_CONTRAST = {"Medical material": 12.0, "Cardiomegaly": 8.0, "Hiatal hernia
 
 def _xray_patient(seed: int, label: str):
     """A radiograph subject (nodules sized as the gallery draws them) with only ``label``."""
-    from ctxray.synth.xray_gallery import MIN_VISIBLE_NODULE_MM, NODULE_SIZE_SCALE
+    from ctxray.synth.findings import MIN_VISIBLE_NODULE_MM, NODULE_SIZE_SCALE
 
     anatomy = sample_anatomy(np.random.default_rng(seed + 500))
     anatomy.extra.update(min_nodule_mm=MIN_VISIBLE_NODULE_MM, nodule_size_scale=NODULE_SIZE_SCALE)

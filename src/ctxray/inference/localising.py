@@ -18,6 +18,12 @@ weakly-supervised localisation of multiple-instance learning (Pinheiro and Collo
 It makes localisation possible, not certain: the cells that carry a label can still be those of a co-occurring
 finding, and which ones they are varied with the seed and the number of epochs at equal AUROC (README,
 "Pointing game"), so a trained model's maps are trusted only after the pointing game.
+
+Why they varied: a ResNet cell's receptive field is far larger than the cell (at 32x64x64 on 10 mm slices
+the stem and two blocks see about 43 voxels, i.e. the whole 320 mm of the scan along z), so the cell that
+carries a finding need not be the lesion's cell. ``patch=(pd, ph, pw)`` bounds it by construction
+(:class:`PatchEncoder`): each cell's features are computed from its own patch of the input plus a few voxels
+on each side and nothing else, so a cell can only score what lies within that box.
 """
 
 from __future__ import annotations
@@ -37,6 +43,65 @@ from ctxray.models.resnet3d import Norm, ResNet3D
 log = logging.getLogger(__name__)
 
 
+class PatchEncoder(nn.Module):
+    """Per-cell features from the cell and a thin shell of context only: a receptive field bounded by construction.
+
+    Three 3x3x3 convolutions on the whole input (strides (1, 2, 2), (2, 2, 2), 1), then a max over each cell of
+    ``patch`` voxels. A cell's features depend on the input inside the cell plus at most 4 voxels on each side
+    along z and 7 along y and x (the convolutions' reach), and on nothing else: at 32x64x64 on 10 x 5.4 x 5.4 mm, a
+    cell of 4x8x8 voxels (40 x 43 x 43 mm) sees a box of 120 x 119 x 119 mm, where the ResNet stages' cells
+    see the whole scan.
+
+    Args:
+        input_shape: ``(D, H, W)``, each a multiple of ``patch``.
+        patch: cell size in voxels (``pd`` even, ``ph`` and ``pw`` multiples of 4).
+        widths: channels of the first and of the last two convolutions.
+        norm: ``"batch"`` (per-voxel in eval mode) or ``"group"``/``"instance"``.
+
+    Shape:
+        forward: (B, 1, D, H, W) -> (B, widths[-1], D / pd, H / ph, W / pw).
+    """
+
+    n_stages = 1
+    explain_stage = 1
+    reach = (4, 7, 7)  # voxels of context on each side of a cell (see the class docstring)
+
+    def __init__(self, input_shape: Sequence[int], patch: Sequence[int], widths: Sequence[int] = (8, 16),
+                 norm: Norm = "batch") -> None:
+        super().__init__()
+        from ctxray.models.resnet3d import _norm
+
+        self.input_shape, self.patch = tuple(input_shape), tuple(int(p) for p in patch)
+        pd, ph, pw = self.patch
+        uneven = any(n % p for n, p in zip(self.input_shape, self.patch))
+        if len(self.patch) != 3 or uneven or pd % 2 or ph % 4 or pw % 4:
+            raise ValueError(f"PatchEncoder: input_shape {self.input_shape} must be a multiple of patch {self.patch} "
+                             "(3 values: pd even, ph and pw multiples of 4)")
+        c0, c1 = int(widths[0]), int(widths[-1])
+        self.net = nn.Sequential(
+            nn.Conv3d(1, c0, 3, stride=(1, 2, 2), padding=1, bias=False), _norm(norm, c0), nn.ReLU(inplace=True),
+            nn.Conv3d(c0, c1, 3, stride=2, padding=1, bias=False), _norm(norm, c1), nn.ReLU(inplace=True),
+            nn.Conv3d(c1, c1, 3, padding=1, bias=False), _norm(norm, c1), nn.ReLU(inplace=True),
+            nn.MaxPool3d((pd // 2, ph // 4, pw // 4)),
+        )
+        self.out_dim = c1
+
+    def stage_grid(self, shape: Sequence[int], stage: int | None = None) -> tuple[int, int, int]:
+        return tuple(int(n) // p for n, p in zip(shape, self.patch))  # type: ignore[return-value]
+
+    def stage_channels(self, stage: int | None = None) -> int:
+        return self.out_dim
+
+    def feature_module(self, stage: int | None = None) -> nn.Module:
+        return self
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class LocalisingClassifier(nn.Module):
     """ResNet stages up to a fine grid, a per-location linear head, log-sum-exp pooling.
 
@@ -50,6 +115,8 @@ class LocalisingClassifier(nn.Module):
         norm: ``"batch"`` (default: per-voxel in eval mode, so a location's logit depends on its receptive
             field only), ``"group"`` or ``"instance"`` (these normalise by the whole volume's statistics).
         sharpness: r of the pooling.
+        patch: cells of a :class:`PatchEncoder` (receptive field bounded to the cell and a few voxels around it)
+            instead of the ResNet stages (``layers``, ``stem_width`` and ``stem_stride`` are then unused).
 
     Shape:
         forward: (B, 1, D, H, W) -> (B, n_labels); logit_map: -> (B, n_labels, d, h, w).
@@ -57,12 +124,15 @@ class LocalisingClassifier(nn.Module):
 
     def __init__(self, n_labels: int, input_shape: Sequence[int], layers: Sequence[int] = (2,),
                  widths: Sequence[int] = (32,), stem_width: int = 16, stem_stride: int | Sequence[int] = (1, 2, 2),
-                 norm: Norm = "batch", sharpness: float = 5.0) -> None:
+                 norm: Norm = "batch", sharpness: float = 5.0, patch: Sequence[int] | None = None) -> None:
         super().__init__()
         if sharpness <= 0:
             raise ValueError(f"LocalisingClassifier: sharpness must be positive; got {sharpness}")
-        self.encoder = ResNet3D(input_shape=input_shape, layers=layers, widths=widths, stem_width=stem_width,
-                                stem_stride=stem_stride, norm=norm)
+        if patch is not None:
+            self.encoder: nn.Module = PatchEncoder(input_shape, patch, widths, norm)
+        else:
+            self.encoder = ResNet3D(input_shape=input_shape, layers=layers, widths=widths, stem_width=stem_width,
+                                    stem_stride=stem_stride, norm=norm)
         self.head = nn.Conv3d(int(widths[-1]), int(n_labels), 1)
         self.sharpness = float(sharpness)
         self.explain_stage = self.encoder.n_stages  # relevance maps read the head's input

@@ -5,6 +5,11 @@ and a device propensity raise the log-odds of the findings they cause, and some 
 others (effusion -> atelectasis, emphysema -> nodule). A share of patients is drawn healthy. Each
 label's intercept is calibrated once by bisection so the marginal prevalence matches CT-RATE's
 validation prevalence from ``labels.json``; co-occurrence then follows from the shared causes.
+
+The ``independent`` mode (preset ``pointing``) draws every label on its own with the same marginal
+prevalence and no healthy share, so that no label carries information about another: the world on which a
+supervised classifier has to find each finding's own lesion (issue 14). ``visible_nodules`` makes a
+patient's nodules the X-ray gallery's (twice the CT size, at least 12 mm).
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from ctxray.synth import lesions_lung as ll
 from ctxray.synth.anatomy import Anatomy
 from ctxray.synth.atlas import Atlas
 from ctxray.synth.lesions import Builder, Lesion
+from ctxray.synth.presets import Findings
 
 HEALTHY_SHARE = 0.2
+# nodules a radiograph can show (the X-ray gallery's; also the CT nodules of a "visible" preset)
+MIN_VISIBLE_NODULE_MM = 12.0
+NODULE_SIZE_SCALE = 2.0
 LATENTS = ("age", "smoking", "fluid", "infection", "fibrosis", "device")
 # label -> weights on the latents, in LATENTS order
 WEIGHTS: dict[str, tuple[float, ...]] = {
@@ -86,6 +95,19 @@ def _latents(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.column_stack([age, smoking, rest])
 
 
+def visible_nodules(anatomy: Anatomy) -> Anatomy:
+    """``anatomy`` with the nodules a radiograph can show (twice the CT size, at least 12 mm); in place."""
+    anatomy.extra["min_nodule_mm"] = MIN_VISIBLE_NODULE_MM
+    anatomy.extra["nodule_size_scale"] = NODULE_SIZE_SCALE
+    return anatomy
+
+
+def marginal_prevalence(name: str) -> float:
+    """The overall prevalence the linked model is calibrated to (healthy share included)."""
+    label = next(x for x in load_labels().labels if x.name == name)
+    return min((label.prevalence or 0.1) / (1 - HEALTHY_SHARE), 0.95) * (1 - HEALTHY_SHARE)
+
+
 @lru_cache(maxsize=1)
 def intercepts() -> dict[str, float]:
     """Per-label intercepts so that marginal prevalences match ``labels.json`` (fixed Monte-Carlo draw)."""
@@ -107,8 +129,12 @@ def intercepts() -> dict[str, float]:
     return out
 
 
-def sample_labels(rng: np.random.Generator) -> tuple[dict[str, int], float]:
+def sample_labels(rng: np.random.Generator, findings: Findings = "linked") -> tuple[dict[str, int], float]:
     """Draw one patient's 18 labels.
+
+    Args:
+        findings: ``"linked"`` (latent causes, links, a healthy share) or ``"independent"`` (each label a
+            Bernoulli draw of :func:`marginal_prevalence`).
 
     Returns:
         (labels in ``labels.json`` order as name -> 0/1, age in years).
@@ -116,6 +142,11 @@ def sample_labels(rng: np.random.Generator) -> tuple[dict[str, int], float]:
     z = _latents(rng, 1)[0]
     age = float(np.clip(58 + 14 * z[0], 20, 90))
     names = load_labels().names
+    if findings == "independent":
+        u = rng.random(len(names))
+        return {n: int(u[j] < marginal_prevalence(n)) for j, n in enumerate(names)}, age
+    if findings != "linked":
+        raise ValueError(f"sample_labels: findings must be 'linked' or 'independent'; got {findings!r}")
     if rng.random() < HEALTHY_SHARE:
         # healthy patients are younger on average; draw the remaining randomness to keep streams aligned
         rng.random(len(names))

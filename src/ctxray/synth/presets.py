@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Findings = Literal["linked", "independent"]
+Nodules = Literal["ct", "visible"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,13 @@ class Preset:
         n_xray: radiographs in the gallery (one per X-ray subject).
         xray_size: side of the square PNG in pixels.
         xray_render: side of the square grid the radiograph is projected on before resizing.
+        findings: ``"linked"`` (the world's label model: shared latent causes and cause -> effect links, so
+            findings co-occur as they do in patients) or ``"independent"`` (every label drawn on its own with
+            the same marginal prevalence: no finding predicts another, so a classifier can only score a label
+            from its own lesion; the validation world of the pointing game, issue 14).
+        nodules: ``"ct"`` (CT-sized nodules, 4-30 mm, median about 8 mm) or ``"visible"`` (the X-ray gallery's
+            nodules on CT too: twice the size and at least 12 mm, median about 16 mm, so that a nodule covers a
+            few voxels of a 10 mm-slice grid).
     """
 
     name: str
@@ -28,6 +39,8 @@ class Preset:
     n_xray: int
     xray_size: int
     xray_render: int
+    findings: Findings = "linked"
+    nodules: Nodules = "ct"
 
 
 PRESETS: dict[str, Preset] = {
@@ -39,6 +52,10 @@ PRESETS: dict[str, Preset] = {
     # validation volumes so a 0.03 difference in macro AUROC is not lost in the noise, a gallery 10x the
     # largest pair count (400) projected at 128 px
     "ablation": Preset("ablation", 400, 1000, (32, 64, 64), (10.0, 5.4, 5.4), 4000, 128, 128),
+    # the pointing game's validation world (issue 14): tiny's grids, findings independent of each other and
+    # nodules large enough to be seen, so a supervised classifier must find each label's own lesion
+    "pointing": Preset("pointing", 160, 60, (32, 64, 64), (10.0, 5.4, 5.4), 80, 64, 64, findings="independent",
+                       nodules="visible"),
 }
 
 

@@ -17,9 +17,9 @@ from ctxray.labels import load_labels
 from ctxray.synth.anatomy import Anatomy, sample_anatomy
 from ctxray.synth.atlas import Atlas
 from ctxray.synth.canvas import Grid
-from ctxray.synth.findings import build_lesions, sample_labels
+from ctxray.synth.findings import build_lesions, sample_labels, visible_nodules
 from ctxray.synth.lesions import Lesion
-from ctxray.synth.presets import Preset
+from ctxray.synth.presets import Findings, Nodules, Preset
 from ctxray.synth.render import Reconstruction, acquire, paint_patient
 from ctxray.synth.reports import ct_report
 from ctxray.synth.writers import write_nifti
@@ -78,11 +78,18 @@ def plan_scans(preset: Preset, seed: int, split: str, root: Path) -> list[ScanTa
     return tasks
 
 
-def patient(seed: int, split_code: int, pid: int) -> tuple[Anatomy, dict[str, int], float]:
-    """Anatomy, labels and age of one patient (the same for all the patient's scans)."""
+def patient(seed: int, split_code: int, pid: int, findings: Findings = "linked",
+            nodules: Nodules = "ct") -> tuple[Anatomy, dict[str, int], float]:
+    """Anatomy, labels and age of one patient (the same for all the patient's scans).
+
+    Args:
+        findings, nodules: the preset's label model and nodule sizes (:class:`ctxray.synth.presets.Preset`).
+    """
     rng = np.random.default_rng([seed, split_code, pid])
     anatomy = sample_anatomy(rng)
-    labels, age = sample_labels(rng)
+    if nodules == "visible":
+        visible_nodules(anatomy)
+    labels, age = sample_labels(rng, findings)
     return anatomy, labels, age
 
 
@@ -121,7 +128,8 @@ def _metadata(name: str, grid: Grid, recon: Reconstruction, age: float, female: 
 def scan_lesions(task: ScanTask) -> tuple[Anatomy, dict[str, int], float, list[Lesion]]:
     """The patient of ``task`` with the lesions of this scan."""
     code = SPLIT_CODE[task.split]
-    anatomy, labels, age = patient(task.seed, code, task.patient)
+    kw = {"findings": task.preset.findings, "nodules": task.preset.nodules} if task.preset is not None else {}
+    anatomy, labels, age = patient(task.seed, code, task.patient, **kw)
     rng = np.random.default_rng([task.seed, code, task.patient, 1000 + task.scan])
     lesions = build_lesions(anatomy, labels, rng, Atlas(anatomy))
     return anatomy, labels, age, lesions

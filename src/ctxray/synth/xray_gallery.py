@@ -15,26 +15,23 @@ import numpy as np
 
 from ctxray.labels import load_labels
 from ctxray.synth.anatomy import Anatomy, sample_anatomy
-from ctxray.synth.findings import build_lesions, sample_labels
+from ctxray.synth.findings import build_lesions, sample_labels, visible_nodules
 from ctxray.synth.lesions import Lesion
-from ctxray.synth.presets import Preset
+from ctxray.synth.presets import Findings, Preset
 from ctxray.synth.render import render_xray
 from ctxray.synth.reports import xray_report
 from ctxray.synth.writers import write_png
 
 XRAY_HEADER_PREFIX = ["id", "subject_id", "split", "image_path", "report"]
 XRAY_CODE = 7
-MIN_VISIBLE_NODULE_MM = 12.0
-NODULE_SIZE_SCALE = 2.0
 
 
-def xray_patient(seed: int, index: int) -> tuple[Anatomy, dict[str, int], list[Lesion]]:
+def xray_patient(seed: int, index: int, findings: Findings = "linked") -> tuple[Anatomy, dict[str, int],
+                                                                                 list[Lesion]]:
     """Anatomy, all 18 labels and lesions of X-ray subject ``index`` (0-based)."""
     rng = np.random.default_rng([seed, XRAY_CODE, index])
-    anatomy = sample_anatomy(rng)
-    anatomy.extra["min_nodule_mm"] = MIN_VISIBLE_NODULE_MM
-    anatomy.extra["nodule_size_scale"] = NODULE_SIZE_SCALE
-    labels, _age = sample_labels(rng)
+    anatomy = visible_nodules(sample_anatomy(rng))
+    labels, _age = sample_labels(rng, findings)
     return anatomy, labels, build_lesions(anatomy, labels, rng)
 
 
@@ -56,7 +53,7 @@ def write_xray_chunk(task: tuple[Path, Preset, int, int, int]) -> list[list[obje
     visible = set(load_labels().xray_visible_names)
     rows: list[list[object]] = []
     for i in range(start, stop):
-        anatomy, labels, lesions = xray_patient(seed, i)
+        anatomy, labels, lesions = xray_patient(seed, i, preset.findings)
         img = render_xray(anatomy, lesions, preset.xray_size, preset.xray_render,
                           noise_seed=int(np.random.default_rng([seed, XRAY_CODE + 2, i]).integers(2**63)))
         xid = f"x{i + 1:06d}"
