@@ -8,7 +8,7 @@ matched-filter detectability d' = ||with - without|| / noise SD (the best any li
 knowing the lesion's exact form and place; a learned model needs far more). A label at d' < ~5 is near
 invisible at that grid.
 
-    .venv/bin/python bench/lesion_visibility.py [--world-preset demo] [--spec small] [--patients 12]
+    .venv/bin/python bench/lesion_visibility.py [--world-preset demo] [--spec small] [--patients 12] [--labels NAME ...]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--spec", default="small", help="preprocessing preset whose grid is measured")
     parser.add_argument("--patients", type=int, default=12, help="positive patients per label")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", nargs="*", default=None, help="only these labels (default: all 18)")
     args = parser.parse_args()
 
     from ctxray.data.resample import resample_grid
@@ -39,12 +40,12 @@ def main() -> None:
     t0 = time.perf_counter()
     preset, spec = get_preset(args.world_preset), spec_preset(args.spec)
     grid = Grid.centred(preset.ct_shape, preset.ct_spacing)
-    names = load_labels().names
+    names = args.labels or load_labels().names
     found: dict[str, list] = {n: [] for n in names}
     for pid in range(1, 2000):
         anatomy, labels, _age, lesions = scan_lesions(ScanTask(None, "train", pid, 0, 1, preset, seed=args.seed))
         for n, v in labels.items():
-            if v and len(found[n]) < args.patients:
+            if v and n in found and len(found[n]) < args.patients:
                 found[n].append((pid, anatomy, lesions))
         if all(len(v) >= args.patients for v in found.values()):
             break

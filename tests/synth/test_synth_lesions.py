@@ -8,7 +8,7 @@ import pytest
 from ctxray.synth import lesions, lesions_lung
 from ctxray.synth.anatomy import sample_anatomy
 from ctxray.synth.atlas import Atlas
-from ctxray.synth.canvas import LUNGS, Tissue
+from ctxray.synth.canvas import LUNGS, Spheres, Tissue
 from ctxray.synth.findings import BUILDERS
 
 LATERALITY = {"right", "left", "bilateral", "midline"}
@@ -71,3 +71,29 @@ def test_lymph_nodes_sit_at_named_stations_on_their_side():
             if station.startswith(("right", "left")):
                 assert node.laterality == station.split()[0]
             assert 14 <= node.attrs["short_axis_mm"] <= 28
+
+
+def test_fibrotic_sequela_is_two_scars_of_thick_bands_in_one_zone():
+    """Two subpleural scars of line-like bands, on one side: not a single round haze (an opacity at 5 mm)."""
+    for seed in range(3):
+        anatomy = sample_anatomy(np.random.default_rng(seed))
+        scars = lesions_lung.pulmonary_fibrotic_sequela(anatomy, Atlas(anatomy), np.random.default_rng(seed), {})
+        assert len(scars) == 2 and len({s.laterality for s in scars}) == 1
+        for scar in scars:
+            assert 5 <= len(scar.shapes) <= 8
+            for band in scar.shapes:  # tubes of balls, >= 2 mm radius, >= 25 mm long, dense (no additive haze)
+                assert isinstance(band, Spheres) and band.tissue == Tissue.LESION and band.radii.min() >= 2.0
+                assert np.linalg.norm(band.centres[-1] - band.centres[0]) >= 25.0
+
+
+def test_sternotomy_wires_loop_around_the_sternum():
+    for seed in range(40):
+        anatomy = sample_anatomy(np.random.default_rng(seed))
+        (dev,) = lesions.medical_material(anatomy, Atlas(anatomy), np.random.default_rng(seed), {})
+        if dev.kind != "sternotomy wires":
+            continue
+        for wire in dev.shapes:  # a ring in an axial plane, ~36 mm across the sternum (15 mm half-width)
+            assert np.ptp(wire.centres[:, 0]) == 0.0 and np.ptp(wire.centres[:, 2]) >= 30.0
+            assert wire.value >= 2000 and wire.tissue == Tissue.METAL
+        return
+    pytest.fail("no sternotomy wires in 40 draws")

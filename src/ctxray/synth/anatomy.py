@@ -94,7 +94,8 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     hz = heart_centre[0]
     aorta = np.array([
         [hz + 20, sy + 12, sx - 2], [hz + 70, sy + 14, sx + 8], [sz + 92, sy - 5, sx + 2],
-        [sz + 82, sy - 32, sx - 18], [sz + 50, sy - ay * 0.42, sx - 22], [sz - 170, sy - ay * 0.45, sx - 14],
+        # the descending aorta runs left-anterolateral to the vertebral bodies, beside them, not through them
+        [sz + 82, sy - 32, sx - 18], [sz + 50, sy - ay * 0.42, sx - 26], [sz - 170, sy - ay * 0.42, sx - 34],
     ])
     carina = np.array([sz + 45, sy - 12, sx])
     trachea = np.array([[sz + 170, sy - 2, sx], [sz + 110, sy - 6, sx + 2], carina])

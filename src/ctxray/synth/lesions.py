@@ -62,8 +62,12 @@ def medical_material(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels:
     wall_y = sy + a.body_ay - a.fat * 0.5 - 4
     if kind == "sternotomy wires":
         zs = a.heart_centre[0] + np.linspace(-10, 90, int(rng.integers(4, 7)))
-        centres = np.stack([zs, np.full_like(zs, wall_y - a.fat * 0.5 - 8), np.full_like(zs, sx)], axis=1)
-        shapes: list[Shape] = [Spheres(centres, np.full(len(zs), 2.5), 2500, T.METAL)]
+        front = wall_y - a.fat * 0.5 - 8  # the sternum's centre
+        centres = np.stack([zs, np.full_like(zs, front), np.full_like(zs, sx)], axis=1)
+        # each wire a loop around the sternum (a ring on an axial slice; metal blooms to ~3 mm on CT), not a bead
+        t = np.linspace(0, 2 * np.pi, 25)
+        shapes: list[Shape] = [tube(np.stack([np.full_like(t, z), front + 10 * np.sin(t), sx + 18 * np.cos(t)], axis=1),
+                                    1.6, 2500, step=1.0, tissue=T.METAL) for z in zs]
         return [Lesion("Medical material", kind, "sternum", "midline", _tup(centres.mean(0)), 10.0, shapes)]
     side = "left" if kind == "pacemaker" else "right"
     x = sx + (a.body_ax * 0.55) * (1 if side == "right" else -1)
@@ -129,7 +133,7 @@ def coronary_artery_wall_calcification(a: Anatomy, atlas: Atlas, rng: np.random.
     angles = {"LAD": (0.9, 1.6), "RCA": (0.0, 0.6), "LCx": (2.3, 2.9)}
     centres = []
     for v in vessels:
-        phi = rng.uniform(*angles[v], int(rng.integers(3, 8)))
+        phi = rng.uniform(*angles[v], int(rng.integers(4, 9)))
         h = rng.uniform(0.1, 0.6, len(phi))
         local = np.stack([h * r[0], np.sin(phi) * r[1] * np.sqrt(1 - h**2), np.cos(phi) * r[2] * np.sqrt(1 - h**2)],
                          axis=1)

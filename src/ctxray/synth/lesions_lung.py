@@ -127,19 +127,23 @@ def lung_opacity(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dic
 def pulmonary_fibrotic_sequela(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
     side = str(rng.choice(SIDES))
     zone = str(rng.choice(["upper", "lower"]))
-    p = atlas.sample_lung_point(side, rng, zone, 3.0, 20.0)
     centre, _ = a.lung_box(side)
-    # a subpleural scar: reticular haze plus bands running from the pleura into the lung
-    shapes: list[Shape] = [Ellipsoid(_tup(p), tuple(float(v) for v in rng.uniform(8, 14, 3)), 180.0, None,
-                                     within=LUNGS, add=True, edge=4.0)]
-    for _ in range(int(rng.integers(3, 7))):
-        d = np.asarray(centre) - p
-        d = d / np.linalg.norm(d) + rng.normal(0, 0.5, 3)
-        d /= np.linalg.norm(d)
-        start = p + rng.normal(0, 6, 3)
-        shapes.append(tube(np.stack([start - d * 6, start + d * rng.uniform(18, 32)]), float(rng.uniform(1.5, 2.6)),
-                           -60, step=1.0, tissue=T.LESION, within=LUNGS))
-    return [Lesion("Pulmonary fibrotic sequela", "fibrotic bands", atlas.lobe(p)[1], side, _tup(p), 35.0, shapes)]
+    out = []
+    # two subpleural scars in one zone, each of thick parenchymal bands running from the pleura toward the
+    # hilum: line-like, peripheral and thicker than the vessels there (one scar of thinner bands in a haze was a
+    # small ground-glass opacity at a 5 mm grid); no haze, so a radiograph still shows little
+    for p in atlas.sample_lung_points(side, rng, 2, zone, 3.0, 16.0):
+        shapes: list[Shape] = []
+        for _ in range(int(rng.integers(5, 9))):
+            d = np.asarray(centre) - p
+            d = d / np.linalg.norm(d) + rng.normal(0, 0.5, 3)
+            d /= np.linalg.norm(d)
+            start = p + rng.normal(0, 6, 3)
+            shapes.append(tube(np.stack([start - d * 6, start + d * rng.uniform(22, 38)]),
+                               float(rng.uniform(2.0, 2.8)), -40, step=1.0, tissue=T.LESION, within=LUNGS))
+        out.append(Lesion("Pulmonary fibrotic sequela", "fibrotic bands", atlas.lobe(p)[1], side, _tup(p), 40.0,
+                          shapes))
+    return out
 
 
 def pleural_effusion(a: Anatomy, atlas: Atlas, rng: np.random.Generator, labels: dict) -> list[Lesion]:
