@@ -363,3 +363,26 @@ def test_report_label_table_reads_the_reports_masks_uncertain_and_shuffles_witho
     assert first == [int(report_label_table(many, labels, "dataset", shuffle_seed=0)[str(i)][0]) for i in range(30)]
     with pytest.raises(ValueError, match="prompt_labels"):
         report_label_table(rows, labels, "truth")
+
+
+def test_prompt_term_teaches_the_report_tower_only():
+    """Zero-shot stays honest: the prompt term's gradient reaches the report tower (through the reports and
+    the prompts, encoded in the model's forward exactly like ``encode_text``), never the image tower."""
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    model = _model()
+    vol, ids, mask = _inputs(4)
+    prompt_ids = torch.randint(5, 40, (5, 6), generator=torch.Generator().manual_seed(1))
+    prompt_mask = torch.ones(5, 6, dtype=torch.long)
+    out = model(vol, ids, mask, prompt_input_ids=prompt_ids, prompt_attention_mask=prompt_mask)
+    assert torch.allclose(out["prompts"], model.encode_text(prompt_ids, prompt_mask), atol=1e-6)
+    batch = {"labels": torch.zeros(4, 18), "report_labels": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0],
+                                                                          [0.0, float("nan")]])}
+    objective = Objective(LossConfig(roco=0.0, pkd=0.0, srkd=0.0, prompt=1.0), prompt_counts=[(2, 1), (1, 1)])
+    objective(out, batch)[0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    image = [n for n in grads if n.startswith(("volume_encoder.", "volume_proj.", "kd_head."))]
+    assert image and all(grads[n] is None for n in image)
+    assert grads["text_proj.weight"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("text_encoder."))
