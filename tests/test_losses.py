@@ -1,4 +1,4 @@
-"""Properties of the BIUD losses: contrastive (robust), pair-wise KD, relation KD, masked LM."""
+"""Properties of the BIUD losses: contrastive (robust), pair-wise KD, relation KD, masked LM, report prompts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ctxray.losses import (
     MaskedLMLoss,
     PairwiseKDLoss,
     RelationKDLoss,
+    ReportPromptLoss,
     RobustContrastiveLoss,
     equivalence_from_labels,
     equivalence_from_text,
@@ -319,3 +320,97 @@ def test_masked_lm_loss_only_counts_masked_positions():
     assert logits.grad[0, 0].abs().sum() == 0 and logits.grad[0, 1].abs().sum() > 0
     empty = MaskedLMLoss()(logits, torch.full((2, 5), -100))
     assert empty.item() == 0.0 and empty.requires_grad
+
+
+# ----------------------------------------------------------------------------------------- report prompts
+
+
+def test_report_prompt_loss_matches_a_hand_computation():
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    got = ReportPromptLoss(scale=2.0)(text, pos, neg, labels)
+    # logits = 2 * (cos pos - cos neg): report 0 (1, -1) * 2, report 1 (0.6 - 0.8, 0.8 - 0.6) * 2
+    logits = [(2.0, 1.0), (-2.0, 0.0), (-0.4, 0.0), (0.4, 1.0)]  # (logit, label)
+    expected = sum(math.log1p(math.exp(-z)) if y else math.log1p(math.exp(z)) for z, y in logits) / 4
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_report_prompt_loss_is_the_zero_shot_score():
+    """Its logits are zero-shot's own: the loss equals BCE on ``zero_shot_logits`` with the report as input."""
+    from ctxray.models.zeroshot import zero_shot_logits
+
+    text, pos, neg = _unit(5, 8, seed=1), _unit(3, 8, seed=2), _unit(3, 8, seed=3)
+    labels = (torch.rand(5, 3, generator=torch.Generator().manual_seed(4)) > 0.5).float()
+    expected = F.binary_cross_entropy_with_logits(zero_shot_logits(text, pos, neg, 7.0), labels)
+    torch.testing.assert_close(ReportPromptLoss(7.0)(text, pos, neg, labels), expected)
+
+
+def test_report_prompt_loss_ignores_masked_labels():
+    text, pos, neg = _unit(4, 8, seed=5), _unit(3, 8, seed=6), _unit(3, 8, seed=7)
+    labels = torch.tensor([[1.0, 0.0, float("nan")], [0.0, float("nan"), 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss_fn = ReportPromptLoss(5.0)
+    base = loss_fn(text, pos, neg, labels)
+    flipped = labels.clone()
+    flipped[0, 2], flipped[1, 1] = 1.0, 0.0  # only the masked entries change value...
+    other = labels.clone()
+    other[0, 2] = other[1, 1] = float("nan")
+    assert loss_fn(text, pos, neg, other).item() == base.item()
+    assert loss_fn(text, pos, neg, flipped).item() != base.item()  # ...and unmasked they would count
+    t = text.clone().requires_grad_(True)
+    loss_fn(t, pos, neg, torch.full((4, 3), float("nan"))).backward()  # nothing known: zero, with a graph
+    assert t.grad is not None and t.grad.abs().sum() == 0
+    # a report whose labels are all masked gets no gradient, the others do
+    t = text.clone().requires_grad_(True)
+    masked_row = labels.clone()
+    masked_row[2] = float("nan")
+    loss_fn(t, pos, neg, masked_row).backward()
+    assert t.grad[2].abs().sum() == 0 and (t.grad[[0, 1, 3]].abs().sum(dim=1) > 0).all()
+
+
+def test_report_prompt_loss_gradients_reach_reports_and_prompts_and_gradcheck():
+    text = _unit(4, 6, seed=8, dtype=torch.float64).requires_grad_(True)
+    pos = _unit(2, 6, seed=9, dtype=torch.float64).requires_grad_(True)
+    neg = _unit(2, 6, seed=10, dtype=torch.float64).requires_grad_(True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    loss_fn = ReportPromptLoss(3.0)
+    loss_fn(text, pos, neg, labels).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in (text, pos, neg))
+    assert torch.autograd.gradcheck(lambda a, b, c: loss_fn(a, b, c, labels), (text, pos, neg))
+
+
+def test_report_prompt_loss_decreases_on_a_toy_problem():
+    """Free report and prompt vectors, labels of two findings: gradient descent drives it towards 0 and the
+    zero-shot score then ranks the reports perfectly."""
+    from ctxray.metrics import auroc_per_label
+
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(32, 2, generator=g) > 0.5).float()
+    raw_text = torch.randn(32, 8, generator=g, requires_grad=True)
+    raw_prompts = torch.randn(4, 8, generator=g, requires_grad=True)  # pos0, neg0, pos1, neg1
+    loss_fn = ReportPromptLoss(10.0)
+    opt = torch.optim.Adam([raw_text, raw_prompts], lr=0.05)
+    history = []
+    for _ in range(200):
+        t, p = F.normalize(raw_text, dim=1), F.normalize(raw_prompts, dim=1)
+        loss = loss_fn(t, p[0::2], p[1::2], labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[0] > 0.5 and history[-1] < 0.05 * history[0]
+    with torch.no_grad():
+        t, p = F.normalize(raw_text, dim=1), F.normalize(raw_prompts, dim=1)
+        scores = (t @ p[0::2].T - t @ p[1::2].T).numpy()
+    assert auroc_per_label(labels.numpy(), scores).min() == 1.0
+
+
+def test_report_prompt_loss_bad_inputs():
+    with pytest.raises(ValueError, match="scale"):
+        ReportPromptLoss(0.0)
+    text, pos = _unit(3, 4), _unit(2, 4)
+    with pytest.raises(ValueError, match="labels"):
+        ReportPromptLoss()(text, pos, pos, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="pos/neg"):
+        ReportPromptLoss()(text, pos, _unit(3, 4), torch.zeros(3, 2))

@@ -9,6 +9,9 @@
   distributions.
 - :class:`MaskedLMLoss` and :func:`mask_entity_tokens` (L_MLM): masked language modelling that masks clinical
   entity tokens preferentially.
+- :class:`ReportPromptLoss` (L_prompt): binary cross-entropy of the zero-shot score of each *report* (its
+  embedding against the prompt ensembles, scored exactly as zero-shot scores a volume) against that report's
+  labels: it trains the report tower to read reports the way zero-shot will read prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "MaskedLMLoss",
     "PairwiseKDLoss",
     "RelationKDLoss",
+    "ReportPromptLoss",
     "RobustContrastiveLoss",
     "contrastive_targets",
     "equivalence_from_labels",
@@ -255,6 +259,48 @@ class MaskedLMLoss(nn.Module):
         if not (labels != -100).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+class ReportPromptLoss(nn.Module):
+    """Zero-shot scores of the reports themselves, trained against the reports' labels (L_prompt).
+
+    Label ``l`` of report ``i`` gets the logit ``scale * (cos(t_i, pos_l) - cos(t_i, neg_l))``, exactly the
+    zero-shot score (``ctxray.models.zeroshot.zero_shot_logits``) with the report in place of the volume; the
+    loss is the binary cross-entropy of those logits against the labels, averaged over the known (finite)
+    entries. ``pos`` / ``neg`` come from the text tower being trained, so gradients reach both the reports'
+    and the prompts' embeddings. The scale is fixed (zero-shot ranking does not depend on it; a learnt one
+    would be a parameter outside the model).
+
+    Args:
+        scale: multiplier of the cosine difference (within [-2, 2]).
+
+    Call args:
+        text: (B, E) L2-normalised report embeddings.
+        pos, neg: (L, E) L2-normalised prompt-ensemble directions
+            (``ctxray.models.zeroshot.ensemble_directions``).
+        labels: (B, L) float, 1 positive, 0 negative, NaN unknown (uncertain or missing: left out).
+
+    Returns:
+        Scalar mean over known entries; 0 (with a graph) when no entry is known.
+    """
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be positive; got {scale}")
+        self.scale = float(scale)
+
+    def forward(self, text: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if text.dim() != 2 or pos.shape != neg.shape or pos.dim() != 2 or text.shape[1] != pos.shape[1]:
+            raise ValueError(f"text must be (B, E) and pos/neg (L, E); got {tuple(text.shape)}, "
+                             f"{tuple(pos.shape)}, {tuple(neg.shape)}")
+        if labels.shape != (text.shape[0], pos.shape[0]):
+            raise ValueError(f"labels must be ({text.shape[0]}, {pos.shape[0]}); got {tuple(labels.shape)}")
+        logits = self.scale * (text @ pos.T - text @ neg.T)  # (B, L)
+        known = torch.isfinite(labels)
+        if not known.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[known], labels[known].to(logits.dtype))
 
 
 def mask_entity_tokens(

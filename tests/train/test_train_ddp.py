@@ -1,9 +1,9 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the
-concatenated batch (the trainer's Objective, with false-negative correction and both KD terms on, on uneven
-shards), the whole trainer on 2 ranks follows the single-process run, and on tar shards each rank reads its
-own half across a stop and resume. The training side's one multi-process run: one spawn serves all three
-checks (``tests/train/test_train_gather.py`` checks the gather with patched collectives;
-``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
+concatenated batch (the trainer's Objective, with false-negative correction, both KD terms and the report
+prompt term on, on uneven shards), the whole trainer on 2 ranks follows the single-process run, and on tar
+shards each rank reads its own half across a stop and resume. The training side's one multi-process run: one
+spawn serves all three checks (``tests/train/test_train_gather.py`` checks the gather with patched
+collectives; ``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .test_train_support import tiny_config, write_cache, write_targets
 
 B, DT = 6, 8  # global batch, teacher width
 SHARDS = (4, 2)  # pairs on rank 0 and rank 1
+PROMPT_COUNTS = [(2, 1), (1, 2)]  # two labels' positive and negative prompts (6 prompts)
 
 
 def _model() -> DualEncoder:
@@ -45,17 +46,28 @@ def _batch() -> dict[str, torch.Tensor]:
     ids = torch.randint(5, 30, (B, 10), generator=g)
     mask = torch.ones(B, 10, dtype=torch.long)
     mask[1, 7:] = 0
+    report_labels = torch.tensor([[1.0, 0.0], [0.0, float("nan")], [0.0, 1.0], [1.0, 1.0], [float("nan"), 0.0],
+                                  [0.0, 0.0]])
     return {"volume": torch.rand(B, 1, 16, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask,
-            "labels": labels, "teacher": torch.nn.functional.normalize(torch.randn(B, DT, generator=g), dim=1)}
+            "labels": labels, "teacher": torch.nn.functional.normalize(torch.randn(B, DT, generator=g), dim=1),
+            "report_labels": report_labels}
+
+
+def _prompts() -> dict[str, torch.Tensor]:
+    """Six token sequences standing in for the zero-shot prompts: the same on every rank."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(6, 5, dtype=torch.long)
+    mask[2, 3:] = 0
+    return {"prompt_input_ids": torch.randint(5, 30, (6, 5), generator=g), "prompt_attention_mask": mask}
 
 
 def _loss_cfg() -> LossConfig:
-    return LossConfig(correction="multi_positive", false_negatives="labels", pkd=0.7, srkd=0.5)
+    return LossConfig(correction="multi_positive", false_negatives="labels", pkd=0.7, srkd=0.5, prompt=0.6)
 
 
 def _step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
-    out = model(batch["volume"], batch["input_ids"], batch["attention_mask"])
-    loss, logged = Objective(_loss_cfg())(out, batch)
+    out = model(batch["volume"], batch["input_ids"], batch["attention_mask"], **_prompts())
+    loss, logged = Objective(_loss_cfg(), prompt_counts=PROMPT_COUNTS)(out, batch)
     loss.backward()
     return {k: float(v) for k, v in logged.items()}
 
@@ -133,7 +145,7 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(two_ranks):
     one_logged = _step(model, _batch())
     one_grads = _grads(model)
 
-    for key in ("roco", "pkd", "srkd", "loss"):
+    for key in ("roco", "pkd", "srkd", "prompt", "loss"):
         assert two_logged[key] == pytest.approx(one_logged[key], rel=1e-5, abs=1e-6), key
     assert set(two_grads) == set(one_grads)
     # Float32 sums taken in another order (two half-batches, then an all-reduce) differ in the last bits,

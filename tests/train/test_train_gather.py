@@ -83,3 +83,51 @@ def test_patched_gather_feeds_the_global_loss_with_local_gradients_equal_to_sing
         loss_fn(v_g, t_g, 5.0).backward()
         torch.testing.assert_close(v_loc.grad, v_ref.grad[sl])
         torch.testing.assert_close(t_loc.grad, t_ref.grad[sl])
+
+
+class _KeyedWorld(_FakeWorld):
+    """A patched world serving several gathered features, told apart by their width."""
+
+    def __init__(self, shards: dict[int, list[torch.Tensor]], rank: int) -> None:
+        super().__init__(next(iter(shards.values())), rank)
+        self.by_width = shards
+
+    def all_gather(self, out: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        if not (tensor.dtype == torch.long and tensor.numel() == 1):
+            self.shards = self.by_width[tensor.shape[1]]
+        super().all_gather(out, tensor)
+
+
+def test_prompt_term_under_patched_ranks_gives_the_single_process_gradient(monkeypatch):
+    """Every rank encodes the same prompts; DDP averages the ranks' gradients. The local report rows carry W
+    times their global-loss gradient (like every global term) and each rank's prompt gradient is the whole
+    single-process one (scaled by 1/W inside the loss), so the average is exactly the one-process gradient."""
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    g = torch.Generator().manual_seed(2)
+    text_all = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    prompts_all = F.normalize(torch.randn(5, 8, generator=g), dim=1)
+    labels_all = torch.tensor([[1.0, 0.0], [0.0, float("nan")], [1.0, 1.0], [0.0, 1.0], [float("nan"), 0.0],
+                               [1.0, 0.0]])
+    objective = Objective(LossConfig(roco=0.0, pkd=0.0, srkd=0.0, prompt=1.0), prompt_counts=[(2, 1), (1, 1)])
+    volume = torch.zeros(6, 8)
+
+    def run(text, prompts, labels):
+        out = {"volume": volume[: len(text)], "text": text, "prompts": prompts, "logit_scale": torch.tensor(1.0)}
+        return objective(out, {"labels": torch.zeros(len(text), 18), "report_labels": labels})
+
+    t_ref, p_ref = text_all.clone().requires_grad_(), prompts_all.clone().requires_grad_()
+    loss_ref, logged_ref = run(t_ref, p_ref, labels_all)
+    loss_ref.backward()
+    prompt_grads = []
+    for rank, sl in enumerate((slice(0, 4), slice(4, 6))):  # uneven shards
+        _KeyedWorld({8: [text_all[:4], text_all[4:]], 2: [labels_all[:4], labels_all[4:]]}, rank).install(monkeypatch)
+        t_loc, p_loc = text_all[sl].clone().requires_grad_(), prompts_all.clone().requires_grad_()
+        loss, logged = run(t_loc, p_loc, labels_all[sl])
+        loss.backward()
+        assert logged["prompt"].item() == pytest.approx(logged_ref["prompt"].item(), rel=1e-6)
+        torch.testing.assert_close(t_loc.grad, 2 * t_ref.grad[sl])
+        prompt_grads.append(p_loc.grad)
+    torch.testing.assert_close((prompt_grads[0] + prompt_grads[1]) / 2, p_ref.grad)
+    torch.testing.assert_close(prompt_grads[0], prompt_grads[1])  # each rank saw the whole batch's prompt gradient

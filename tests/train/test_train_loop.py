@@ -104,3 +104,18 @@ def test_bad_configs_raise_clear_errors(data, tmp_path):
         train(tiny_config(cache, retrieval, **{"data.batch_size": 64}), tmp_path / "z")
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(tiny_config(cache, retrieval), tmp_path / "never", resume=True)
+
+
+def test_prompt_term_trains_logs_and_resumes_on_the_same_trajectory(data, tmp_path):
+    cache, retrieval = data
+    cfg = tiny_config(cache, retrieval, **{"loss.prompt": 0.5, "model.text.dropout": 0.1, "optim.epochs": 2})
+    train(cfg, tmp_path / "full")
+    rows = _log(tmp_path / "full")
+    assert all(r["prompt"] > 0 for r in rows)
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["roco"] + r["pkd"] + r["srkd"] + 0.5 * r["prompt"], rel=1e-5)
+    train(cfg, tmp_path / "part", stop_after=3)
+    train(cfg, tmp_path / "part", resume=True)
+    wf, wp = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    assert [r["prompt"] for r in _log(tmp_path / "part")] == [r["prompt"] for r in rows]

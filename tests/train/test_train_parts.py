@@ -310,3 +310,79 @@ def test_a_saved_config_that_predates_new_settings_reads_as_it_trained():
     assert old.model.kd_from == "feature" and old.loss.kd_center is False
     new = read_stored_config(to_dict(TrainConfig()), "new run")
     assert new.model.kd_from == "embedding" and new.loss.kd_center is True
+
+
+def test_objective_prompt_term_scores_reports_through_the_prompt_ensembles():
+    from ctxray.losses import ReportPromptLoss
+    from ctxray.models.zeroshot import ensemble_directions
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    out, batch = _out_and_batch()
+    g = torch.Generator().manual_seed(3)
+    out["prompts"] = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    counts = [(2, 1), (1, 1)]  # two labels: prompts 0-1 positive / 2 negative, 3 positive / 4 negative
+    batch["report_labels"] = torch.tensor([[1.0, 0.0], [0.0, float("nan")], [1.0, 1.0], [0.0, 0.0]])
+    backward, logged = Objective(LossConfig(roco=0.5, pkd=0, srkd=0, prompt=2.0), prompt_counts=counts)(out, batch)
+    pos, neg = ensemble_directions(out["prompts"], counts)
+    expected = ReportPromptLoss(10.0)(out["text"], pos, neg, batch["report_labels"])
+    assert torch.isclose(logged["prompt"], expected)
+    assert torch.isclose(backward.detach(), 0.5 * logged["roco"] + 2.0 * expected)
+    assert torch.isclose(logged["loss"], backward.detach())
+    off = Objective(LossConfig(pkd=0, srkd=0))(out, batch)[1]  # weight 0 (the default): not computed
+    assert "prompt" not in off
+    with pytest.raises(ValueError, match="counts"):
+        Objective(LossConfig(pkd=0, srkd=0, prompt=1.0))
+    with pytest.raises(ValueError, match="report_labels"):
+        Objective(LossConfig(pkd=0, srkd=0, prompt=1.0), prompt_counts=counts)(out, {"labels": batch["labels"]})
+
+
+def test_report_label_table_reads_the_reports_masks_uncertain_and_shuffles_without_fixed_points():
+    import numpy as np
+
+    from ctxray.labels import load_labels
+    from ctxray.train.setup import report_label_table
+
+    labels = load_labels()
+    eff, card = labels.index("Pleural effusion"), labels.index("Cardiomegaly")
+    truth = [0.0] * 18
+    truth[card] = 1.0  # the dataset's columns disagree with the text on purpose
+    rows = [{"id": "a", "report": "There is a pleural effusion. No cardiomegaly.", "labels": truth},
+            {"id": "b", "report": "No pleural effusion.", "labels": [None] * 18},
+            {"id": "c", "report": "Possible pleural effusion.", "labels": truth}]
+    read = report_label_table(rows, labels, "labeler")
+    assert read["a"][eff] == 1.0 and read["a"][card] == 0.0 and read["b"][eff] == 0.0
+    assert np.isnan(read["c"][eff])  # uncertain: left out by the loss
+    assert read["b"][labels.index("Emphysema")] == 0.0  # not mentioned: absent, a negative
+    given = report_label_table(rows, labels, "dataset")
+    assert given["a"][card] == 1.0 and given["a"][eff] == 0.0 and np.isnan(given["b"]).all()
+    many = [{"id": str(i), "report": "", "labels": [float(i)] + [0.0] * 17} for i in range(30)]
+    shuffled = report_label_table(many, labels, "dataset", shuffle_seed=0)
+    first = [int(shuffled[str(i)][0]) for i in range(30)]
+    assert sorted(first) == list(range(30)) and all(f != i for i, f in enumerate(first))
+    assert first == [int(report_label_table(many, labels, "dataset", shuffle_seed=0)[str(i)][0]) for i in range(30)]
+    with pytest.raises(ValueError, match="prompt_labels"):
+        report_label_table(rows, labels, "truth")
+
+
+def test_prompt_term_teaches_the_report_tower_only():
+    """Zero-shot stays honest: the prompt term's gradient reaches the report tower (through the reports and
+    the prompts, encoded in the model's forward exactly like ``encode_text``), never the image tower."""
+    from ctxray.train.config import LossConfig
+    from ctxray.train.objective import Objective
+
+    model = _model()
+    vol, ids, mask = _inputs(4)
+    prompt_ids = torch.randint(5, 40, (5, 6), generator=torch.Generator().manual_seed(1))
+    prompt_mask = torch.ones(5, 6, dtype=torch.long)
+    out = model(vol, ids, mask, prompt_input_ids=prompt_ids, prompt_attention_mask=prompt_mask)
+    assert torch.allclose(out["prompts"], model.encode_text(prompt_ids, prompt_mask), atol=1e-6)
+    batch = {"labels": torch.zeros(4, 18), "report_labels": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0],
+                                                                          [0.0, float("nan")]])}
+    objective = Objective(LossConfig(roco=0.0, pkd=0.0, srkd=0.0, prompt=1.0), prompt_counts=[(2, 1), (1, 1)])
+    objective(out, batch)[0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    image = [n for n in grads if n.startswith(("volume_encoder.", "volume_proj.", "kd_head."))]
+    assert image and all(grads[n] is None for n in image)
+    assert grads["text_proj.weight"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("text_encoder."))

@@ -146,16 +146,20 @@ class DualEncoder(nn.Module):
         return self.volume_encoder.feature_map(volume)
 
     def forward(self, volume: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                mlm_input_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                mlm_input_ids: torch.Tensor | None = None, prompt_input_ids: torch.Tensor | None = None,
+                prompt_attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Embeddings for a batch of CT-report pairs.
 
         Args:
             mlm_input_ids: the same reports with tokens masked; when given (and the model has an MLM
                 head) the output also holds ``mlm_logits``.
+            prompt_input_ids, prompt_attention_mask: (P, Lp) tokenised zero-shot prompts; when given the
+                output also holds their embeddings ``prompts`` (through this forward, so DDP sees them).
 
         Returns:
             ``volume`` (B, E), ``text`` (B, E) normalised; ``kd`` (B, Dt) normalised when the model
-            has a KD head; ``logit_scale`` (scalar, exponentiated); ``mlm_logits`` (B, L, vocab).
+            has a KD head; ``logit_scale`` (scalar, exponentiated); ``mlm_logits`` (B, L, vocab);
+            ``prompts`` (P, E) normalised.
         """
         feat = self.volume_encoder(volume)  # (B, C)
         vol = F.normalize(self.volume_proj(feat), dim=-1)  # (B, E)
@@ -167,6 +171,10 @@ class DualEncoder(nn.Module):
                 raise ValueError("mlm_input_ids given but the model has no MLM head (DualEncoderConfig.mlm_head)")
             states = self.text_encoder.token_states(mlm_input_ids, attention_mask)  # (B, L, width)
             out["mlm_logits"] = self.mlm_head(states)
+        if prompt_input_ids is not None:
+            if prompt_attention_mask is None:
+                raise ValueError("prompt_input_ids given without prompt_attention_mask")
+            out["prompts"] = self.encode_text(prompt_input_ids, prompt_attention_mask)
         return out
 
 

@@ -13,13 +13,13 @@ from typing import Any, Literal
 from ctxray.config import from_dict
 from ctxray.models.dual import DualEncoderConfig
 
-LOSS_TERMS = ("roco", "pkd", "srkd", "mlm")
+LOSS_TERMS = ("roco", "pkd", "srkd", "mlm", "prompt")
 """The loss terms, in the order the objective logs them; each is a weight of ``LossConfig``."""
 
 
 @dataclass
 class LossConfig:
-    """The BIUD objective ``L = w_roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM``.
+    """The BIUD objective ``L = w_roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM + prompt*L_prompt``.
 
     Args:
         roco: weight of the (robust) contrastive term; 0 switches it off.
@@ -45,6 +45,17 @@ class LossConfig:
         mlm_prob: fraction of tokens masked per report.
         mlm_entity_boost: how much likelier a clinical-entity token (a word of the label phrases) is
             masked than any other token (1 = uniform masking).
+        prompt: weight of the report-side prompt loss (``ctxray.losses.ReportPromptLoss``): each training
+            report's embedding is scored against the zero-shot prompt ensembles (encoded by the report tower
+            every step, with gradients) exactly as zero-shot scores a volume, and a binary cross-entropy
+            fits those scores to the report's labels. Only the report tower (and the prompts) learn from it;
+            the image tower never sees labels. 0 switches it off.
+        prompt_scale: multiplier of the cosine difference in that loss (fixed; zero-shot ranking ignores it).
+        prompt_labels: the labels it fits: ``labeler`` (the rule labeler's reading of each report, uncertain
+            mentions left out) or ``dataset`` (the cache's label columns; on CT-RATE these are themselves
+            read from the reports, on the synthetic world they are the world's truth).
+        prompt_shuffle: control experiment: every report gets another training report's labels (seeded);
+            the prompt loss then must not raise the prompts' score on held-out reports.
     """
 
     roco: float = 1.0
@@ -61,6 +72,10 @@ class LossConfig:
     mlm: float = 0.0
     mlm_prob: float = 0.15
     mlm_entity_boost: float = 3.0
+    prompt: float = 0.0
+    prompt_scale: float = 10.0
+    prompt_labels: Literal["labeler", "dataset"] = "labeler"
+    prompt_shuffle: bool = False
 
     @property
     def distils(self) -> bool:
@@ -187,7 +202,7 @@ class TrainConfig:
         for name in LOSS_TERMS:
             if getattr(lo, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(lo, name)}: weights must be >= 0")
-        if lo.roco == lo.pkd == lo.srkd == lo.mlm == 0:
+        if lo.roco == lo.pkd == lo.srkd == lo.mlm == lo.prompt == 0:
             raise ValueError("loss: every weight is 0; nothing to train")
         if self.needs_targets and not da.retrieval:
             raise ValueError("data.retrieval is required by loss.pkd/srkd > 0, loss.false_negatives='text' "
@@ -199,6 +214,8 @@ class TrainConfig:
             raise ValueError("data.max_train picks a subset of the cache; with data.shards write a smaller shard set")
         if da.val_shards and da.max_val is not None:
             raise ValueError("data.max_val picks a subset of the cache; with data.val_shards write a smaller set")
+        if lo.prompt_scale <= 0:
+            raise ValueError(f"loss.prompt_scale={lo.prompt_scale}: must be > 0")
         if da.batch_size < 2:
             raise ValueError(f"data.batch_size={da.batch_size}: contrastive learning needs at least 2")
         if op.grad_accum < 1 or op.epochs < 1:

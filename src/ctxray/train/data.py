@@ -58,21 +58,26 @@ class PairCollator:
         target_kind: ``top1`` or ``topk_mean``: the target the KD terms distil.
         with_ct_text: also fetch the teacher's text embedding of each report (``ct_text``).
         id_map: optional id -> id remapping of the target rows (the shuffled-targets control).
+        report_labels: optional id -> (L,) label vector of the report (the prompt term's targets, NaN where
+            unknown); when given, batches hold ``report_labels`` (B, L).
     """
 
     def __init__(self, tokenizer: Any, max_length: int, targets: Any = None, target_kind: str = "top1",
-                 with_teacher: bool = False, with_ct_text: bool = False, id_map: dict[str, str] | None = None) -> None:
+                 with_teacher: bool = False, with_ct_text: bool = False, id_map: dict[str, str] | None = None,
+                 report_labels: dict[str, np.ndarray] | None = None) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.targets, self.target_kind = targets, target_kind
         self.with_teacher, self.with_ct_text = with_teacher, with_ct_text
         self.id_map = id_map
+        self.report_labels = report_labels
 
     def _lookup(self, ids: list[str], kind: str) -> torch.Tensor:
         return torch.as_tensor(self.targets.lookup(ids, kind=kind), dtype=torch.float32)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Shape: returns volume (B,1,D,H,W), input_ids/attention_mask (B,L), labels (B,18),
-        index (B,), slot (B,) for shard items, teacher/ct_text (B,Dt) when requested; ids: list[str]."""
+        index (B,), slot (B,) for shard items, teacher/ct_text (B,Dt) and report_labels (B,L) when
+        requested; ids: list[str]."""
         ids = [str(it["id"]) for it in items]
         batch: dict[str, Any] = {
             "ids": ids,
@@ -88,6 +93,9 @@ class PairCollator:
             batch["teacher"] = self._lookup(keys, self.target_kind)
         if self.with_ct_text:
             batch["ct_text"] = self._lookup(ids, "ct_text")
+        if self.report_labels is not None:
+            batch["report_labels"] = torch.as_tensor(np.stack([self.report_labels[i] for i in ids]),
+                                                     dtype=torch.float32)
         return batch
 
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ctxray.config import save_config
 from ctxray.labels import load_labels
 from ctxray.models.text import Tokenizer
+from ctxray.models.zeroshot import prompt_texts
 from ctxray.train import checkpoint as ckpt
 from ctxray.train import distributed as D
 from ctxray.train.config import TrainConfig
@@ -144,8 +145,13 @@ class Trainer:
         cfg, tok = self.config, self.tokenizer
         labels = load_labels()
         phrases = [p for lab in labels.labels for p in (lab.name, *lab.phrases)]
+        self.prompt_batch, counts = None, None
+        if cfg.loss.prompt > 0:  # the zero-shot prompts, tokenised once, encoded every step (with gradients)
+            texts, counts = prompt_texts(labels)
+            enc = tok(texts, max_length=cfg.model.text.max_length)
+            self.prompt_batch = {k: v.to(self.rt.device) for k, v in enc.items()}
         self.objective = Objective(cfg.loss, entity_token_ids(tok, phrases) if cfg.loss.mlm > 0 else None,
-                                   sorted(tok.special_ids), tok.mask_id, tok.vocab_size)
+                                   sorted(tok.special_ids), tok.mask_id, tok.vocab_size, prompt_counts=counts)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         micro = self.data.micro_batches
         self.steps_per_epoch = micro // cfg.optim.grad_accum
@@ -160,7 +166,7 @@ class Trainer:
         if not D.is_distributed():
             return self.model
         lo = self.config.loss
-        unused = lo.roco == 0  # the temperature (and the text tower without MLM) get no gradient
+        unused = lo.roco == 0  # the temperature (and the text tower without MLM or prompts) get no gradient
         ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
 
@@ -218,12 +224,15 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
         batch = to_device(batch, self.rt.device)
         masked = self.objective.mask_batch(batch)
+        prompts = self.prompt_batch or {}
         no_sync = getattr(self.ddp, "no_sync", None)
         ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with ctx:
             with self.rt.autocast():
                 out = self.ddp(batch["volume"], batch["input_ids"], batch["attention_mask"],
-                               mlm_input_ids=None if masked is None else masked[0])
+                               mlm_input_ids=None if masked is None else masked[0],
+                               prompt_input_ids=prompts.get("input_ids"),
+                               prompt_attention_mask=prompts.get("attention_mask"))
             loss, logged = self.objective(out, batch, None if masked is None else masked[1])
             self.scaler.scale(loss / self.config.optim.grad_accum).backward()
         return logged

@@ -1,9 +1,9 @@
 """The BIUD objective on one (micro-)batch: gather across ranks, build the false-negative mask, weigh terms.
 
-``L = roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM``. The contrastive, pair-wise and relation
-terms are computed on the global batch (features gathered from every rank, local gradients kept);
-the MLM term is a per-rank mean. See ``Objective.__call__`` for how the backward loss is scaled so
-that DDP's gradient averaging yields exactly the single-process gradient of the global batch.
+``L = roco*L_RoCo + pkd*L_PKD + srkd*L_SRKD + mlm*L_MLM + prompt*L_prompt``. The contrastive, pair-wise,
+relation and prompt terms are computed on the global batch (features gathered from every rank, local
+gradients kept); the MLM term is a per-rank mean. See ``Objective.__call__`` for how the backward loss is
+scaled so that DDP's gradient averaging yields exactly the single-process gradient of the global batch.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from ctxray.losses import (
     MaskedLMLoss,
     PairwiseKDLoss,
     RelationKDLoss,
+    ReportPromptLoss,
     RobustContrastiveLoss,
     equivalence_from_labels,
     equivalence_from_text,
     mask_entity_tokens,
 )
+from ctxray.models.zeroshot import ensemble_directions
 from ctxray.train.config import LOSS_TERMS, LossConfig
 from ctxray.train.distributed import gather_features, is_distributed
 
@@ -56,16 +58,23 @@ class Objective(nn.Module):
         cfg: weights and loss options; a weight of 0 switches its term off (it is not computed).
         entity_ids: token ids masked preferentially by the MLM term.
         special_ids, mask_id, vocab_size: the tokenizer's, for MLM masking.
+        prompt_counts: ``(n_pos, n_neg)`` prompts per label, in the order the model's ``prompts`` output
+            holds them (``ctxray.models.zeroshot.prompt_texts``); needed when ``cfg.prompt > 0``.
     """
 
     def __init__(self, cfg: LossConfig, entity_ids: list[int] | None = None, special_ids: list[int] | None = None,
-                 mask_id: int | None = None, vocab_size: int | None = None) -> None:
+                 mask_id: int | None = None, vocab_size: int | None = None,
+                 prompt_counts: list[tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.roco = RobustContrastiveLoss(cfg.correction)
         self.pkd = PairwiseKDLoss(cfg.pkd_kind)
         self.srkd = RelationKDLoss(cfg.srkd_tau)
         self.mlm = MaskedLMLoss()
+        self.prompt = ReportPromptLoss(cfg.prompt_scale)
+        self.prompt_counts = prompt_counts
+        if cfg.prompt > 0 and not prompt_counts:
+            raise ValueError("loss.prompt > 0 needs the zero-shot prompts' counts per label")
         self.entity_ids = entity_ids or []
         self.special_ids = special_ids or []
         self.mask_id, self.vocab_size = mask_id, vocab_size
@@ -110,18 +119,21 @@ class Objective(nn.Module):
         """Loss of one micro-batch.
 
         Args:
-            out: the model's forward dict (``volume``, ``text``, ``logit_scale``, ``kd``, ``mlm_logits``).
-            batch: ``labels`` (B, 18), optionally ``teacher`` (B, Dt) and ``ct_text`` (B, Dt).
+            out: the model's forward dict (``volume``, ``text``, ``logit_scale``, ``kd``, ``mlm_logits``,
+                ``prompts``).
+            batch: ``labels`` (B, 18), optionally ``teacher`` (B, Dt), ``ct_text`` (B, Dt) and
+                ``report_labels`` (B, L) (the prompt term's targets, NaN where unknown).
             mlm_labels: (B, L) from ``mask_batch`` when MLM is on.
 
         Returns:
             (backward loss, logged terms). Every rank computes the same global-batch terms with the
             local rows carrying gradients; DDP averages gradients over ``W`` ranks, so the global
             terms enter the backward loss multiplied by ``W`` (exact single-process gradients), the
-            per-rank MLM mean by 1. The temperature is not sharded (every rank sees its whole
-            gradient), so its gradient is scaled by ``1/W`` inside the loss. Logged terms are detached
-            global values (MLM averaged over ranks) plus ``loss`` (their weighted sum) and ``logit_scale``,
-            and monitors: ``volume_cos`` / ``text_cos`` (with the contrastive term) and ``pkd_shuffled``.
+            per-rank MLM mean by 1. The temperature and the prompt embeddings are not sharded (every rank
+            sees their whole gradient: the same prompts are encoded on every rank), so their gradients are
+            scaled by ``1/W`` inside the loss. Logged terms are detached global values (MLM averaged over
+            ranks) plus ``loss`` (their weighted sum) and ``logit_scale``, and monitors: ``volume_cos`` /
+            ``text_cos`` (with the contrastive term) and ``pkd_shuffled``.
         """
         cfg = self.cfg
         world = dist.get_world_size() if is_distributed() else 1
@@ -146,6 +158,13 @@ class Objective(nn.Module):
             terms["pkd"] = self.pkd(kd, teacher)
         if cfg.srkd > 0:
             terms["srkd"] = self.srkd(kd, teacher)
+        if cfg.prompt > 0:
+            if "prompts" not in out or "report_labels" not in batch:
+                raise ValueError("loss.prompt > 0 needs prompts in the model output and report_labels in the batch")
+            prompts = _grad_scaled(out["prompts"].float(), 1.0 / world)
+            pos, neg = ensemble_directions(prompts, self.prompt_counts)
+            terms["prompt"] = self.prompt(gather_features(out["text"].float()), pos, neg,
+                                          gather_features(batch["report_labels"].float()))
         zero = out["volume"].new_zeros((), dtype=torch.float32)
         global_loss = sum((getattr(cfg, k) * v for k, v in terms.items()), zero)
         backward = global_loss * world

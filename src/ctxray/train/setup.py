@@ -18,7 +18,8 @@ from ctxray.config import to_dict
 from ctxray.data.cachedir import CacheIndex, read_cache, read_spec
 from ctxray.data.dataset import CTCacheDataset
 from ctxray.data.shards import read_index
-from ctxray.labels import load_labels
+from ctxray.labeler import label_matrix, label_names
+from ctxray.labels import CT_RATE_LABELS, LabelSet, load_labels
 from ctxray.losses import PairwiseKDLoss
 from ctxray.models.dual import DualEncoder, init_text_from_teacher, teacher_text_config, teacher_text_tower
 from ctxray.models.hf_folder import copy_text_backbone
@@ -35,7 +36,7 @@ from ctxray.train.data import (
     subset_indices,
 )
 from ctxray.train.runtime import Runtime
-from ctxray.train.shard_data import build_shard_train, build_shard_val
+from ctxray.train.shard_data import build_shard_train, build_shard_val, train_rows
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: Ca
         train_set, epochs = build_shard_train(config, rt.rank, rt.world_size)
         all_ids = [str(m["id"]) for _, m in train_set.members]  # the index's order, which meta.jsonl follows
         _check_spec(config, train_set.spec, cache)
-        collator = _collator(config, tokenizer, targets, all_ids, collator_args)
+        collator = _collator(config, tokenizer, targets, all_ids, collator_args, cache)
         loader = DataLoader(train_set, batch_size=da.batch_size, collate_fn=collator, num_workers=da.num_workers,
                             drop_last=True, generator=gen, pin_memory=pin)
         sampler, train_ids, micro = None, all_ids, epochs.micro_batches
@@ -123,7 +124,7 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: Ca
         full = CTCacheDataset(cache, split=da.train_split, augment=da.augment, seed=config.seed)
         train_set = Subset(full, subset_indices(len(full), da.max_train, config.seed))
         all_ids = [str(e["id"]) for e in full.entries]
-        collator = _collator(config, tokenizer, targets, all_ids, collator_args)
+        collator = _collator(config, tokenizer, targets, all_ids, collator_args, cache)
         sampler = ResumableSampler(train_set, rt.world_size, rt.rank, seed=config.seed)
         if sampler.num_samples < da.batch_size:
             raise ValueError(f"{da.cache}: split {da.train_split!r} gives {sampler.num_samples} pairs per rank, "
@@ -137,10 +138,61 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, rt: Runtime, cache: Ca
 
 
 def _collator(config: TrainConfig, tokenizer: Tokenizer, targets: Any, ids: list[str],
-              args: dict[str, bool]) -> PairCollator:
+              args: dict[str, bool], cache: CacheIndex | None = None) -> PairCollator:
     """The training collator; ``ids`` (the whole training split) feed the shuffled-targets control."""
     id_map = shuffled_id_map(ids, config.seed) if config.data.shuffle_targets and targets is not None else None
-    return PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target, id_map=id_map, **args)
+    table = None
+    if config.loss.prompt > 0:
+        table = report_label_table(train_rows(config, cache), load_labels(), config.loss.prompt_labels,
+                                   shuffle_seed=config.seed if config.loss.prompt_shuffle else None)
+    return PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target, id_map=id_map,
+                        report_labels=table, **args)
+
+
+# Offsets the prompt-label control's permutation from the shuffled-targets control's (same seed otherwise).
+PROMPT_SHUFFLE_SEED = 104729
+
+
+def report_label_table(rows: list[dict[str, Any]], label_set: LabelSet, source: str = "labeler",
+                       shuffle_seed: int | None = None) -> dict[str, np.ndarray]:
+    """The prompt term's targets: each training report's labels, in ``label_set.names`` order.
+
+    Args:
+        rows: training rows with ``id``, ``report`` and (for ``source="dataset"``) ``labels`` (18, CT-RATE order).
+        source: ``labeler`` reads every report with the rule labeler (uncertain mentions become NaN: left out
+            by the loss); ``dataset`` takes the rows' label columns (NaN where unknown).
+        shuffle_seed: the control: when set, every report gets another report's labels (a seeded
+            permutation without fixed points).
+
+    Returns:
+        id -> (len(label_set),) float32; NaN for a label the source does not know.
+    """
+    if source not in ("labeler", "dataset"):
+        raise ValueError(f"loss.prompt_labels={source!r}: expected 'labeler' or 'dataset'")
+    ids = [str(r["id"]) for r in rows]
+    if source == "labeler":
+        read = label_matrix([str(r.get("report", "")) for r in rows], uncertain_as=float("nan"))
+        columns = label_names("ct")
+    else:
+        read = np.array([[np.nan if v is None else v for v in (r.get("labels") or [None] * len(CT_RATE_LABELS))]
+                         for r in rows], dtype=np.float32).reshape(len(rows), len(CT_RATE_LABELS))
+        columns = list(CT_RATE_LABELS)
+    table = np.full((len(rows), len(label_set)), np.nan, dtype=np.float32)
+    for j, name in enumerate(label_set.names):
+        if name in columns:
+            table[:, j] = read[:, columns.index(name)]
+        else:
+            log.warning("loss.prompt: label %r is not a %s column; the prompt term leaves it out", name, source)
+    known = np.isfinite(table)
+    log.info("prompt term: labels of %d training reports from the %s, %.1f%% of entries known, %.1f%% of the "
+             "known positive%s", len(rows), source, 100 * known.mean() if table.size else 0.0,
+             100 * float(np.nanmean(table)) if known.any() else 0.0,
+             "; shuffled across reports (control)" if shuffle_seed is not None else "")
+    if shuffle_seed is not None:
+        other = shuffled_id_map(ids, shuffle_seed + PROMPT_SHUFFLE_SEED)
+        position = {i: k for k, i in enumerate(ids)}
+        return {i: table[position[other[i]]] for i in ids}
+    return {i: table[k] for k, i in enumerate(ids)}
 
 
 def _check_spec(config: TrainConfig, spec: Any, cache: CacheIndex | None) -> None:
