@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctxray.generate.checks import contradictions, laterality_agreement, stated_sides
-from ctxray.generate.plan import Plan, f1_thresholds, plans_from_reports, shuffled_plans
+from ctxray.generate.plan import Plan, SideProbe, f1_thresholds, plans_from_reports, shuffled_plans
 from ctxray.generate.realise import SentenceBank, sentences_of
 from ctxray.labeler import label_report
 
@@ -112,3 +112,29 @@ def test_impression_lists_findings_in_the_training_reports_usual_order() -> None
     for neighbours in ([], [3], [1]):  # the last report lists the nodule first: its order must not leak
         _, impression = bank.realise(plan, neighbours=neighbours)
         assert impression.startswith("Cardiomegaly.") and "nodule" in impression, (neighbours, impression)
+
+
+def _sided_features(n: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Left-third and right-third features where a lesion raises channel 0 of its own side; the mirror swaps them."""
+    rng = np.random.default_rng(seed)
+    side = rng.integers(0, 2, n)
+    left, right = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    left[side == 0, 0] += signal
+    right[side == 1, 0] += signal
+    targets = np.stack([side == 0, side == 1], axis=1).astype(float)[:, None, :]  # (N, 1 label, 2)
+    truth = [("left", "right")[s] for s in side]
+    return np.concatenate([left, right], 1), np.concatenate([right, left], 1), targets, truth
+
+
+def test_side_probe_reads_the_lesion_side_and_a_mirror_image_swaps_it() -> None:
+    x, x_mirror, targets, truth = _sided_features(300, 3.0, seed=0)
+    probe = SideProbe().fit(x[:200], x_mirror[:200], targets[:200])
+    got = [probe.side(x[i], 0) for i in range(200, 300)]
+    mirrored = [probe.side(x_mirror[i], 0) for i in range(200, 300)]
+    assert np.mean([g == t for g, t in zip(got, truth[200:])]) >= 0.9
+    assert np.mean([g == t for g, t in zip(mirrored, truth[200:])]) <= 0.1
+    # control: features that carry no side (no lesion signal) give chance
+    x0, x0_mirror, targets0, truth0 = _sided_features(300, 0.0, seed=1)
+    control = SideProbe().fit(x0[:200], x0_mirror[:200], targets0[:200])
+    hits = np.mean([control.side(x0[i], 0) == t for i, t in zip(range(200, 300), truth0[200:])])
+    assert 0.3 <= hits <= 0.7

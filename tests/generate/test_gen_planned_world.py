@@ -92,7 +92,7 @@ def test_no_report_states_a_finding_and_its_negation(fitted) -> None:
         assert all(t.strip() for t in texts)
 
 
-def test_sides_follow_the_plan_and_the_planned_sides_beat_their_mirror(fitted) -> None:
+def test_sides_follow_the_plan(fitted) -> None:
     gen, feats, valid, _, truths = fitted
     oracle = plans_from_reports([i.report for i in valid])
     exact = laterality_agreement(_texts(gen, oracle), truths)
@@ -100,7 +100,9 @@ def test_sides_follow_the_plan_and_the_planned_sides_beat_their_mirror(fitted) -
     # differs), 0.989 on the demo world (README); a mirrored plan falls below 0.5
     assert exact["n"] >= 30 and exact["exact"] >= 0.97
     assert laterality_agreement(_texts(gen, _mirrored(oracle)), truths)["exact"] < 0.5
-    plans = gen.plan(feats)
-    got = laterality_agreement(_texts(gen, plans), truths)
-    mirror = laterality_agreement(_texts(gen, _mirrored(plans)), truths)
-    assert got["n"] >= 10 and got["exact"] > mirror["exact"], (got["exact"], mirror["exact"])
+    # The sides the generator plans from these fixed intensity-band features are at chance on the tiny world: exact
+    # 0.471 against 0.460 for their mirror at fb55bcd, 0.500 against 0.512 after the renderer change of 073f817
+    # (the descending aorta beside the spine, fibrotic bands); a check that they beat their mirror passed by one
+    # finding in 87 and was dropped. The side probe itself is tested where a side signal exists
+    # (tests/generate/test_gen_planned_units.py); the demo world's figure is in the README.
+    assert laterality_agreement(_texts(gen, gen.plan(feats)), truths)["n"] >= 10
