@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxray.models.zeroshot import zero_shot_logits
+
 __all__ = [
     "MaskedLMLoss",
     "PairwiseKDLoss",
@@ -296,7 +298,7 @@ class ReportPromptLoss(nn.Module):
                              f"{tuple(pos.shape)}, {tuple(neg.shape)}")
         if labels.shape != (text.shape[0], pos.shape[0]):
             raise ValueError(f"labels must be ({text.shape[0]}, {pos.shape[0]}); got {tuple(labels.shape)}")
-        logits = self.scale * (text @ pos.T - text @ neg.T)  # (B, L)
+        logits = zero_shot_logits(text, pos, neg, self.scale)  # (B, L): zero-shot's own score of each report
         known = torch.isfinite(labels)
         if not known.any():
             return logits.sum() * 0.0
