@@ -130,4 +130,3 @@ def test_tiny_world_shuffled_targets_stay_at_the_constant_prediction_level(tiny_
                  "--out", str(run), "--set", "data.shuffle_targets=true"]) == 0
     result = json.loads((run / "metrics.json").read_text())
     assert result["pkd_last_epoch"] > result["pkd_mean_level"] - PKD_GAP
-

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxray.models.resnet3d import Norm, ResNet3D
+from ctxray.models.resnet3d import Norm, ResNet3D, _norm
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ class PatchEncoder(nn.Module):
     def __init__(self, input_shape: Sequence[int], patch: Sequence[int], widths: Sequence[int] = (8, 16),
                  norm: Norm = "batch") -> None:
         super().__init__()
-        from ctxray.models.resnet3d import _norm
-
         self.input_shape, self.patch = tuple(input_shape), tuple(int(p) for p in patch)
         pd, ph, pw = self.patch
         uneven = any(n % p for n, p in zip(self.input_shape, self.patch))
