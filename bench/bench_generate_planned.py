@@ -11,7 +11,9 @@ groups), laterality against ``ground_truth.jsonl``, and reports that state a fin
 
 The operating point (F-beta of the thresholds, share of volumes the normal gate passes as normal) is chosen
 once per planner and CT model on the training split (out-of-fold, ``ctxray.generate.tune``) with the first
-seed, then kept for every seed. Rows: each planner x CT model x seed;
+seed, then kept for every seed; with ``--calibration-cache C2`` (volumes the CT models never saw, e.g. a
+world of another seed) it is chosen on C2 instead, and each seed's normal gate takes its quantile there.
+Rows: each planner x CT model x seed;
 ``template`` (the most common training report), ``oracle`` (plan =
 the reference's findings and sides), ``shuffled`` (another validation volume's plan, per seed), and
 learnt decoders given as ``--decoders NAME=G`` (their ``samples.jsonl``).
@@ -60,8 +62,8 @@ def _encode(name: str, checkpoint: str, init: str, items, work: Path):
         pos, neg = prompt_embeddings(model, tokenizer, load_labels())
         data.update({"pos": pos.numpy(), "neg": neg.numpy(), "scale": np.array([logit_scale_of(model)])})
         np.savez(path, **data)
-    feats = {s: {k.split(".", 1)[1]: v for k, v in data.items() if k.startswith(s + ".")}
-             for s in ("train", "flip", "valid")}
+    splits = {k.split(".", 1)[0] for k in data if "." in k}  # "pos", "neg", "scale" have none
+    feats = {s: {k.split(".", 1)[1]: v for k, v in data.items() if k.startswith(s + ".")} for s in splits}
     prompts = (data["pos"].astype(np.float64), data["neg"].astype(np.float64), float(data["scale"][0]))
     return feats, prompts
 
@@ -74,8 +76,8 @@ def main() -> None:
     from ctxray.generate.data import most_common_report, read_items
     from ctxray.generate.plan import plans_from_reports, shuffled_plans
     from ctxray.generate.planned import PlannedConfig, fit_planned
-    from ctxray.generate.run_planned import patient_of
-    from ctxray.generate.tune import choose_operating_point
+    from ctxray.generate.run_planned import calibration_items, patient_of
+    from ctxray.generate.tune import Calibration, calibrate_gate, choose_operating_point
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", required=True)
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--no-tune", action="store_true", help="use the first --betas and --shares as they are")
     ap.add_argument("--decoders", nargs="*", default=[], metavar="NAME=G")
     ap.add_argument("--work", required=True)
+    ap.add_argument("--calibration-cache", default=None,
+                    help="volumes the CT models never saw: operating point and gate chosen on them (all splits)")
     ap.add_argument("--java", choices=["auto", "on", "off"], default="auto")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -130,6 +134,11 @@ def main() -> None:
     for name, ckpt, init in runs:
         feats, prompts = _encode(name, ckpt, init, {"train": train, "valid": valid}, work)
         groups = [patient_of(i.id) for i in train]
+        calibration = None
+        if args.calibration_cache:
+            cal = calibration_items(args.calibration_cache, None, args.cache, "train")
+            cal_feats, _ = _encode(f"{name}_calibration", ckpt, init, {"calibration": cal}, work)
+            calibration = Calibration(cal_feats["calibration"], [i.findings for i in cal], [i.impression for i in cal])
         for planner in args.planners:
             base_cfg = PlannedConfig(planner=planner, probe_features=args.probe_features, wording=args.wording,
                                      seed=args.seeds[0])
@@ -137,13 +146,17 @@ def main() -> None:
                 chosen = replace(base_cfg, beta=args.betas[0], normal_share=args.shares[0])
             else:
                 chosen, tuning = choose_operating_point(feats["train"], feats["flip"], *sections, skeleton, base_cfg,
-                                                        groups, prompts, betas=args.betas, shares=args.shares)
+                                                        groups, prompts, betas=args.betas, shares=args.shares,
+                                                        calibration=calibration)
                 (work / f"tuning_{planner}_{name}.json").write_text(json.dumps(tuning, indent=1))
-            print(f"{planner} ({name}): chosen on the training split: beta {chosen.beta}, normal share "
+            where = "the training split" if calibration is None else f"calibration ({len(calibration.findings)})"
+            print(f"{planner} ({name}): chosen on {where}: beta {chosen.beta}, normal share "
                   f"{chosen.normal_share} [{time.time() - t0:.0f}s]", flush=True)
             for seed in args.seeds:
                 cfg = replace(chosen, seed=seed)
                 gen = fit_planned(feats["train"], feats["flip"], *sections, skeleton, cfg, prompts, groups)
+                if calibration is not None:
+                    calibrate_gate(gen, calibration, cfg.normal_share)
                 plans = gen.plan(feats["valid"])
                 nb = gen.neighbours(feats["valid"])
                 texts = [report_text(f, i) for f, i in gen.write(plans, nb)]

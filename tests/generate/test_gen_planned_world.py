@@ -106,3 +106,20 @@ def test_sides_follow_the_plan(fitted) -> None:
     # finding in 87 and was dropped. The side probe itself is tested where a side signal exists
     # (tests/generate/test_gen_planned_units.py); the demo world's figure is in the README.
     assert laterality_agreement(_texts(gen, gen.plan(feats)), truths)["n"] >= 10
+
+
+def test_a_gate_calibrated_on_new_volumes_plans_that_share_of_them_normal(fitted) -> None:
+    from dataclasses import replace
+
+    from ctxray.generate.tune import Calibration, calibrate_gate
+
+    gen, feats, valid, template, _ = fitted
+    cal = Calibration(feats, [i.findings for i in valid], [i.impression for i in valid])
+    calibrated = calibrate_gate(replace(gen), cal, 0.5)
+    gated = calibrated.p_normal(feats) >= calibrated.gate_threshold
+    assert abs(gated.mean() - 0.5) <= 1.0 / len(valid) + 1e-9
+    plans = calibrated.plan(feats)
+    assert all(not plans[i].labels for i in range(len(plans)) if gated[i])
+    texts = _texts(calibrated, plans)
+    assert all(texts[i] == template for i in range(len(texts)) if gated[i])  # the template, word for word
+    assert gen.cfg.gate_quantile_on == "train" and calibrated.cfg.gate_quantile_on == "calibration"  # a copy

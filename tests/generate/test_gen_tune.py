@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,3 +54,73 @@ def test_choice_is_the_best_clinical_f1_that_keeps_the_templates_overlap(monkeyp
     assert len(rows) == 4 and all(r["template"]["BLEU-4"] == 0.2 for r in rows)
     for r in rows:
         assert r["worst_ratio_to_template"] == pytest.approx(reach[(r["normal_share"], r["beta"])][0])
+
+
+def test_with_a_calibration_set_the_choice_is_scored_on_it(monkeypatch):
+    """Calibration volumes, not training folds, are written and scored, against their own references."""
+    cal = tune.Calibration({"embedding": np.zeros((2, 3))}, ["Small left pleural effusion.", "Heart size normal."],
+                           ["Effusion.", "No effusion."])
+    seen: dict = {"refs": []}
+    monkeypatch.setattr(tune, "fit_planned", lambda *a, **k: SimpleNamespace(names=["x"]))
+    monkeypatch.setattr(tune, "training_reports", lambda *a, **k: pytest.fail("training folds were used"))
+
+    def cal_reports(gen, calibration, beta, share, y_train):
+        assert calibration is cal
+        return [f"{share}|{beta}"] * 2
+
+    monkeypatch.setattr(tune, "calibration_reports", cal_reports)
+    monkeypatch.setattr(tune, "_labels", lambda texts, names: list(texts))
+
+    def nlg(texts, refs, use_java=False):
+        seen["refs"].append(list(refs))
+        if texts[0] == TEMPLATE:
+            return {"BLEU-4": 0.2, "ROUGE-L": 0.4, "CIDEr": 0.5}
+        share = float(texts[0].split("|")[0])
+        return {"BLEU-4": 0.2 * (1.2 if share == 0.6 else 0.8), "ROUGE-L": 0.4, "CIDEr": 0.5}
+
+    monkeypatch.setattr(tune, "nlg_metrics", nlg)
+    monkeypatch.setattr(tune, "label_scores", lambda y, pred, names: [SimpleNamespace(f1=0.3), None])
+    cfg, rows = tune.choose_operating_point({}, {}, ["Heart size normal."], ["No effusion."],
+                                            ("Heart size normal.", "No effusion."), PlannedConfig(), ["p1"],
+                                            betas=(0.75,), shares=(0.45, 0.6), calibration=cal)
+    assert (cfg.normal_share, cfg.beta, cfg.gate_quantile_on) == (0.6, 0.75, "calibration")
+    assert all(refs == cal.reports for refs in seen["refs"])  # template and settings scored on calibration
+    assert {r["on"] for r in rows} == {"calibration"} and {r["volumes"] for r in rows} == {2}
+
+
+def test_calibrated_gate_passes_the_asked_share_of_calibration_volumes_as_normal():
+    p = np.linspace(0.0, 1.0, 101)
+    gen = SimpleNamespace(p_normal=lambda feats: p, cfg=PlannedConfig(normal_share=0.1), gate_threshold=0.99)
+    cal = tune.Calibration({"embedding": np.zeros((101, 2))}, ["a"] * 101, [""] * 101)
+    tune.calibrate_gate(gen, cal, 0.3)
+    assert np.mean(p >= gen.gate_threshold) == pytest.approx(0.3, abs=0.011)
+    assert (gen.cfg.normal_share, gen.cfg.gate_quantile_on) == (0.3, "calibration")
+    tune.calibrate_gate(gen, cal, 0.0)
+    assert gen.gate_threshold == float("inf")  # share 0: the gate is off
+
+
+def test_calibration_set_needs_one_report_per_volume():
+    with pytest.raises(ValueError, match="3 volumes, 2 findings"):
+        tune.Calibration({"embedding": np.zeros((3, 2))}, ["a", "b"], ["", "", ""])
+
+
+def _cache(root, rows):
+    root.mkdir(parents=True)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_a_calibration_volume_the_model_trained_on_is_refused(tmp_path):
+    from ctxray.generate.run_planned import calibration_items
+
+    report = "Heart size normal. Impression: no acute finding."
+    train = _cache(tmp_path / "train", [{"id": f"t{i}", "split": "train", "report": report, "sha256": f"h{i}"}
+                                        for i in range(3)])
+    fresh = _cache(tmp_path / "fresh", [{"id": "t0", "split": "train", "report": report, "sha256": "new0"},
+                                        {"id": "t1", "split": "valid", "report": report, "sha256": "new1"}])
+    items = calibration_items(fresh, None, train, "train")  # the same ids, other bytes: another world
+    assert [i.id for i in items] == ["t0", "t1"]
+    assert [i.id for i in calibration_items(fresh, ["valid"], train, "train")] == ["t1"]
+    seen = _cache(tmp_path / "seen", [{"id": "c0", "split": "valid", "report": report, "sha256": "h2"}])
+    with pytest.raises(ValueError, match=r"seen: 1 calibration volume\(s\) are training volumes .* c0"):
+        calibration_items(seen, None, train, "train")

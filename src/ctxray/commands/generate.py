@@ -4,6 +4,7 @@
     ctxray generate run --model G (--cache C [--split valid] | --volumes V ...) --out DIR
     ctxray generate compare NAME=G [NAME=G ...] [--examples N]
     ctxray generate plan --checkpoint RUN --cache C --out G [--planner probe|zeroshot] [--seed N] [--ground-truth F]
+                         [--calibration-cache C2]
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pl.add_argument("--no-tune", action="store_true",
                     help="keep --set beta/wording instead of choosing them on the training split")
     pl.add_argument("--ground-truth", default=None, help="a synthetic world's ground_truth.jsonl (laterality check)")
+    pl.add_argument("--calibration-cache", default=None,
+                    help="a cache of volumes with reports the CT model never trained on: the operating point and "
+                         "the normal gate are chosen on it instead of the training split (recommended)")
+    pl.add_argument("--calibration-splits", default=None, help="its splits, comma-separated (default: all)")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a PlannedConfig field, e.g. --set probe_c=0.05 (repeatable)")
 
@@ -94,8 +99,10 @@ def _plan(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, f"planner={args.planner}", f"seed={args.seed}"]
     cfg = load_config(PlannedConfig, None, overrides)
     split = None if args.eval_split == "none" else args.eval_split
+    cal_splits = args.calibration_splits.split(",") if args.calibration_splits else None
     train_planned(args.checkpoint, args.cache, args.out, cfg, eval_split=split, tune=not args.no_tune,
-                  ground_truth=args.ground_truth)
+                  ground_truth=args.ground_truth, calibration_cache=args.calibration_cache,
+                  calibration_splits=cal_splits)
     return 0
 
 

@@ -75,7 +75,11 @@ class PlannedConfig:
         folds: k of the out-of-fold training predictions the probe's thresholds are chosen on.
         beta: thresholds maximise F-beta on the training split (``< 1``: fewer, surer findings).
         normal_share: the normal gate: volumes whose probability of a normal report (a probe on the same
-            features) is above its ``1 - normal_share`` training quantile get no findings at all (0: off).
+            features) is above its ``1 - normal_share`` quantile get no findings at all (0: off).
+        gate_quantile_on: where that quantile is taken: ``train`` (out-of-fold P(normal) of the training
+            volumes) or ``calibration`` (volumes the CT encoder never saw, :class:`ctxray.generate.tune.Calibration`;
+            the encoder is surer of its own training volumes than of new ones, so a training quantile
+            passes fewer new volumes as normal than asked).
         wording: ``neighbours`` (prefer the sentences of the nearest training volumes) or ``frequent``
             (the most frequent training sentence that states the planned finding).
         neighbours: training volumes whose sentences are preferred, nearest first.
@@ -91,6 +95,7 @@ class PlannedConfig:
     folds: int = 5
     beta: float = 1.0
     normal_share: float = 0.0
+    gate_quantile_on: Literal["train", "calibration"] = "train"
     wording: Literal["neighbours", "frequent"] = "neighbours"
     neighbours: int = 10
     sided_min_rate: float = 0.5
@@ -179,10 +184,16 @@ class PlannedGenerator:
         logits = scale * (feats["embedding"] @ pos.T - feats["embedding"] @ neg.T)
         return 1.0 / (1.0 + np.exp(-logits))
 
+    def p_normal(self, feats: Features) -> np.ndarray:
+        """The gate's probability that a volume's report is normal. Shape: -> (N,)."""
+        if self.gate is None:
+            raise RuntimeError("this planned generator has no normal gate")
+        return self.gate.scores(probe_input(feats, self.cfg.probe_features))[:, 0]
+
     def plan(self, feats: Features) -> list[Plan]:
         scores = self.scores(feats)
         if self.gate is not None:
-            normal = self.gate.scores(probe_input(feats, self.cfg.probe_features))[:, 0] >= self.gate_threshold
+            normal = self.p_normal(feats) >= self.gate_threshold
             scores = np.where(normal[:, None], -np.inf, scores)
         return plans_from_scores(scores, self.thresholds, self.names, feats["sides"], self.sides, self.sided)
 

@@ -1,8 +1,9 @@
 """``ctxray generate plan``: fit, save and evaluate the planned generator; write its reports.
 
 - :func:`train_planned`: the CT model of a training run, frozen; planner and sentence bank from the cache's
-  training split (operating point chosen on training data, :mod:`ctxray.generate.tune`); evaluated on the
-  eval split against the normal template, the oracle plan and the shuffled-plan control.
+  training split (operating point chosen on training data, or on a calibration cache of volumes the CT model
+  never saw, :mod:`ctxray.generate.tune`); evaluated on the eval split against the normal template, the
+  oracle plan and the shuffled-plan control.
 - :func:`planned_reports`: reports of a planned generator folder for loaded volumes (``generate run`` and
   ``predict`` call it).
 """
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxray.data.cachedir import read_manifest
 from ctxray.data.text import report_text
 from ctxray.generate.checks import score_generated
-from ctxray.generate.data import load_cached_volume, most_common_report, read_items
+from ctxray.generate.data import ReportItem, load_cached_volume, most_common_report, read_items
 from ctxray.generate.metrics import score_reports
 from ctxray.generate.plan import plans_from_reports, shuffled_plans
 from ctxray.generate.planned import (
@@ -32,7 +34,7 @@ from ctxray.generate.planned import (
     save_planned,
 )
 from ctxray.generate.train import freeze
-from ctxray.generate.tune import choose_operating_point
+from ctxray.generate.tune import Calibration, calibrate_gate, choose_operating_point
 from ctxray.labels import load_labels
 from ctxray.models.zeroshot import logit_scale_of, prompt_embeddings
 from ctxray.train.checkpoint import load_model
@@ -65,16 +67,41 @@ def patient_of(volume_id: str) -> str:
     return "_".join(parts[:2]) if len(parts) >= 4 else volume_id
 
 
+def calibration_items(calibration_cache: str | Path, splits: Sequence[str] | None, cache: str | Path,
+                      train_split: str) -> list[ReportItem]:
+    """The volumes of a calibration cache (``splits``; None: all), checked not to repeat a training volume.
+
+    Raises:
+        ValueError: a calibration volume has the same bytes (manifest sha256) as one of ``cache``'s
+            ``train_split`` volumes: the CT model has seen it, which is what calibration must avoid.
+    """
+    items = [i for split in (splits or [None]) for i in read_items(calibration_cache, split)]
+    seen = {r.get("sha256") for r in read_manifest(cache, train_split)} - {None}
+    cal_rows = [r for split in (splits or [None]) for r in read_manifest(calibration_cache, split)]
+    repeated = [r["id"] for r in cal_rows if r.get("sha256") in seen]
+    if repeated:
+        raise ValueError(f"{calibration_cache}: {len(repeated)} calibration volume(s) are training volumes of "
+                         f"{cache} (same sha256), e.g. {repeated[0]}; calibrate on volumes the CT model never saw")
+    log.info("calibration set: %d volumes from %s", len(items), calibration_cache)
+    return items
+
+
 def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cfg: PlannedConfig,
-                  eval_split: str | None = "valid", tune: bool = True, ground_truth: str | Path | None = None) -> dict:
+                  eval_split: str | None = "valid", tune: bool = True, ground_truth: str | Path | None = None,
+                  calibration_cache: str | Path | None = None,
+                  calibration_splits: Sequence[str] | None = None) -> dict:
     """Fit and save a planned generator; evaluate it on ``eval_split`` (None: no evaluation).
 
     Args:
         checkpoint: a training run or checkpoint folder.
         cache: the volume cache (train split: planner and sentences; eval split: evaluation).
         out: the generator folder to write.
-        tune: choose ``beta`` and ``wording`` on the training split (else use ``cfg``'s).
+        tune: choose ``beta`` and ``normal_share`` on the training split or the calibration set (else use
+            ``cfg``'s).
         ground_truth: a synthetic world's ``ground_truth.jsonl`` for the laterality check.
+        calibration_cache: a cache of volumes with reports the CT model was never trained on: the operating
+            point and the normal gate's quantile are taken on them (:mod:`ctxray.generate.tune`).
+        calibration_splits: its splits (None: all).
 
     Returns:
         the metrics written to ``out/metrics.json`` (``{}`` without evaluation).
@@ -88,11 +115,20 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
     groups = [patient_of(i.id) for i in train]
     feats = encode_volumes(view, _loaders(train))
     flipped = encode_volumes(view, _loaders(train), flip=True)
+    calibration = None
+    if calibration_cache is not None:
+        cal = calibration_items(calibration_cache, calibration_splits, cache, cfg.train_split)
+        calibration = Calibration(encode_volumes(view, _loaders(cal)), [i.findings for i in cal],
+                                  [i.impression for i in cal])
     tuning: list[dict] = []
     if tune:
-        cfg, tuning = choose_operating_point(feats, flipped, *sections, skeleton, cfg, groups, prompts)
-        log.info("operating point chosen on the training split: beta %.2f, wording %s", cfg.beta, cfg.wording)
+        cfg, tuning = choose_operating_point(feats, flipped, *sections, skeleton, cfg, groups, prompts,
+                                             calibration=calibration)
+        log.info("operating point chosen on the %s: beta %.2f, normal share %.2f",
+                 "training split" if calibration is None else "calibration set", cfg.beta, cfg.normal_share)
     gen = fit_planned(feats, flipped, *sections, skeleton, cfg, prompts, groups)
+    if calibration is not None:
+        calibrate_gate(gen, calibration, cfg.normal_share)
     save_planned(out, gen, view, desc, sections, skeleton, Path(cache) / "spec.json")
     atomic_write_text(out / "tuning.json", json.dumps(tuning, indent=2))
     if eval_split is None:
