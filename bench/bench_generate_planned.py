@@ -12,7 +12,7 @@ groups), laterality against ``ground_truth.jsonl``, and reports that state a fin
 The operating point (F-beta of the thresholds, share of volumes the normal gate passes as normal) is chosen
 once per planner and CT model on the training split (out-of-fold, ``ctxray.generate.tune``) with the first
 seed, then kept for every seed; with ``--calibration-cache C2`` (volumes the CT models never saw, e.g. a
-world of another seed) it is chosen on C2 instead, and each seed's normal gate takes its quantile there.
+world of another seed) it is chosen on C2 instead, and each seed's thresholds and gate are taken there.
 Rows: each planner x CT model x seed;
 ``template`` (the most common training report), ``oracle`` (plan =
 the reference's findings and sides), ``shuffled`` (another validation volume's plan, per seed), and
@@ -77,7 +77,7 @@ def main() -> None:
     from ctxray.generate.plan import plans_from_reports, shuffled_plans
     from ctxray.generate.planned import PlannedConfig, fit_planned
     from ctxray.generate.run_planned import calibration_items, patient_of
-    from ctxray.generate.tune import Calibration, calibrate_gate, choose_operating_point
+    from ctxray.generate.tune import Calibration, calibrate, choose_operating_point
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", required=True)
@@ -97,6 +97,8 @@ def main() -> None:
                     help="volumes the CT models never saw: operating point and gate chosen on them (all splits)")
     ap.add_argument("--java", choices=["auto", "on", "off"], default="auto")
     args = ap.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -138,7 +140,8 @@ def main() -> None:
         if args.calibration_cache:
             cal = calibration_items(args.calibration_cache, None, args.cache, "train")
             cal_feats, _ = _encode(f"{name}_calibration", ckpt, init, {"calibration": cal}, work)
-            calibration = Calibration(cal_feats["calibration"], [i.findings for i in cal], [i.impression for i in cal])
+            calibration = Calibration(cal_feats["calibration"], [i.findings for i in cal], [i.impression for i in cal],
+                                      [patient_of(i.id) for i in cal])
         for planner in args.planners:
             base_cfg = PlannedConfig(planner=planner, probe_features=args.probe_features, wording=args.wording,
                                      seed=args.seeds[0])
@@ -156,7 +159,7 @@ def main() -> None:
                 cfg = replace(chosen, seed=seed)
                 gen = fit_planned(feats["train"], feats["flip"], *sections, skeleton, cfg, prompts, groups)
                 if calibration is not None:
-                    calibrate_gate(gen, calibration, cfg.normal_share)
+                    calibrate(gen, calibration, cfg.beta, cfg.normal_share)
                 plans = gen.plan(feats["valid"])
                 nb = gen.neighbours(feats["valid"])
                 texts = [report_text(f, i) for f, i in gen.write(plans, nb)]

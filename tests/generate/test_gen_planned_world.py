@@ -18,6 +18,7 @@ from torch import nn
 from ctxray.data.text import report_text
 from ctxray.generate.checks import contradictions, grouped_clinical_efficacy, laterality_agreement
 from ctxray.generate.plan import Plan, plans_from_reports, shuffled_plans
+from ctxray.generate.tune import _labels as tune_labels
 
 
 class IntensityBands(nn.Module):
@@ -108,18 +109,25 @@ def test_sides_follow_the_plan(fitted) -> None:
     assert laterality_agreement(_texts(gen, gen.plan(feats)), truths)["n"] >= 10
 
 
-def test_a_gate_calibrated_on_new_volumes_plans_that_share_of_them_normal(fitted) -> None:
+def test_calibrated_on_new_volumes_the_gate_plans_that_share_of_them_normal(fitted) -> None:
     from dataclasses import replace
 
-    from ctxray.generate.tune import Calibration, calibrate_gate
+    from ctxray.generate.run_planned import patient_of
+    from ctxray.generate.tune import Calibration, calibrate, calibration_reports
 
     gen, feats, valid, template, _ = fitted
-    cal = Calibration(feats, [i.findings for i in valid], [i.impression for i in valid])
-    calibrated = calibrate_gate(replace(gen), cal, 0.5)
+    cal = Calibration(feats, [i.findings for i in valid], [i.impression for i in valid],
+                      [patient_of(i.id) for i in valid])
+    calibrated = calibrate(replace(gen), cal, 1.0, 0.5)
     gated = calibrated.p_normal(feats) >= calibrated.gate_threshold
     assert abs(gated.mean() - 0.5) <= 1.0 / len(valid) + 1e-9
     plans = calibrated.plan(feats)
     assert all(not plans[i].labels for i in range(len(plans)) if gated[i])
     texts = _texts(calibrated, plans)
     assert all(texts[i] == template for i in range(len(texts)) if gated[i])  # the template, word for word
-    assert gen.cfg.gate_quantile_on == "train" and calibrated.cfg.gate_quantile_on == "calibration"  # a copy
+    assert gen.cfg.operating_point_on == "train" and calibrated.cfg.operating_point_on == "calibration"  # a copy
+    refs = [i.report for i in valid]
+    nested = calibration_reports(gen, cal, 1.0, 0.5, tune_labels(refs, gen.names))
+    assert len(nested) == len(valid) and not [t for t in nested if contradictions(t)]
+    # measured 0.225 (planned on the whole split: 0.244, shuffled plans 0.17-0.20, the template 0)
+    assert grouped_clinical_efficacy(nested, refs)["macro_f1"] > 0.15

@@ -64,8 +64,8 @@ def test_with_a_calibration_set_the_choice_is_scored_on_it(monkeypatch):
     monkeypatch.setattr(tune, "fit_planned", lambda *a, **k: SimpleNamespace(names=["x"]))
     monkeypatch.setattr(tune, "training_reports", lambda *a, **k: pytest.fail("training folds were used"))
 
-    def cal_reports(gen, calibration, beta, share, y_train):
-        assert calibration is cal
+    def cal_reports(gen, calibration, beta, share, y):
+        assert calibration is cal and y == cal.reports  # (labels stubbed: the texts themselves)
         return [f"{share}|{beta}"] * 2
 
     monkeypatch.setattr(tune, "calibration_reports", cal_reports)
@@ -83,19 +83,26 @@ def test_with_a_calibration_set_the_choice_is_scored_on_it(monkeypatch):
     cfg, rows = tune.choose_operating_point({}, {}, ["Heart size normal."], ["No effusion."],
                                             ("Heart size normal.", "No effusion."), PlannedConfig(), ["p1"],
                                             betas=(0.75,), shares=(0.45, 0.6), calibration=cal)
-    assert (cfg.normal_share, cfg.beta, cfg.gate_quantile_on) == (0.6, 0.75, "calibration")
+    assert (cfg.normal_share, cfg.beta, cfg.operating_point_on) == (0.6, 0.75, "calibration")
     assert all(refs == cal.reports for refs in seen["refs"])  # template and settings scored on calibration
     assert {r["on"] for r in rows} == {"calibration"} and {r["volumes"] for r in rows} == {2}
 
 
-def test_calibrated_gate_passes_the_asked_share_of_calibration_volumes_as_normal():
-    p = np.linspace(0.0, 1.0, 101)
-    gen = SimpleNamespace(p_normal=lambda feats: p, cfg=PlannedConfig(normal_share=0.1), gate_threshold=0.99)
-    cal = tune.Calibration({"embedding": np.zeros((101, 2))}, ["a"] * 101, [""] * 101)
-    tune.calibrate_gate(gen, cal, 0.3)
-    assert np.mean(p >= gen.gate_threshold) == pytest.approx(0.3, abs=0.011)
-    assert (gen.cfg.normal_share, gen.cfg.gate_quantile_on) == (0.3, "calibration")
-    tune.calibrate_gate(gen, cal, 0.0)
+def test_calibrate_takes_thresholds_and_the_gate_from_the_calibration_volumes():
+    names = label_names("ct")
+    j = names.index("Pleural effusion")
+    reports = ["Small left pleural effusion."] * 30 + ["Heart size normal. No pleural effusion."] * 71
+    p_normal = np.linspace(0.0, 1.0, 101)
+    scores = np.full((101, len(names)), 0.1)
+    scores[:, j] = np.r_[np.linspace(0.6, 0.9, 30), np.linspace(0.0, 0.7, 71)]  # effusions from 0.6; 14 others too
+    gen = SimpleNamespace(names=names, scores=lambda feats: scores, p_normal=lambda feats: p_normal, gate=object(),
+                          thresholds=np.zeros(len(names)), gate_threshold=0.99, cfg=PlannedConfig(normal_share=0.1))
+    cal = tune.Calibration({"embedding": np.zeros((101, 2))}, reports, [""] * 101)
+    tune.calibrate(gen, cal, 1.0, 0.3)
+    assert 0.6 - 1e-9 <= gen.thresholds[j] <= 0.7 + 1e-9  # F1-optimal cut on the calibration volumes
+    assert np.mean(p_normal >= gen.gate_threshold) == pytest.approx(0.3, abs=0.011)
+    assert (gen.cfg.beta, gen.cfg.normal_share, gen.cfg.operating_point_on) == (1.0, 0.3, "calibration")
+    tune.calibrate(gen, cal, 1.0, 0.0)
     assert gen.gate_threshold == float("inf")  # share 0: the gate is off
 
 

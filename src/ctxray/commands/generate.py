@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="keep --set beta/wording instead of choosing them on the training split")
     pl.add_argument("--ground-truth", default=None, help="a synthetic world's ground_truth.jsonl (laterality check)")
     pl.add_argument("--calibration-cache", default=None,
-                    help="a cache of volumes with reports the CT model never trained on: the operating point and "
-                         "the normal gate are chosen on it instead of the training split (recommended)")
+                    help="a cache of volumes with reports the CT model never trained on: label thresholds, normal "
+                         "gate and operating point are chosen on it instead of the training split (recommended)")
     pl.add_argument("--calibration-splits", default=None, help="its splits, comma-separated (default: all)")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a PlannedConfig field, e.g. --set probe_c=0.05 (repeatable)")

@@ -76,10 +76,11 @@ class PlannedConfig:
         beta: thresholds maximise F-beta on the training split (``< 1``: fewer, surer findings).
         normal_share: the normal gate: volumes whose probability of a normal report (a probe on the same
             features) is above its ``1 - normal_share`` quantile get no findings at all (0: off).
-        gate_quantile_on: where that quantile is taken: ``train`` (out-of-fold P(normal) of the training
-            volumes) or ``calibration`` (volumes the CT encoder never saw, :class:`ctxray.generate.tune.Calibration`;
-            the encoder is surer of its own training volumes than of new ones, so a training quantile
-            passes fewer new volumes as normal than asked).
+        operating_point_on: where the label thresholds and the gate's quantile are taken: ``train``
+            (out-of-fold scores of the training volumes) or ``calibration`` (volumes the CT encoder never
+            saw, :class:`ctxray.generate.tune.Calibration`: the encoder is surer of its own training volumes
+            than of new ones, so training thresholds plan too many findings on new volumes and a training
+            quantile passes fewer of them as normal than asked).
         wording: ``neighbours`` (prefer the sentences of the nearest training volumes) or ``frequent``
             (the most frequent training sentence that states the planned finding).
         neighbours: training volumes whose sentences are preferred, nearest first.
@@ -95,7 +96,7 @@ class PlannedConfig:
     folds: int = 5
     beta: float = 1.0
     normal_share: float = 0.0
-    gate_quantile_on: Literal["train", "calibration"] = "train"
+    operating_point_on: Literal["train", "calibration"] = "train"
     wording: Literal["neighbours", "frequent"] = "neighbours"
     neighbours: int = 10
     sided_min_rate: float = 0.5

@@ -34,7 +34,7 @@ from ctxray.generate.planned import (
     save_planned,
 )
 from ctxray.generate.train import freeze
-from ctxray.generate.tune import Calibration, calibrate_gate, choose_operating_point
+from ctxray.generate.tune import Calibration, calibrate, choose_operating_point
 from ctxray.labels import load_labels
 from ctxray.models.zeroshot import logit_scale_of, prompt_embeddings
 from ctxray.train.checkpoint import load_model
@@ -99,8 +99,9 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
         tune: choose ``beta`` and ``normal_share`` on the training split or the calibration set (else use
             ``cfg``'s).
         ground_truth: a synthetic world's ``ground_truth.jsonl`` for the laterality check.
-        calibration_cache: a cache of volumes with reports the CT model was never trained on: the operating
-            point and the normal gate's quantile are taken on them (:mod:`ctxray.generate.tune`).
+        calibration_cache: a cache of volumes with reports the CT model was never trained on: the label
+            thresholds, the normal gate's quantile and the operating point are taken on them
+            (:mod:`ctxray.generate.tune`).
         calibration_splits: its splits (None: all).
 
     Returns:
@@ -119,7 +120,7 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
     if calibration_cache is not None:
         cal = calibration_items(calibration_cache, calibration_splits, cache, cfg.train_split)
         calibration = Calibration(encode_volumes(view, _loaders(cal)), [i.findings for i in cal],
-                                  [i.impression for i in cal])
+                                  [i.impression for i in cal], [patient_of(i.id) for i in cal])
     tuning: list[dict] = []
     if tune:
         cfg, tuning = choose_operating_point(feats, flipped, *sections, skeleton, cfg, groups, prompts,
@@ -128,7 +129,7 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
                  "training split" if calibration is None else "calibration set", cfg.beta, cfg.normal_share)
     gen = fit_planned(feats, flipped, *sections, skeleton, cfg, prompts, groups)
     if calibration is not None:
-        calibrate_gate(gen, calibration, cfg.normal_share)
+        calibrate(gen, calibration, cfg.beta, cfg.normal_share)
     save_planned(out, gen, view, desc, sections, skeleton, Path(cache) / "spec.json")
     atomic_write_text(out / "tuning.json", json.dumps(tuning, indent=2))
     if eval_split is None:
