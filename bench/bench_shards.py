@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--extrapolate", type=int, default=50_000)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(1)
 
     from ctxray.data.dataset import CTCacheDataset

@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--summarise-only", action="store_true")
     args = ap.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.work / "results.json"

@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--pad", type=float, default=5.0, help="mm added to the lesion radius")
     parser.add_argument("--controls", type=int, default=5, help="random body spheres per lesion")
     args = parser.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(1)
     from ctxray.data.spec import get_preset
     from ctxray.inference.pointing import _stem, body_mask, lesion_radius_mm, read_ground_truth

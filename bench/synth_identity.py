@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scans", type=int, default=20)
     parser.add_argument("--world", action="store_true", help="the whole world instead of a subset")
     args = parser.parse_args(argv)
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     import os
 
     os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world", action="store_true", help="the whole world (bench_synth.py) instead of a subset")
     args = parser.parse_args(argv)
     trees = {"reference": args.ref_src.resolve(), "this": (HERE.parent / "src").resolve()}
+    sys.path.insert(0, str(trees["this"]))
+    from ctxray.utils.machine import describe_machine
+
+    print(describe_machine(), flush=True)
     best: dict[str, float] = {}
     written: dict[str, dict[str, str]] = {}
     for rep in range(args.repeats):

@@ -59,6 +59,8 @@ def main() -> None:
                         "the ResNet stages")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    from ctxray.utils.machine import describe_machine
+    print(describe_machine(), flush=True)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
