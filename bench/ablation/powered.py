@@ -12,7 +12,7 @@ frozen-feature linear probe at a fixed label budget). Rows:
   pkd, srkd one KD term each on top of RoCo; random: full with random X-ray pairing (optional rows)
 
 For each (row, N) the macro AUROC (all / X-ray-visible / CT-only labels) is the mean over seeds, and every
-row's difference to ``plain`` and to ``roco`` is paired (same seed, same subset, same validation volumes)
+row's difference to ``plain``, to ``roco`` and to ``full`` is paired (same seed, same subset, same validation volumes)
 with a 95 % interval from a hierarchical bootstrap (seeds, then validation volumes). A run's validation
 probabilities are kept (``runs/<row>_n<N>_s<seed>/valid_scores.npz``), so intervals can be recomputed.
 Writes the JSON (after every run: an interrupted ablation keeps what it measured), a markdown table and a
@@ -199,7 +199,7 @@ def summarise(work: Path, s: Settings, results: dict, rows: list[str], pairs_lis
     """Means over seeds and paired differences; the markdown table."""
     summary: dict[str, Any] = {}
     lines = ["| row | pairs | seeds | macro AUROC | X-ray-visible | CT-only | probe macro | row - plain (95% CI) | "
-             "row - roco (95% CI) |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "row - roco (95% CI) | row - full (95% CI) |", "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for row in rows:
         for n in pairs_list:
             runs = [results.get(f"{row}_n{n}_s{seed}") for seed in seeds]
@@ -210,7 +210,7 @@ def summarise(work: Path, s: Settings, results: dict, rows: list[str], pairs_lis
             mean["probe"] = float(np.mean([r["probe"]["macro"] for r in runs]))
             mean["sd_macro"] = float(np.std([r["macro"] for r in runs], ddof=1)) if len(runs) > 1 else 0.0
             diffs = {ref: paired(work, row, ref, n, seeds, s.n_boot) if row != ref else None
-                     for ref in ("plain", "roco")}
+                     for ref in ("plain", "roco", "full")}
             summary[f"{row}_n{n}"] = {"row": row, "pairs": n, "seeds": len(runs), **mean, "vs": diffs}
 
             def cell(d: dict | None) -> str:
@@ -221,7 +221,7 @@ def summarise(work: Path, s: Settings, results: dict, rows: list[str], pairs_lis
 
             lines.append(f"| {row} | {n} | {len(runs)} | {mean['macro']:.3f} ± {mean['sd_macro']:.3f} | "
                          f"{mean['xray_visible']:.3f} | {mean['ct_only']:.3f} | {mean['probe']:.3f} | "
-                         f"{cell(diffs['plain'])} | {cell(diffs['roco'])} |")
+                         f"{cell(diffs['plain'])} | {cell(diffs['roco'])} | {cell(diffs['full'])} |")
     return summary, "\n".join(lines)
 
 
