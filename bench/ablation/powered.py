@@ -231,6 +231,7 @@ def plot(summary: dict, rows: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for row in rows:
@@ -239,6 +240,9 @@ def plot(summary: dict, rows: list[str], path: Path) -> None:
             x, m, sd = zip(*pts)
             ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, label=ROWS[row][0])
     ax.set_xscale("log")
+    ticks = sorted({v["pairs"] for v in summary.values()})
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("CT-report pairs (log scale)")
     ax.set_ylabel("zero-shot macro AUROC (validation)")
     ax.set_title("BIUD on the synthetic world: data efficiency")
