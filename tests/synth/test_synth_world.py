@@ -126,3 +126,23 @@ def test_different_seed_different_world(tiny_world: Path, tmp_path: Path) -> Non
 def test_unknown_preset_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="unknown synth preset"):
         generate_world(tmp_path, preset=bad)
+
+
+def test_headroom_world_extends_the_ablation_world(tmp_path: Path) -> None:
+    """The headroom preset is the ablation world with more training patients: its first training scans and its
+    validation split are the ablation world's (planned alike, rendered to the same bytes)."""
+    small, large = get_preset("ablation"), get_preset("headroom")
+    assert large.n_train == 10 * small.n_train and large.n_valid == small.n_valid
+    assert (large.ct_shape, large.ct_spacing, large.n_xray) == (small.ct_shape, small.ct_spacing, small.n_xray)
+
+    def keys(preset, split):
+        return [(t.patient, t.scan, t.n_recon) for t in plan_scans(preset, 0, split, tmp_path / preset.name)]
+
+    assert keys(large, "valid") == keys(small, "valid")
+    head, full = keys(small, "train"), keys(large, "train")
+    assert full[: len(head) - 1] == head[:-1] and full[len(head) - 1][:2] == head[-1][:2]  # the last one may be cut
+    assert sum(k[2] for k in full) == large.n_train
+    for preset in (small, large):
+        write_scan(plan_scans(preset, 0, "train", tmp_path / preset.name)[1])
+    name = next((tmp_path / "ablation").rglob("*.nii.gz")).relative_to(tmp_path / "ablation")
+    assert (tmp_path / "ablation" / name).read_bytes() == (tmp_path / "headroom" / name).read_bytes()
