@@ -76,8 +76,8 @@ def main() -> None:
     from ctxray.generate.data import most_common_report, read_items
     from ctxray.generate.plan import plans_from_reports, shuffled_plans
     from ctxray.generate.planned import PlannedConfig, fit_planned
-    from ctxray.generate.run_planned import calibration_items, patient_of
-    from ctxray.generate.tune import Calibration, calibrate, choose_operating_point
+    from ctxray.generate.run_planned import calibration_items, calibration_set, patient_of
+    from ctxray.generate.tune import calibrate, choose_operating_point
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", required=True)
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--decoders", nargs="*", default=[], metavar="NAME=G")
     ap.add_argument("--work", required=True)
     ap.add_argument("--calibration-cache", default=None,
-                    help="volumes the CT models never saw: operating point and gate chosen on them (all splits)")
+                    help="volumes the CT models never saw: thresholds, gate, operating point chosen there (all splits)")
     ap.add_argument("--java", choices=["auto", "on", "off"], default="auto")
     args = ap.parse_args()
     from ctxray.utils.machine import describe_machine
@@ -140,8 +140,7 @@ def main() -> None:
         if args.calibration_cache:
             cal = calibration_items(args.calibration_cache, None, args.cache, "train")
             cal_feats, _ = _encode(f"{name}_calibration", ckpt, init, {"calibration": cal}, work)
-            calibration = Calibration(cal_feats["calibration"], [i.findings for i in cal], [i.impression for i in cal],
-                                      [patient_of(i.id) for i in cal])
+            calibration = calibration_set(cal, cal_feats["calibration"])
         for planner in args.planners:
             base_cfg = PlannedConfig(planner=planner, probe_features=args.probe_features, wording=args.wording,
                                      seed=args.seeds[0])

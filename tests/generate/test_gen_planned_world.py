@@ -112,12 +112,12 @@ def test_sides_follow_the_plan(fitted) -> None:
 def test_calibrated_on_new_volumes_the_gate_plans_that_share_of_them_normal(fitted) -> None:
     from dataclasses import replace
 
-    from ctxray.generate.run_planned import patient_of
-    from ctxray.generate.tune import Calibration, calibrate, calibration_reports
+    from ctxray.generate.run_planned import calibration_set, patient_of
+    from ctxray.generate.tune import calibrate, calibration_reports
 
     gen, feats, valid, template, _ = fitted
-    cal = Calibration(feats, [i.findings for i in valid], [i.impression for i in valid],
-                      [patient_of(i.id) for i in valid])
+    cal = calibration_set(valid, feats)
+    assert cal.groups == [patient_of(i.id) for i in valid] and cal.reports == [i.report for i in valid]
     calibrated = calibrate(replace(gen), cal, 1.0, 0.5)
     gated = calibrated.p_normal(feats) >= calibrated.gate_threshold
     assert abs(gated.mean() - 0.5) <= 1.0 / len(valid) + 1e-9

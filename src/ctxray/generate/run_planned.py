@@ -75,15 +75,21 @@ def calibration_items(calibration_cache: str | Path, splits: Sequence[str] | Non
         ValueError: a calibration volume has the same bytes (manifest sha256) as one of ``cache``'s
             ``train_split`` volumes: the CT model has seen it, which is what calibration must avoid.
     """
-    items = [i for split in (splits or [None]) for i in read_items(calibration_cache, split)]
+    chosen = list(splits or [None])
     seen = {r.get("sha256") for r in read_manifest(cache, train_split)} - {None}
-    cal_rows = [r for split in (splits or [None]) for r in read_manifest(calibration_cache, split)]
-    repeated = [r["id"] for r in cal_rows if r.get("sha256") in seen]
+    repeated = [r["id"] for split in chosen for r in read_manifest(calibration_cache, split) if r.get("sha256") in seen]
     if repeated:
         raise ValueError(f"{calibration_cache}: {len(repeated)} calibration volume(s) are training volumes of "
                          f"{cache} (same sha256), e.g. {repeated[0]}; calibrate on volumes the CT model never saw")
+    items = [i for split in chosen for i in read_items(calibration_cache, split)]
     log.info("calibration set: %d volumes from %s", len(items), calibration_cache)
     return items
+
+
+def calibration_set(items: Sequence[ReportItem], feats: dict[str, np.ndarray]) -> Calibration:
+    """The :class:`Calibration` of calibration volumes (:func:`calibration_items`) and their features."""
+    return Calibration(feats, [i.findings for i in items], [i.impression for i in items],
+                       [patient_of(i.id) for i in items])
 
 
 def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cfg: PlannedConfig,
@@ -119,8 +125,7 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
     calibration = None
     if calibration_cache is not None:
         cal = calibration_items(calibration_cache, calibration_splits, cache, cfg.train_split)
-        calibration = Calibration(encode_volumes(view, _loaders(cal)), [i.findings for i in cal],
-                                  [i.impression for i in cal], [patient_of(i.id) for i in cal])
+        calibration = calibration_set(cal, encode_volumes(view, _loaders(cal)))
     tuning: list[dict] = []
     if tune:
         cfg, tuning = choose_operating_point(feats, flipped, *sections, skeleton, cfg, groups, prompts,
