@@ -26,6 +26,8 @@ def test_config_files_are_the_demo_runs(tmp_path, preset, name):
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     paths = [f"data.cache={tmp_path / 'c'}", f"data.retrieval={tmp_path / 'r'}"]
+    if PRESETS[preset].report_tower is not None:  # the demo's layout: the tower beside the cache
+        paths.append(f"text_dir={tmp_path / 'report_tower'}")
     from_file = load_config(TrainConfig, path, paths)
     demo = train_config(PRESETS[preset], tmp_path / "c", tmp_path / "r", RUNS["full"], seed=0)
     assert from_file == demo

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("ctxray.commands.shard", "volume cache -> tar shards (WebDataset layout, SHA-256) for streaming"),
     "teacher": ("ctxray.commands.teacher", "train or embed with the X-ray expert (teacher)"),
     "retrieve": ("ctxray.commands.retrieve", "language-guided CT report -> X-ray retrieval, cache teacher targets"),
+    "pretrain-text": ("ctxray.commands.pretrain_text", "fit a report tower to the zero-shot prompts on the reports"),
     "train": ("ctxray.commands.train", "train the CT-report dual encoder (BIUD losses), CPU or torchrun"),
     "evaluate": ("ctxray.commands.evaluate", "zero-shot classification and report<->volume retrieval metrics"),
     "finetune": ("ctxray.commands.finetune", "linear probe / fine-tune the CT encoder with label fractions"),

@@ -8,6 +8,7 @@ OUT/world/        ctxray synth          the synthetic world (CT-RATE layout + X-
 OUT/cache/        ctxray preprocess     the volume cache
 OUT/teacher/      ctxray teacher train  the X-ray expert and its own scores
 OUT/retrieval/    ctxray retrieve       CT report -> X-ray pairs and teacher targets
+OUT/report_tower/ ctxray pretrain-text  the report tower fitted to the zero-shot prompts on the training reports
 OUT/runs/full/    ctxray train          the full BIUD method
 OUT/runs/plain/   ctxray train          plain CLIP (InfoNCE only), same data and budget
 OUT/eval/{full,plain}/  ctxray evaluate zero-shot + retrieval metrics, ROC plots
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctxray.config import load_config
+from ctxray.config import apply_overrides, from_dict, load_config, to_dict
 from ctxray.data.cache import build_cache
 from ctxray.data.ingest import discover
 from ctxray.data.spec import get_preset
@@ -37,8 +38,9 @@ from ctxray.retrieval import RetrievalConfig, retrieve
 from ctxray.synth.world import generate_world
 from ctxray.teacher.train import preset as teacher_preset
 from ctxray.teacher.train import train_teacher
-from ctxray.train.config import TrainConfig
+from ctxray.train.config import ReportTowerConfig, TrainConfig
 from ctxray.train.loop import train
+from ctxray.train.report_tower import pretrain_report_tower
 from ctxray.train.variants import PLAIN_CLIP
 from ctxray.utils.io import atomic_write_text
 
@@ -58,6 +60,9 @@ class DemoSettings:
         finetune_fraction: label fraction of the linear-probe comparison.
         n_boot: bootstrap replicates for the confidence intervals.
         overrides: extra ``TrainConfig`` overrides (``a.b=c``) for both runs.
+        report_tower: ``ReportTowerConfig`` overrides of the report-tower pre-training both runs start from
+            (its tower, width and vocabulary are the runs'); None: no pre-training, the runs' towers start
+            from scratch.
     """
 
     world: str
@@ -74,6 +79,7 @@ class DemoSettings:
     n_boot: int = 200
     teacher_epochs: int | None = None
     overrides: list[str] = field(default_factory=list)
+    report_tower: list[str] | None = None
 
 
 # Each preset's full run is exactly a config file of configs/ (tests/test_demo.py keeps them equal).
@@ -93,7 +99,9 @@ PRESETS: dict[str, DemoSettings] = {
     # (zero-shot 0.905 on the gallery's test split vs 0.890 at 11 epochs; ~+40 s on 2 cores).
     "demo": DemoSettings(world="demo", spec="small", teacher="demo", teacher_text="minilm", encoder="resnet3d_small",
                          text_hidden=64, text_layers=2, epochs=8, batch_size=16, lr=1e-3, teacher_epochs=15,
-                         overrides=["val_every=8", "model.encoder_kwargs={norm: batch}"]),
+                         overrides=["val_every=8", "model.encoder_kwargs={norm: batch}",
+                                    "model.text.attention_dropout=0.0", "optim.text_lr_scale=0.1"],
+                         report_tower=[]),
 }
 
 # The two CT-model runs of the demo's small ablation: name -> loss overrides.
@@ -118,16 +126,39 @@ class _Stages:
         return result
 
 
-def train_config(settings: DemoSettings, cache: Path, retrieval: Path, extra: list[str], seed: int):
-    """The demo's ``TrainConfig`` for one run."""
-    overrides = [
+def _run_overrides(settings: DemoSettings, cache: Path, retrieval: Path, seed: int) -> list[str]:
+    return [
         f"data.cache={cache}", f"data.retrieval={retrieval}", f"data.batch_size={settings.batch_size}",
         f"model.encoder={settings.encoder}", f"model.text.hidden={settings.text_hidden}",
         f"model.text.layers={settings.text_layers}", f"model.text.heads={max(2, settings.text_hidden // 64)}",
         f"optim.epochs={settings.epochs}", f"optim.lr={settings.lr}", f"seed={seed}", "tensorboard=false",
-        *settings.overrides, *extra,
+        *settings.overrides,
     ]
-    return load_config(TrainConfig, None, overrides)
+
+
+def train_config(settings: DemoSettings, cache: Path, retrieval: Path, extra: list[str], seed: int,
+                 text_dir: Path | None = None):
+    """The demo's ``TrainConfig`` for one run.
+
+    Args:
+        text_dir: the pre-trained report tower when the preset has one; default ``cache``'s sibling
+            ``report_tower`` (the demo's layout).
+    """
+    tower = []
+    if settings.report_tower is not None:
+        tower = ["text_init=pretrained", f"text_dir={text_dir or Path(cache).parent / 'report_tower'}"]
+    return load_config(TrainConfig, None, [*_run_overrides(settings, cache, retrieval, seed), *tower, *extra])
+
+
+def report_tower_config(settings: DemoSettings, seed: int) -> ReportTowerConfig | None:
+    """The report-tower pre-training of a preset: the runs' tower, width and vocabulary with the preset's
+    ``report_tower`` overrides; None when the preset has none."""
+    if settings.report_tower is None:
+        return None
+    base = load_config(TrainConfig, None, _run_overrides(settings, Path("."), Path("."), seed))
+    cfg = ReportTowerConfig(text=base.model.text, embed_dim=base.model.embed_dim,
+                            tokenizer_vocab=base.tokenizer_vocab, seed=seed)
+    return from_dict(ReportTowerConfig, apply_overrides(to_dict(cfg), settings.report_tower), "report_tower")
 
 
 def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int = 1,
@@ -166,6 +197,10 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
     retrieval = RetrievalConfig(str(teacher_dir), cache, world / "xray", ret, seed=seed)
     quality = stage("retrieve", lambda: retrieve(retrieval))
+    tower_cfg = report_tower_config(settings, seed)
+    tower = None
+    if tower_cfg is not None:
+        tower = stage("report tower", lambda: pretrain_report_tower(cache, out / "report_tower", tower_cfg))
 
     # Evaluate the *last* checkpoint: "best" is chosen by validation AUROC, and the demo scores the
     # validation split, so using "best" would select the model on the split it is scored on.
@@ -182,7 +217,7 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     ft = stage("finetune", lambda: finetune_checkpoint(str(out / "runs" / "full" / "checkpoints" / "last"), str(cache),
                                                        str(out / "finetune"), mode="probe",
                                                        fractions=(settings.finetune_fraction,), seed=seed))
-    summary = _summary(preset, seed, teacher_metrics, quality, results, ft, stage.seconds)
+    summary = _summary(preset, seed, teacher_metrics, quality, results, ft, stage.seconds, tower)
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=float))
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     for png in sorted((out / "eval" / "full").glob("*.png")):
@@ -203,8 +238,13 @@ def _retrieval(metrics: dict) -> dict[str, float]:
 
 
 def _summary(preset: str, seed: int, teacher: dict, quality: dict, results: dict, ft: dict,
-             seconds: dict[str, float]) -> dict[str, Any]:
+             seconds: dict[str, float], tower: dict | None = None) -> dict[str, Any]:
     return {
+        "report_tower": None if tower is None else {
+            "steps": tower["steps"], "seconds": tower["seconds"],
+            **{f"prompts_on_{split}_reports": {w: tower["prompts_on_reports"][w][split]["macro"]
+                                               for w in ("before", "after")}
+               for split in tower["prompts_on_reports"]["after"]}},
         "preset": preset,
         "seed": seed,
         "seconds": seconds,
@@ -243,6 +283,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(r["zero_shot_macro"].get(k, "n/a")) for k in keys) + " |")
     lines += ["", "The same prompts scoring the validation *reports* (the report tower's ceiling on zero-shot): "
               + ", ".join(f"{n} {_fmt(r.get('report_zero_shot_macro'))}" for n, r in runs.items()) + ".", ""]
+    tower = summary.get("report_tower")
+    if tower:
+        lines += ["Both runs' report towers start from one pre-trained on the training reports "
+                  f"({tower['steps']} steps, {tower['seconds']} s; `report_tower/`): the prompts on the "
+                  + ", ".join(f"{split.split('_')[2]} reports {_fmt(v['before'])} before, {_fmt(v['after'])} after"
+                              for split, v in tower.items() if split.startswith("prompts_on_")) + ".", ""]
     lines += ["## Training health", "", "| run | collapsed steps | PKD last epoch | PKD, shuffled targets | "
               "PKD, best constant |", "|---|---|---|---|---|"]
     for name, r in runs.items():

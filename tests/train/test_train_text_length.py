@@ -3,6 +3,7 @@ and the ablation's configs, and a config that would cut them stops with an error
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -49,6 +50,9 @@ def test_the_demo_and_ablation_configs_read_whole_synthetic_reports(tiny_world, 
 
     if which == "demo":
         config = train_config(PRESETS["demo"], tmp_path / "c", tmp_path / "r", RUNS["full"], seed=0)
+        # its tokenizer is the pre-trained tower's, which `train_tokenizer` builds exactly as a scratch run does
+        assert config.text_init == "pretrained"
+        config = dataclasses.replace(config, text_init="scratch")
     else:
         config = _ablation_config(tmp_path)
     reports = _tiny_world_reports(tiny_world)

@@ -2,7 +2,8 @@
 
 Examples::
 
-    ctxray train --config configs/demo.yaml --cache C --retrieval R --out RUN
+    ctxray pretrain-text --cache C --out T
+    ctxray train --config configs/demo.yaml --cache C --retrieval R --text-dir T --out RUN
     ctxray train --config configs/demo.yaml --shards S --cache C --retrieval R --out RUN   # stream train
     ctxray train --config configs/demo.yaml --out RUN --set loss.srkd=0 --set optim.epochs=5
     ctxray train --out RUN --resume
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="shard set of the training split, folder or fsspec URL (sets data.shards)")
     parser.add_argument("--retrieval", help="retrieval folder with teacher targets (sets data.retrieval)")
     parser.add_argument("--teacher", help="teacher folder; with --set text_init=teacher (sets teacher_dir)")
+    parser.add_argument("--text-dir", help="a pre-trained report tower (ctxray pretrain-text --out T); with "
+                                           "text_init: pretrained (sets text_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set loss.pkd=0 --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true",
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     for flag, key in ((args.cache, "data.cache"), (args.shards, "data.shards"), (args.retrieval, "data.retrieval"),
-                      (args.teacher, "teacher_dir")):
+                      (args.teacher, "teacher_dir"), (args.text_dir, "text_dir")):
         if flag:
             overrides.append(f"{key}={flag}")
     if args.resume and not args.config and not overrides:

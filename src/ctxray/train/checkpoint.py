@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import ctxray
-from ctxray.config import to_dict
+from ctxray.config import from_dict, to_dict
 from ctxray.models.dual import DualEncoder
 from ctxray.models.text import Tokenizer
-from ctxray.train.config import read_stored_config
+from ctxray.train.config import ReportTowerConfig, read_stored_config
 from ctxray.utils.io import atomic_write_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -202,3 +202,24 @@ def load_model(run_or_ckpt_dir: str | Path, prefer: str = "best", map_location: 
 def write_json(path: Path, data: Any) -> None:
     """A JSON file written atomically."""
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_report_tower(folder: str | Path) -> tuple[ReportTowerConfig, dict[str, torch.Tensor]]:
+    """The config and weights of a pre-trained report-tower folder (``ctxray.train.report_tower``).
+
+    Raises:
+        FileNotFoundError: a file of the folder is missing. ValueError: unreadable config or no tower tensors.
+    """
+    root = Path(folder)
+    for name in (CONFIG_FILE, MODEL_FILE, TOKENIZER_DIR):
+        if not (root / name).exists():
+            raise FileNotFoundError(f"{root / name}: not found; is {root} a report-tower folder "
+                                    "(ctxray pretrain-text)?")
+    try:
+        cfg = from_dict(ReportTowerConfig, json.loads((root / CONFIG_FILE).read_text()), str(root / CONFIG_FILE))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{root / CONFIG_FILE}: not a ReportTowerConfig: {err}") from err
+    state = load_file(str(root / MODEL_FILE))
+    if not any(k.startswith("text_encoder.") for k in state) or "text_proj.weight" not in state:
+        raise ValueError(f"{root / MODEL_FILE}: no 'text_encoder.*' and 'text_proj.weight' tensors")
+    return cfg, state

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from ctxray.config import from_dict
 from ctxray.models.dual import DualEncoderConfig
+from ctxray.models.text import TextEncoderConfig
 
 LOSS_TERMS = ("roco", "pkd", "srkd", "mlm", "prompt")
 """The loss terms, in the order the objective logs them; each is a weight of ``LossConfig``."""
@@ -159,6 +160,56 @@ class DataConfig:
     max_truncated: float = 0.01
 
 
+def _demo_text() -> TextEncoderConfig:
+    return TextEncoderConfig(kind="bert", hidden=64, layers=2, heads=2, max_length=512, dropout=0.1, pooling="mean")
+
+
+@dataclass
+class ReportTowerConfig:
+    """Settings of the report-tower pre-training (stored in the folder's ``config.json``).
+
+    Args:
+        text: the tower (``kind="bert"``; ``vocab_size`` is filled from the tokenizer). The default is the demo's.
+        embed_dim: width of the shared space the tower projects into; must equal the CT model's ``embed_dim``.
+        steps, batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay.
+        labels: what the prompts are fitted to: ``labeler`` (the rule labeler's reading of each report) or
+            ``dataset`` (the cache's label columns).
+        scale: the prompt loss's fixed logit multiplier.
+        tokenizer_vocab: size of the WordPiece vocabulary trained on the training reports and the prompts.
+        train_split, val_split: manifest splits; the validation reports (when the split exists) are only
+            scored, never trained on.
+        max_truncated: largest share of training reports the tower may cut at ``text.max_length``.
+        seed: initialisation, batch order and dropout.
+        log_every: steps between progress lines.
+    """
+
+    text: TextEncoderConfig = field(default_factory=_demo_text)
+    embed_dim: int = 256
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    labels: Literal["labeler", "dataset"] = "labeler"
+    scale: float = 10.0
+    tokenizer_vocab: int = 4000
+    train_split: str = "train"
+    val_split: str = "valid"
+    max_truncated: float = 0.01
+    seed: int = 0
+    log_every: int = 50
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the setting that cannot run."""
+        if self.text.kind != "bert":
+            raise ValueError(f"text.kind={self.text.kind!r}: pre-training builds a scratch 'bert' tower")
+        for name in ("steps", "batch_size", "embed_dim", "tokenizer_vocab"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.lr <= 0 or self.scale <= 0:
+            raise ValueError(f"lr={self.lr}, scale={self.scale}: both must be > 0")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs, stored in ``RUN/config.json`` and every checkpoint.
@@ -166,7 +217,10 @@ class TrainConfig:
     Args:
         text_init: ``scratch`` trains the text tower (and a WordPiece tokenizer on the training
             reports) from nothing; ``teacher`` starts text tower and tokenizer from the X-ray expert's
-            (``teacher_dir``); ``hf`` uses ``model.text`` with ``kind="hf"`` and its folder's tokenizer.
+            (``teacher_dir``); ``hf`` uses ``model.text`` with ``kind="hf"`` and its folder's tokenizer;
+            ``pretrained`` starts tower, projection, settings and tokenizer from a report tower pre-trained on
+            the reports (``text_dir``, ``ctxray pretrain-text``).
+        text_dir: the report-tower folder for ``text_init="pretrained"``.
         teacher_dir: the teacher folder (``ctxray teacher train --out T``) for ``text_init="teacher"``.
         encoder_init: a local ``.safetensors`` of the volume encoder's weights to start from (e.g. a
             previous run's encoder); a ViT position embedding of another grid is interpolated.
@@ -184,7 +238,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    text_init: Literal["scratch", "teacher", "hf"] = "scratch"
+    text_init: Literal["scratch", "teacher", "hf", "pretrained"] = "scratch"
+    text_dir: str | None = None
     teacher_dir: str | None = None
     encoder_init: str | None = None
     tokenizer_vocab: int = 4000
@@ -222,6 +277,8 @@ class TrainConfig:
             raise ValueError("optim.grad_accum and optim.epochs must be >= 1")
         if op.text_lr_scale < 0:
             raise ValueError(f"optim.text_lr_scale={op.text_lr_scale}: must be >= 0 (0 freezes the report tower)")
+        if self.text_init == "pretrained" and not self.text_dir:
+            raise ValueError("text_init='pretrained' needs text_dir (a folder of ctxray pretrain-text)")
         if self.text_init == "teacher" and not self.teacher_dir:
             raise ValueError("text_init='teacher' needs teacher_dir")
         if self.model.pretrained and self.encoder_init:

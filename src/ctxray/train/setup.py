@@ -27,7 +27,7 @@ from ctxray.models.i3resnet import load_pretrained
 from ctxray.models.registry import load_encoder_weights
 from ctxray.models.text import Tokenizer
 from ctxray.retrieval.targets import load_targets
-from ctxray.train.checkpoint import TEXT_BACKBONE_DIR, text_backbone_path
+from ctxray.train.checkpoint import TEXT_BACKBONE_DIR, read_report_tower, text_backbone_path
 from ctxray.train.config import TrainConfig, read_stored_config
 from ctxray.train.data import (
     PairCollator,
@@ -64,11 +64,20 @@ def build_tokenizer(config: TrainConfig, reports: list[str]) -> Tokenizer:
     """
     if config.text_init == "teacher":
         return Tokenizer.from_pretrained(Path(config.teacher_dir) / "tokenizer")
+    if config.text_init == "pretrained":
+        read_report_tower(config.text_dir)  # a folder that is not a report tower is named as such
+        return Tokenizer.from_pretrained(Path(config.text_dir) / "tokenizer")
     if config.model.text.kind == "hf":
         return Tokenizer.from_pretrained(config.model.text.hf_path)
+    return train_tokenizer(reports, config.tokenizer_vocab)
+
+
+def train_tokenizer(reports: list[str], vocab_size: int) -> Tokenizer:
+    """A WordPiece vocabulary of the training reports and the zero-shot prompts (so no prompt word is split
+    into characters)."""
     labels = load_labels()
     prompts = [p for name in labels.names for group in labels.prompts(name) for p in group]
-    return Tokenizer.train(list(reports) + prompts, vocab_size=config.tokenizer_vocab)
+    return Tokenizer.train(list(reports) + prompts, vocab_size=vocab_size)
 
 
 @dataclass
@@ -276,6 +285,12 @@ def resolve_text(config: TrainConfig) -> TrainConfig:
     expert reads short radiograph reports (and head-and-tail cuts of CT reports for retrieval) at its
     own budget, but the CT model must read whole CT reports.
     """
+    if config.text_init == "pretrained":
+        tower, _ = read_report_tower(config.text_dir)
+        if tower.embed_dim != config.model.embed_dim:
+            raise ValueError(f"text_dir={config.text_dir}: the tower projects into {tower.embed_dim} dimensions, "
+                             f"model.embed_dim is {config.model.embed_dim}; pre-train it with that embed_dim")
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, text=tower.text))
     if config.text_init != "teacher":
         return config
     text = teacher_text_config(config.teacher_dir)  # settings only: the weights are read once, by build_model
@@ -363,4 +378,6 @@ def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
     if config.text_init == "teacher":
         _, state = teacher_text_tower(config.teacher_dir)
         init_text_from_teacher(model, state)
+    if config.text_init == "pretrained":
+        init_text_from_teacher(model, read_report_tower(config.text_dir)[1])
     return model
