@@ -111,7 +111,9 @@ def run_config(args: argparse.Namespace, cache: Path, row: str, pairs: int, seed
     overrides = [f"data.cache={cache}", f"data.retrieval={args.retrieval}", f"data.batch_size={args.batch_size}",
                  f"data.max_train={pairs}", "data.val_split=", f"model.encoder={encoder}",
                  f"model.encoder_kwargs={kw}", f"optim.epochs={max(1, round(args.steps / per_epoch))}",
-                 f"seed={seed}", "tensorboard=false", "log_every=100"]
+                 f"seed={seed}", "tensorboard=false", "log_every=100",
+                 # the report tower these figures were measured with (before the demo pre-trained it)
+                 "text_init=scratch", "optim.text_lr_scale=1", "model.text.attention_dropout=null"]
     if pretrained:
         overrides.append(f"model.pretrained={pretrained}")
     return load_config(TrainConfig, CONFIG, overrides)

@@ -5,9 +5,13 @@ by retrieval (exact / Jaccard agreement, hubness, normal CTs on abnormal X-rays)
     python bench/demo_seeds.py --demo demo_out --work W --what runs --seeds 1 2 3 4
     python bench/demo_seeds.py --demo demo_out --work W --what teachers --seeds 1 2
     python bench/demo_seeds.py --demo demo_out --work W --summarise-only
+    python bench/demo_seeds.py --demo demo_out --work W --what runs --seeds 0 1 2 --tag scratch \
+        --set text_init=scratch --set optim.text_lr_scale=1 --set model.text.attention_dropout=null
 
 World, cache and (for ``runs``) the retrieval targets are the demo's own (seed 0); results go to
 ``W/results.json`` one entry at a time, so a killed run continues where it stopped. One torch thread.
+``--tag T --set KEY=VALUE ...`` runs a variant of the demo's runs (its keys start with ``T``; its seed 0 is run,
+not read from the demo folder), e.g. the report tower trained from scratch as the demo did before session 8.
 """
 from __future__ import annotations
 
@@ -27,11 +31,12 @@ from ctxray.teacher.train import train_teacher
 from ctxray.train.loop import train
 
 
-def _runs(demo: Path, work: Path, seeds: list[int], res: dict, save) -> None:
+def _runs(demo: Path, work: Path, seeds: list[int], res: dict, save, tag: str = "", extra_all=()) -> None:
     settings = PRESETS["demo"]
     for seed in seeds:
         for name, extra in RUNS.items():
-            key = f"{name}_seed{seed}"
+            key = f"{tag}{name}_seed{seed}"
+            extra = [*extra, *extra_all]
             if key in res:
                 continue
             cfg = train_config(settings, demo / "cache", demo / "retrieval", extra, seed)
@@ -60,16 +65,17 @@ def _teachers(demo: Path, work: Path, seeds: list[int], res: dict, save) -> None
         save()
 
 
-def summarise(demo: Path, res: dict) -> str:
-    """Markdown tables: the runs (seed 0 read from the demo folder) and the retrieval per expert seed."""
+def summarise(demo: Path, res: dict, tag: str = "") -> str:
+    """Markdown tables: the runs (untagged: seed 0 read from the demo folder) and the retrieval per expert seed."""
     lines = ["| seed | plain | full | full - plain | collapsed steps (plain / full) |", "|---:|---:|---:|---:|---|"]
     diffs = []
-    seeds = sorted({0} | {int(k.rsplit("_seed", 1)[1]) for k in res if "_seed" in k})
+    mine = [k for k in res if "_seed" in k and k.split("_seed")[0] in {f"{tag}{n}" for n in RUNS}]
+    seeds = sorted(({0} if not tag else set()) | {int(k.rsplit("_seed", 1)[1]) for k in mine})
     for seed in seeds:
-        if seed == 0:
+        if seed == 0 and not tag:
             row = {n: json.loads((demo / "runs" / n / "metrics.json").read_text()) for n in RUNS}
-        elif all(f"{n}_seed{seed}" in res for n in RUNS):
-            row = {n: res[f"{n}_seed{seed}"] for n in RUNS}
+        elif all(f"{tag}{n}_seed{seed}" in res for n in RUNS):
+            row = {n: res[f"{tag}{n}_seed{seed}"] for n in RUNS}
         else:
             continue
         d = row["full"]["val_auroc"] - row["plain"]["val_auroc"]
@@ -103,6 +109,9 @@ def main() -> None:
     ap.add_argument("--what", choices=["runs", "teachers"], default="runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--summarise-only", action="store_true")
+    ap.add_argument("--tag", default="", help="prefix of this variant's result keys (with --set)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig override of both runs (repeatable); give the variant a --tag")
     args = ap.parse_args()
     from ctxray.utils.machine import describe_machine
     print(describe_machine(), flush=True)
@@ -115,8 +124,11 @@ def main() -> None:
         path.write_text(json.dumps(res, indent=2, default=float))
 
     if not args.summarise_only:
-        (_runs if args.what == "runs" else _teachers)(args.demo, args.work, args.seeds, res, save)
-    print(summarise(args.demo, res))
+        if args.what == "runs":
+            _runs(args.demo, args.work, args.seeds, res, save, args.tag, args.overrides)
+        else:
+            _teachers(args.demo, args.work, args.seeds, res, save)
+    print(summarise(args.demo, res, args.tag))
 
 
 if __name__ == "__main__":

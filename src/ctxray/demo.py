@@ -88,7 +88,9 @@ PRESETS: dict[str, DemoSettings] = {
                          text_hidden=64, text_layers=1, epochs=10, batch_size=8, lr=1e-3, finetune_fraction=0.5,
                          n_boot=50, overrides=["model.embed_dim=64", "model.text.dropout=0.0",
                                                "optim.warmup_steps=5", "optim.precision=fp32",
-                                               "tokenizer_vocab=1000"]),
+                                               "tokenizer_vocab=1000", "model.text.attention_dropout=0.0",
+                                               "optim.text_lr_scale=0.1"],
+                         report_tower=["steps=300"]),
     # Sized to finish in under 15 minutes on a slow 2-core machine: the report tower reads whole reports
     # (up to 425 word pieces; at 128 wide that alone cost ~45% of a step), so it is 64 wide; 8 epochs;
     # one validation at the end (the demo scores the last checkpoint anyway). The CT model trains on the
