@@ -106,3 +106,30 @@ def test_the_cli_writes_the_folder(tower, tmp_path):
     cfg, _ = read_report_tower(out)
     assert cfg.steps == 3 and cfg.embed_dim == 16 and cfg.text.vocab_size > 0
     assert main(["pretrain-text", "--cache", str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+def test_a_run_from_the_tower_resumes_exactly_without_the_tower_folder(tower, tmp_path):
+    """A resumed run reads its own checkpoint (weights and tokenizer), never the tower folder again."""
+    import shutil
+
+    from ctxray.train.loop import train
+
+    cache, folder, _ = tower
+    moved = tmp_path / "tower"
+    shutil.copytree(folder, moved)
+    cfg = tiny_config(cache, None, text_init="pretrained", text_dir=str(moved),
+                      **{"optim.epochs": 2, "optim.text_lr_scale": 0.1, "data.batch_size": 8})
+    full = train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "part", stop_after=3)
+    shutil.rmtree(moved)
+    rest = train(cfg, tmp_path / "part", resume=True)
+    assert rest["step"] == full["step"] == 10
+    from safetensors.torch import load_file
+
+    wf = load_file(str(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors"))
+    wp = load_file(str(tmp_path / "part" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    # the tower moved at a tenth of the rate, but moved
+    _, state = read_report_tower(folder)
+    tower_keys = [k for k in state if k.startswith("text_encoder.") and "LayerNorm" not in k]
+    assert any(not torch.equal(wf[k], state[k]) for k in tower_keys)
