@@ -33,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items())
+    width = max(len(name) for name in COMMANDS)
+    lines = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="ctxray",
         description="Chest-CT understanding by distilling knowledge from X-ray expert models.",
