@@ -54,7 +54,8 @@ def test_demo_tiny_end_to_end(tmp_path):
     # The smoke preset learns (it used to score chance: plain 0.515, full 0.477). Measured on the tiny world
     # with these settings (seeds 0 / 1, this machine): full 0.620 / 0.646, plain 0.670; the bound is ~2
     # standard deviations of a 60-volume macro AUROC above chance, not a tuned figure. Since the report tower
-    # is pre-trained (session 8, 1 thread): full 0.653 / 0.583, plain 0.642 / 0.586 (world and run seeds 0 / 1).
+    # is pre-trained (session 8, 1 thread): full 0.653 / 0.583 / 0.608, plain 0.642 / 0.586 / 0.632 (world and run
+    # seeds 0 / 1 / 2).
     for run in summary["runs"].values():
         assert run["zero_shot_macro"]["auroc"] > MIN_AUROC
         assert run["train"]["collapsed_steps"] == 0
@@ -66,7 +67,8 @@ def test_demo_tiny_end_to_end(tmp_path):
     text = (out / "summary.md").read_text()
     assert "| full |" in text and "| plain |" in text
     assert list(out.glob("*.png")), "ROC plots are copied next to summary.md"
-    assert summary["report_tower"]["prompts_on_valid_reports"]["after"] > 0.85  # 0.935 / 0.903 (seeds 0 / 1)
+    # the prompts on the validation reports after pre-training: 0.935 / 0.903 / 0.941 (seeds 0 / 1 / 2)
+    assert summary["report_tower"]["prompts_on_valid_reports"]["after"] > 0.85
     assert "pre-trained on the training reports" in text
     for part in ["world/ct-rate/dataset", "cache/manifest.jsonl", "teacher/metrics.json", "retrieval/targets.json",
                  "report_tower/model.safetensors",
