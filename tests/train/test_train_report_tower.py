@@ -56,8 +56,8 @@ def test_labels_of_other_reports_teach_nothing_that_carries_over(tmp_path, monke
     cache = write_cache(tmp_path / "cache", n_train=40, n_valid=24, seed=3)
     real = rt.report_label_table
 
-    def shuffled(rows, label_set, source="labeler", shuffle_seed=None):
-        return real(rows, label_set, source, shuffle_seed=0 if source == "labeler" else None)
+    def shuffled(rows, label_set, source="labeler", shuffle_seed=None, **kw):
+        return real(rows, label_set, source, shuffle_seed=0 if source == "labeler" else None, **kw)
 
     monkeypatch.setattr(rt, "report_label_table", shuffled)
     metrics = pretrain_report_tower(cache, tmp_path / "tower", _cfg())
@@ -133,3 +133,18 @@ def test_a_run_from_the_tower_resumes_exactly_without_the_tower_folder(tower, tm
     _, state = read_report_tower(folder)
     tower_keys = [k for k in state if k.startswith("text_encoder.") and "LayerNorm" not in k]
     assert any(not torch.equal(wf[k], state[k]) for k in tower_keys)
+
+
+def test_validation_reports_without_labels_are_scored_as_unknown(tmp_path):
+    """A cache whose validation rows carry no label columns (unlabelled real data): the stage still runs, and
+    the validation figure is None (not NaN in the JSON, not a crash in the log)."""
+    cache = write_cache(tmp_path / "cache", n_train=12, n_valid=6, seed=4)
+    rows = [json.loads(line) for line in (cache / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["split"] == "valid":
+            r["labels"] = None
+    (cache / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = pretrain_report_tower(cache, tmp_path / "tower", _cfg(steps=3))
+    assert metrics["prompts_on_reports"]["after"]["valid"]["macro"] is None
+    assert metrics["prompts_on_reports"]["after"]["train"]["macro"] is not None
+    json.loads((tmp_path / "tower" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))

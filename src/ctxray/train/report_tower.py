@@ -63,7 +63,8 @@ def prompt_auroc(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.nda
                  max_length: int) -> dict[str, Any]:
     """The zero-shot prompts applied to ``reports``: macro and per-label AUROC against ``y`` (N, L; NaN unknown).
 
-    A label with one class among the known entries has no AUROC (None) and is left out of the macro.
+    A label with one class among the known entries has no AUROC (None) and is left out of the macro (None when
+    no label has one, e.g. validation reports without label columns).
     """
     labels = load_labels()
     pos, neg = prompt_embeddings(tower, tokenizer, labels, max_length=max_length)
@@ -74,8 +75,12 @@ def prompt_auroc(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.nda
         if known.any():
             per[j] = auroc_per_label(y[known][:, [j]], scores[known][:, [j]])[0]
     finite = per[np.isfinite(per)]
-    return {"macro": float(finite.mean()) if finite.size else float("nan"),
+    return {"macro": float(finite.mean()) if finite.size else None,
             "per_label": {n: round(float(v), 4) if np.isfinite(v) else None for n, v in zip(labels.names, per)}}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _schedule(cfg: ReportTowerConfig) -> Any:
@@ -117,11 +122,12 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
     tokenizer = train_tokenizer(reports, cfg.tokenizer_vocab)
     tokens = report_token_stats(tokenizer, reports, cfg.text.max_length)
     check_report_lengths(tokens, cfg.max_truncated, str(cache_dir))
-    table = report_label_table(rows, label_set, cfg.labels)
+    table = report_label_table(rows, label_set, cfg.labels, what="report tower: fitting the labels of")
     y_train = np.stack([table[str(r["id"])] for r in rows])
     val_rows = cache.split(cfg.val_split) if cfg.val_split else []
     val_reports = [str(r.get("report", "")) for r in val_rows]
-    y_val = report_label_table(val_rows, label_set, "dataset") if val_rows else {}
+    y_val = report_label_table(val_rows, label_set, "dataset", what="report tower: scoring the labels of") \
+        if val_rows else {}
     y_val_m = np.stack([y_val[str(r["id"])] for r in val_rows]) if val_rows else None
 
     seed_everything(cfg.seed)
@@ -148,8 +154,8 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
 
     before = score()
     log.info("report tower: %d training reports (%s labels), %d steps of %d; prompts on the reports before: "
-             "train %.3f%s", len(reports), cfg.labels, cfg.steps, cfg.batch_size, before["train"]["macro"],
-             f", valid {before['valid']['macro']:.3f}" if val_rows else "")
+             "train %s%s", len(reports), cfg.labels, cfg.steps, cfg.batch_size, _fmt(before["train"]["macro"]),
+             f", valid {_fmt(before['valid']['macro'])}" if val_rows else "")
     losses: list[float] = []
     start = time.perf_counter()
     tower.train()
@@ -177,9 +183,9 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
     metrics = {"steps": cfg.steps, "seconds": round(seconds, 1), "reports": len(reports),
                "loss_first10": sum(head) / len(head), "loss_last10": sum(tail) / len(tail),
                "prompts_on_reports": {"before": before, "after": after}, "report_tokens": tokens}
-    log.info("report tower done in %.0f s: prompts on the training reports %.3f -> %.3f%s", seconds,
-             before["train"]["macro"], after["train"]["macro"],
-             f"; on the validation reports {before['valid']['macro']:.3f} -> {after['valid']['macro']:.3f}"
+    log.info("report tower done in %.0f s: prompts on the training reports %s -> %s%s", seconds,
+             _fmt(before["train"]["macro"]), _fmt(after["train"]["macro"]),
+             f"; on the validation reports {_fmt(before['valid']['macro'])} -> {_fmt(after['valid']['macro'])}"
              if val_rows else "")
 
     def write(tmp: Path) -> None:

@@ -163,7 +163,7 @@ PROMPT_SHUFFLE_SEED = 104729
 
 
 def report_label_table(rows: list[dict[str, Any]], label_set: LabelSet, source: str = "labeler",
-                       shuffle_seed: int | None = None) -> dict[str, np.ndarray]:
+                       shuffle_seed: int | None = None, what: str = "prompt term: labels of") -> dict[str, np.ndarray]:
     """The prompt term's targets: each training report's labels, in ``label_set.names`` order.
 
     Args:
@@ -172,6 +172,7 @@ def report_label_table(rows: list[dict[str, Any]], label_set: LabelSet, source: 
             by the loss); ``dataset`` takes the rows' label columns (NaN where unknown).
         shuffle_seed: the control: when set, every report gets another report's labels (a seeded
             permutation without fixed points).
+        what: how the log line that counts them begins.
 
     Returns:
         id -> (len(label_set),) float32; NaN for a label the source does not know.
@@ -193,8 +194,8 @@ def report_label_table(rows: list[dict[str, Any]], label_set: LabelSet, source: 
         else:
             log.warning("loss.prompt: label %r is not a %s column; the prompt term leaves it out", name, source)
     known = np.isfinite(table)
-    log.info("prompt term: labels of %d training reports from the %s, %.1f%% of entries known, %.1f%% of the "
-             "known positive%s", len(rows), source, 100 * known.mean() if table.size else 0.0,
+    log.info("%s %d reports from the %s, %.1f%% of entries known, %.1f%% of the "
+             "known positive%s", what, len(rows), source, 100 * known.mean() if table.size else 0.0,
              100 * float(np.nanmean(table)) if known.any() else 0.0,
              "; shuffled across reports (control)" if shuffle_seed is not None else "")
     if shuffle_seed is not None:
