@@ -148,3 +148,8 @@ def test_validation_reports_without_labels_are_scored_as_unknown(tmp_path):
     assert metrics["prompts_on_reports"]["after"]["valid"]["macro"] is None
     assert metrics["prompts_on_reports"]["after"]["train"]["macro"] is not None
     json.loads((tmp_path / "tower" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    from ctxray.cli import main
+
+    assert main(["pretrain-text", "--cache", str(cache), "--out", str(tmp_path / "t2"), "--set", "steps=2",
+                 "--set", "text.hidden=32", "--set", "text.heads=2", "--set", "text.layers=1",
+                 "--set", "text.max_length=64", "--set", "embed_dim=16", "--set", "tokenizer_vocab=300"]) == 0

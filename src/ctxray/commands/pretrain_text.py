@@ -38,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         log.error("ctxray pretrain-text: %s", err, exc_info=args.verbose > 0)
         return 2
     after = metrics["prompts_on_reports"]["after"]
-    log.info("prompts on the reports: %s", json.dumps({k: round(v["macro"], 4) for k, v in after.items()}))
+    log.info("prompts on the reports: %s", json.dumps({k: None if v["macro"] is None else round(v["macro"], 4)
+                                                        for k, v in after.items()}))
     return 0

@@ -46,6 +46,7 @@ from ctxray.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
+
 class ReportTower(nn.Module):
     """The report tower and its projection into the shared space, named as in ``DualEncoder``."""
 
