@@ -168,6 +168,8 @@ def build_lesions(anatomy: Anatomy, labels: dict[str, int], rng: np.random.Gener
     Raises:
         KeyError: a label without a builder (a label file that is not CT-RATE's 18).
     """
+    if not any(labels.get(name) for name in sampling_order()):
+        return []  # a healthy patient: no atlas to paint (it draws no random numbers, so the streams are unchanged)
     atlas = atlas or Atlas(anatomy)
     out: list[Lesion] = []
     for name in sampling_order():
