@@ -74,3 +74,42 @@ def test_demo_tiny_end_to_end(tmp_path):
                  "report_tower/model.safetensors",
                  "runs/full/checkpoints", "eval/plain/metrics.json", "finetune/metrics.json"]:
         assert (out / part).exists(), part
+
+
+def _threads_and_pid() -> tuple[int, int]:
+    import os
+
+    import torch
+
+    return torch.get_num_threads(), os.getpid()
+
+
+def test_beside_process_splits_the_threads_and_restores_them():
+    """The report tower's process: half the threads there, the rest here while it runs, all of them after."""
+    import os
+    import time
+
+    import torch
+
+    from ctxray.demo import _BesideProcess
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with _BesideProcess(True) as beside:
+            assert beside.active and torch.get_num_threads() == 2
+            threads, pid = beside.submit(_threads_and_pid)()
+        assert (threads, torch.get_num_threads()) == (1, 3) and pid != os.getpid()
+        with pytest.raises(ZeroDivisionError), _BesideProcess(True) as beside:  # its error reaches the caller
+            beside.submit(divmod, 1, 0)()
+        assert torch.get_num_threads() == 3
+        with pytest.raises(KeyError), _BesideProcess(True) as beside:  # an error here stops the job
+            beside.submit(time.sleep, 60)
+            raise KeyError("stage failed")
+        torch.set_num_threads(1)  # one thread: nothing to split, the stages run in turn
+        with _BesideProcess(True) as beside:
+            assert not beside.active and torch.get_num_threads() == 1
+        with _BesideProcess(False) as beside:
+            assert not beside.active
+    finally:
+        torch.set_num_threads(before)

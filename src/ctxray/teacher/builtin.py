@@ -3,18 +3,22 @@
 ``XrayCLIP`` is the trainable module (features in, features out; the loss lives in
 ``ctxray.teacher.train``). ``BuiltinTeacher`` wraps a trained one with its tokenizer behind the
 ``Teacher`` interface. A teacher folder holds ``model.safetensors``, ``config.json`` (an
-``XrayCLIPConfig`` plus ``"ctxray_teacher": "builtin"``), ``tokenizer/`` and ``metrics.json``.
+``XrayCLIPConfig`` plus ``"ctxray_teacher": "builtin"``), ``tokenizer/`` and ``metrics.json``; with a locked
+pretrained text tower also ``text_backbone/`` and ``text_features.safetensors`` (:func:`save_text_memo`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -26,6 +30,9 @@ from ctxray.utils.io import atomic_write, atomic_write_text
 
 KIND_KEY = "ctxray_teacher"
 TEXT_BACKBONE = "text_backbone"
+TEXT_MEMO = "text_features.safetensors"
+
+log = logging.getLogger(__name__)
 
 
 def _default_text() -> TextEncoderConfig:
@@ -169,6 +176,55 @@ def load_builtin_model(path: str | Path) -> tuple[XrayCLIP, Tokenizer]:
     return model, tokenizer
 
 
+def text_digest(text: str) -> str:
+    """Key of a text in the memo (its SHA-256: the memo holds no report text)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _backbone_files(folder: Path) -> list[Path]:
+    return sorted((folder / TEXT_BACKBONE).glob("*"))
+
+
+def save_text_memo(out: str | Path, texts: list[str], features: torch.Tensor) -> None:
+    """Keep a locked text backbone's outputs for ``texts`` in the teacher folder (``text_features.safetensors``).
+
+    The teacher trains on them anyway (a locked backbone is run once per distinct report); kept, they spare
+    :class:`BuiltinTeacher` running the backbone again on the same reports (retrieval embeds the gallery's: on the
+    demo world 2,119 of its ~2,560 distinct reports, ~20 s of two CPU cores). Keyed by each text's SHA-256, with
+    the hash of the backbone's files: a folder whose backbone was replaced ignores the memo.
+
+    Shape:
+        features: (len(texts), text width), the pooled backbone outputs (before ``text_proj``)
+    """
+    out = Path(out)
+    if len(texts) != len(features):
+        raise ValueError(f"text memo: {len(texts)} texts but {len(features)} feature rows")
+    meta = {"digests": json.dumps([text_digest(t) for t in texts]),
+            "backbone": fingerprint_files(_backbone_files(out)),
+            "max_length": json.dumps(json.loads((out / "config.json").read_text())["text"]["max_length"])}
+    atomic_write(out / TEXT_MEMO, lambda p: save_file({"features": features.detach().float().contiguous()}, str(p),
+                                                     metadata=meta))
+
+
+def load_text_memo(folder: Path, cfg: XrayCLIPConfig) -> tuple[dict[str, int], torch.Tensor] | None:
+    """The memo of :func:`save_text_memo` (digest -> row, features), or None when the folder has none or when it
+    does not belong to this backbone (logged)."""
+    path = folder / TEXT_MEMO
+    if not path.is_file() or not cfg.lock_text:
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        features = f.get_tensor("features")
+    if meta.get("backbone") != fingerprint_files(_backbone_files(folder)) or \
+            meta.get("max_length") != json.dumps(cfg.text.max_length):
+        log.warning("%s: recorded for another text backbone or length; ignored (texts are encoded afresh)", path)
+        return None
+    digests = json.loads(meta["digests"])
+    if len(digests) != len(features):
+        raise ValueError(f"{path}: {len(digests)} digests but {len(features)} feature rows")
+    return {d: i for i, d in enumerate(digests)}, features
+
+
 class BuiltinTeacher(Teacher):
     """A trained ``XrayCLIP`` behind the ``Teacher`` interface.
 
@@ -182,10 +238,11 @@ class BuiltinTeacher(Teacher):
     name = "builtin"
 
     def __init__(self, model: XrayCLIP, tokenizer: Tokenizer, files: list[Path] | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, memo: tuple[dict[str, int], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.memo = memo
         self.embed_dim = model.cfg.embed_dim
         self.image_size = model.cfg.image_size
         self.max_length = model.cfg.text.max_length
@@ -198,12 +255,27 @@ class BuiltinTeacher(Teacher):
         model, tok = load_builtin_model(path)
         files = [path / "model.safetensors", path / "config.json", *sorted((path / "tokenizer").glob("*")),
                  *sorted((path / TEXT_BACKBONE).glob("*"))]
-        return cls(model, tok, files=files)
+        return cls(model, tok, files=files, memo=load_text_memo(path, model.cfg))
 
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
 
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
+        if self.memo is None or not texts:
+            return self._encode_text_fresh(texts)
+        rows, features = self.memo
+        found = [rows.get(text_digest(t)) for t in texts]
+        known = [i for i, r in enumerate(found) if r is not None]
+        fresh = [i for i, r in enumerate(found) if r is None]
+        out = torch.empty(len(texts), self.embed_dim, device=self.device)
+        if known:  # the locked backbone's kept outputs through the (trained) projection: encode_text's function
+            feats = features[[found[i] for i in known]].to(self.device)
+            out[known] = self.model.text_proj(feats).to(out.dtype)
+        if fresh:
+            out[fresh] = self._encode_text_fresh([texts[i] for i in fresh]).to(out.dtype)
+        return out
+
+    def _encode_text_fresh(self, texts: list[str]) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), self.batch_size):
             enc = tokenize_reports(self.tokenizer, texts[start:start + self.batch_size], self.max_length)

@@ -32,7 +32,14 @@ from ctxray.losses import RobustContrastiveLoss
 from ctxray.models.text import TextEncoderConfig, Tokenizer, minilm_path
 from ctxray.optim import lr_factor, param_groups
 from ctxray.teacher.base import TEXT_TRUNCATION_RULE
-from ctxray.teacher.builtin import BuiltinTeacher, XrayCLIP, XrayCLIPConfig, save_builtin, tokenize_reports
+from ctxray.teacher.builtin import (
+    BuiltinTeacher,
+    XrayCLIP,
+    XrayCLIPConfig,
+    save_builtin,
+    save_text_memo,
+    tokenize_reports,
+)
 from ctxray.teacher.embed import embed_texts
 from ctxray.teacher.evaluate import report_to_image_recall, zero_shot_auc
 from ctxray.teacher.image import ImageEncoderConfig
@@ -200,11 +207,14 @@ def _prompt_text(model: XrayCLIP, tokenizer: Tokenizer, anchors: PromptAnchors |
 
 
 def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: list[str],
-        cfg: TeacherTrainConfig, labels: torch.Tensor | None = None) -> list[float]:
+        cfg: TeacherTrainConfig, labels: torch.Tensor | None = None,
+        locked_out: dict | None = None) -> list[float]:
     """Train ``model`` in place; returns the mean loss of each epoch.
 
     Args:
         labels: 0/1 targets of the model's label head (``cfg.label_weight > 0`` only).
+        locked_out: with a locked text backbone, filled with ``texts`` (the distinct reports) and ``features``
+            (their backbone outputs), which :func:`ctxray.teacher.builtin.save_text_memo` keeps with the teacher.
 
     Shape:
         images: (N, 1, S, S) uint8; labels: (N, len(model.cfg.label_names))
@@ -219,6 +229,8 @@ def fit(model: XrayCLIP, tokenizer: Tokenizer, images: torch.Tensor, reports: li
     uniq, group = np.unique(np.asarray(reports, dtype=object).astype(str), return_inverse=True)
     group_t = torch.from_numpy(group)
     locked = _locked_features(model, tokenizer, list(uniq), cfg) if model.cfg.lock_text else None
+    if locked is not None and locked_out is not None:
+        locked_out.update(texts=[str(t) for t in uniq], features=locked)
     anchors = PromptAnchors(load_labels(), model.cfg.label_names) if cfg.prompt_weight > 0 else None
     prompt_text = _prompt_text(model, tokenizer, anchors, cfg, locked is not None)
     n = len(reports)
@@ -330,10 +342,13 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
     model = XrayCLIP(cfg.model)
     size = cfg.model.image_size
     head_labels = _head_labels(train, cfg.model.label_names) if supervised else None
-    history = fit(model, tokenizer, load_images(train, size), [r.report for r in train], cfg, head_labels)
+    locked: dict = {}
+    history = fit(model, tokenizer, load_images(train, size), [r.report for r in train], cfg, head_labels, locked)
     seconds = time.time() - t0
     out = Path(out)
     save_builtin(model, tokenizer, out)
+    if locked:  # the locked backbone's outputs for the training reports: retrieval need not compute them again
+        save_text_memo(out, locked["texts"], locked["features"])
     teacher = BuiltinTeacher.from_folder(out).freeze()
     metrics = evaluate_teacher(teacher, held, load_images(held, size))
     metrics.update({

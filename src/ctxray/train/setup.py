@@ -380,5 +380,5 @@ def build_model(config: TrainConfig, initialise: bool = True) -> DualEncoder:
         _, state = teacher_text_tower(config.teacher_dir)
         init_text_from_teacher(model, state)
     if config.text_init == "pretrained":
-        init_text_from_teacher(model, read_report_tower(config.text_dir)[1])
+        init_text_from_teacher(model, read_report_tower(config.text_dir)[1], f"the report tower {config.text_dir}")
     return model
