@@ -35,6 +35,8 @@ from ctxray.train.loop import train
 from .test_train_support import tiny_config, write_cache, write_targets
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# configs/tiny.yaml trains 5 epochs on the smoke world's 320 training CTs; the tiny world has 160: the same 200 steps
+TINY_WORLD_EPOCHS = ["--set", "optim.epochs=10"]
 
 
 def test_zero_shot_auroc_clearly_above_chance_on_held_out_pairs(tmp_path):
@@ -84,7 +86,7 @@ def test_tiny_world_chain_through_the_cli_learns_zero_shot(tiny_chain, tmp_path)
     run = tmp_path / "run"
 
     args = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
-            "--text-dir", str(cache.parent / "report_tower"), "--out", str(run)]
+            "--text-dir", str(cache.parent / "report_tower"), "--out", str(run), *TINY_WORLD_EPOCHS]
     assert main(args) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -135,7 +137,7 @@ def test_tiny_world_shuffled_targets_stay_at_the_constant_prediction_level(tiny_
     cache, _, ret = tiny_chain
     run = tmp_path / "shuffled"
     assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--cache", str(cache), "--retrieval", str(ret),
-                 "--text-dir", str(cache.parent / "report_tower"), "--out", str(run),
+                 "--text-dir", str(cache.parent / "report_tower"), "--out", str(run), *TINY_WORLD_EPOCHS,
                  "--set", "data.shuffle_targets=true"]) == 0
     result = json.loads((run / "metrics.json").read_text())
     assert result["pkd_last_epoch"] > result["pkd_mean_level"] - PKD_GAP

@@ -114,7 +114,7 @@ def generate_world(out: Path, preset: str = "tiny", seed: int = 0, workers: int 
 
     Args:
         out: output folder (created; existing files of a previous world are overwritten).
-        preset: "tiny", "demo" or "bench" (:mod:`ctxray.synth.presets`).
+        preset: a name of :data:`ctxray.synth.presets.PRESETS` ("tiny", "smoke", "demo", ...).
         seed: world seed; the same seed gives the same bytes.
         workers: processes rendering in parallel; None for :func:`default_workers`. The output does
             not depend on it.

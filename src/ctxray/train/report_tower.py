@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from ctxray.losses import ReportPromptLoss
 from ctxray.metrics import auroc_per_label
 from ctxray.models.text import TextEncoder, TextEncoderConfig, Tokenizer
 from ctxray.models.zeroshot import encode_texts, ensemble_directions, prompt_embeddings, prompt_texts, zero_shot_logits
+from ctxray.optim import lr_factor, param_groups
 from ctxray.train.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_DIR
 from ctxray.train.config import ReportTowerConfig
 from ctxray.train.setup import check_report_lengths, report_label_table, report_token_stats, train_tokenizer
@@ -82,13 +82,6 @@ def prompt_auroc(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.nda
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _schedule(cfg: ReportTowerConfig) -> Any:
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
-    return factor
 
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -136,8 +129,7 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
     cfg = dataclasses.replace(cfg, text=text)
     tower = ReportTower(text, cfg.embed_dim)
     params = [p for p in tower.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    optimizer = torch.optim.AdamW(param_groups(tower, cfg.weight_decay), lr=cfg.lr)  # no decay on norms, biases
     texts, counts = prompt_texts(label_set)
     prompt_batch = tokenizer(texts, max_length=text.max_length)
     loss_fn = ReportPromptLoss(cfg.scale)
@@ -167,11 +159,12 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
         pos, neg = ensemble_directions(tower.encode_text(prompt_batch["input_ids"], prompt_batch["attention_mask"]),
                                        counts)
         loss = loss_fn(emb, pos, neg, y_t[idx])
+        for group in optimizer.param_groups:  # linear warm-up, then cosine to zero: the CT model's schedule
+            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, min_ratio=0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        scheduler.step()
         losses.append(float(loss.detach()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             recent = losses[-cfg.log_every:]
