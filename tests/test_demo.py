@@ -42,7 +42,8 @@ def test_demo_refuses_to_overwrite_and_unknown_presets(tmp_path):
         run_demo(tmp_path / "new", preset="huge")
 
 
-MIN_AUROC = 0.57
+MIN_AUROC = 0.57  # both runs: above chance by > 3 SD of a 240-volume macro AUROC (~0.02)
+FULL_MIN_AUROC = 0.6  # the full run: issue 13's bar for the smoke preset
 
 
 @pytest.mark.slow
@@ -51,23 +52,24 @@ def test_demo_tiny_end_to_end(tmp_path):
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--workers", "1"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["runs"]) == {"plain", "full"}
-    # The smoke preset learns (it used to score chance: plain 0.515, full 0.477). Measured on the tiny world
-    # with these settings (seeds 0 / 1, this machine): full 0.620 / 0.646, plain 0.670; the bound is ~2
-    # standard deviations of a 60-volume macro AUROC above chance, not a tuned figure. Since the report tower
-    # is pre-trained (session 8, 1 thread): full 0.653 / 0.583 / 0.608, plain 0.642 / 0.586 / 0.632 (world and run
-    # seeds 0 / 1 / 2).
+    # The smoke preset learns (it used to score chance: plain 0.515, full 0.477). On the tiny world (60
+    # validation CTs) the same recipe scored full 0.653 / 0.583 / 0.608 for world and run seeds 0 / 1 / 2
+    # (session 8): one run's figure on 60 volumes has an SD of ~0.04. Since session 9 it runs on the `smoke`
+    # world (320 train / 240 validation CTs, 5 epochs = the same 200 steps): full 0.658 / 0.635 / 0.677 / 0.656 /
+    # 0.628, plain 0.626 / 0.608 / 0.637 / 0.661 / 0.640 (world and run seeds 0-4; 1 thread; session-9 Xeon).
     for run in summary["runs"].values():
         assert run["zero_shot_macro"]["auroc"] > MIN_AUROC
         assert run["train"]["collapsed_steps"] == 0
         assert 0.0 <= run["retrieval"]["volume_to_report.R@10"] <= 1.0
-    # its retrieval finds X-rays that agree with the CT (measured 0.705 exact vs 0.141 at random)
+    assert summary["runs"]["full"]["zero_shot_macro"]["auroc"] > FULL_MIN_AUROC
+    # its retrieval finds X-rays that agree with the CT (measured 0.554-0.700 exact vs 0.087-0.120 at random, seeds 0-4)
     agree = summary["retrieval_quality"]["agreement_top1"]
     assert agree["written"]["exact"] > agree["random"]["exact"] + 0.3
     assert summary["seconds"]["train full"] > 0 and summary["total_seconds"] > 0
     text = (out / "summary.md").read_text()
     assert "| full |" in text and "| plain |" in text
     assert list(out.glob("*.png")), "ROC plots are copied next to summary.md"
-    # the prompts on the validation reports after pre-training: 0.935 / 0.903 / 0.941 (seeds 0 / 1 / 2)
+    # the prompts on the validation reports after pre-training: 0.921 / 0.941 / 0.919 / 0.921 / 0.928 (seeds 0-4)
     assert summary["report_tower"]["prompts_on_valid_reports"]["after"] > 0.85
     assert "pre-trained on the training reports" in text
     for part in ["world/ct-rate/dataset", "cache/manifest.jsonl", "teacher/metrics.json", "retrieval/targets.json",

@@ -16,6 +16,8 @@ Measured when these tests were written (2 shared CPU cores, 1 thread each):
   steps; the prompts then read the validation reports at 0.935 vs 0.840 before): the tiny demo's full run
   (the same config, world seed 0, 1 thread) scored 0.653 (plain 0.642), PKD 0.779 / 0.898 / 0.872; with
   world and training seed 1, 0.583 (plain 0.586), PKD 0.782 / 0.834 / 0.815. Bounds unchanged.
+  Since session 9 configs/tiny.yaml trains 5 epochs (the smoke world of the tiny demo has 320 training CTs);
+  these tests pass 10 epochs on the tiny world's 160, the same 200 steps as before.
   Calibration (RoCo only, no teacher, 20 epochs): the earlier tiny world (24 train / 12 validation CTs)
   gave 0.52 / 0.35 / 0.30 with resnet3d_tiny at 32x64x64, and 160 CTs at the coarse 16x32x32 (11 mm voxels)
   0.49 / 0.48 / 0.57 with vit3d_tiny: too few volumes and too coarse voxels made its zero-shot score noise.
