@@ -171,3 +171,6 @@ def test_locked_text_memo_gives_encode_text_without_the_backbone(tmp_path, caplo
     with caplog.at_level("WARNING"):
         assert load_teacher(tmp_path).memo is None
     assert "another text backbone" in caplog.text
+    (tmp_path / TEXT_MEMO).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=TEXT_MEMO):
+        load_teacher(tmp_path)

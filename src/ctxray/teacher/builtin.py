@@ -182,7 +182,9 @@ def text_digest(text: str) -> str:
 
 
 def _backbone_files(folder: Path) -> list[Path]:
-    return sorted((folder / TEXT_BACKBONE).glob("*"))
+    """The files a locked text backbone's weights live in: its own folder (a pretrained tower), else the weights."""
+    files = sorted((folder / TEXT_BACKBONE).glob("*"))
+    return files or [folder / "model.safetensors"]
 
 
 def save_text_memo(out: str | Path, texts: list[str], features: torch.Tensor) -> None:
@@ -212,10 +214,13 @@ def load_text_memo(folder: Path, cfg: XrayCLIPConfig) -> tuple[dict[str, int], t
     path = folder / TEXT_MEMO
     if not path.is_file() or not cfg.lock_text:
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        features = f.get_tensor("features")
-    if meta.get("backbone") != fingerprint_files(_backbone_files(folder)) or \
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            features = f.get_tensor("features")
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise ValueError(f"{path}: cannot read the text memo ({err}); delete it to encode texts afresh") from err
+    if "digests" not in meta or meta.get("backbone") != fingerprint_files(_backbone_files(folder)) or \
             meta.get("max_length") != json.dumps(cfg.text.max_length):
         log.warning("%s: recorded for another text backbone or length; ignored (texts are encoded afresh)", path)
         return None
