@@ -38,25 +38,6 @@ import torch
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 
 
-class _Staged:
-    """A model whose ``relevance_input`` uses a fixed CAM stage."""
-
-    def __init__(self, model, option: str):
-        self._model = model
-        if option == "blur":  # occlusion with a smoothed copy of the volume as the fill
-            self._kw = {"baseline": "blur"}
-        elif "x" in option:  # occlusion patch DxHxW (stride: half of it)
-            self._kw = {"patch": tuple(int(v) for v in option.split("x"))}
-        else:
-            self._kw = {"stage": int(option)}
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def relevance_input(self, x, label, method="gradcam"):
-        return self._model.relevance_input(x, label, method, **self._kw)
-
-
 def _load_subjects(args) -> list[tuple[str, str, object]]:
     """(short name, description, model) for --classifier and --model, the supervised reference first."""
     subjects = []
@@ -124,11 +105,9 @@ def main() -> None:
         for require in modes:
             by_method = {}
             what = "true positives" if require else "all ground-truth positives (model decision ignored)"
-            for spec in methods:
-                method, _, stage = spec.partition(":")
-                subject = _Staged(model, stage) if stage else model
+            for spec in methods:  # a method spec of ctxray.inference.heatmap.method_spec, e.g. occlusion:blur
                 t0 = time.perf_counter()
-                cases, counts = collect_cases(subject, rows, paths, require_decision=require, method=method,
+                cases, counts = collect_cases(model, rows, paths, require_decision=require, method=spec,
                                               margin_mm=args.margin)
                 results = pointing_game(cases, margin_mm=args.margin)
                 by_method[spec] = {k: results[k] for k in model.labels if k in results}

@@ -82,3 +82,17 @@ def test_explain_is_aligned_with_the_input_grid():
     peak = np.unravel_index(heat.argmax(), shape)
     dist_mm = np.linalg.norm((np.subtract(peak, centre)) * spacing)
     assert dist_mm <= 8.0, (peak, centre)  # within two model voxels (4 mm each)
+
+
+def test_method_specs_parse_to_explain_options_and_bad_ones_are_named():
+    from ctxray.inference.heatmap import method_spec
+
+    assert method_spec("gradcam") == ("gradcam", {})
+    assert method_spec("occlusion:blur") == ("occlusion", {"baseline": "blur"})
+    assert method_spec("occlusion:4x8x8") == ("occlusion", {"patch": (4, 8, 8)})
+    assert method_spec("hirescam:1") == ("hirescam", {"stage": 1})
+    for bad, words in [("saliency", "unknown 'saliency'"), ("gradcam:blur", "takes no option 'blur'"),
+                       ("occlusion:0x8x8", "takes no option"), ("rollout:2", "takes no option '2'"),
+                       ("occlusion:air", "occlusion:blur")]:
+        with pytest.raises(ValueError, match=words):
+            method_spec(bad)

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 import ctxray
 from ctxray.cli import main
@@ -144,3 +145,37 @@ def test_validated_labels_get_maps_and_the_card_says_which(tiny_run, scans, tmp_
     assert [f["label"] for f in res.findings if f["heatmap"]] == ["Lung nodule"]
     (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "o2", html=False)  # gradcam: none validated
     assert not any(f["heatmap"] for f in res.findings)
+
+
+def test_a_method_with_an_option_is_run_and_validated_by_its_full_name(tiny_run, scans, tmp_path):
+    """`occlusion:blur` (the fill the pointing benchmark validated) runs through the model folder and predict,
+    keyed by that name in localisation.json; an unknown method fails before any scan is read."""
+    from ctxray.inference.export import export_model
+
+    root, _ = scans
+    row = {"n": 8, "hits": 6, "rate": 0.75, "best_possible": 0.9, "energy": 0.3, "random_volume": 0.01,
+           "random_body": 0.02}
+    bench = {"model": "m", "world": "W", "split": "valid", "margin_mm": 10.0, "n_volumes": 50,
+             "methods": {"occlusion:blur": {"Pleural effusion": row}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    model = ctxray.load(export_model(tiny_run, tmp_path / "m", localisation=tmp_path / "bench.json"))
+    assert model.validated_labels("occlusion:blur") == ["Pleural effusion"] and not model.validated_labels("occlusion")
+    x = torch.rand(1, 1, *model.spec.shape_zyx)
+    blur = model.relevance_input(x, "Pleural effusion", "occlusion:blur")
+    air = model.relevance_input(x, "Pleural effusion", "occlusion")
+    assert "smoothed copy" in blur.method and "smoothed copy" not in air.method
+    assert blur.map.shape == tuple(model.spec.shape_zyx) and not np.allclose(blur.map, air.map)
+    model.thresholds = {n: 0.0 for n in model.labels}
+    (res,) = predict(model, [root / "case_a.nii.gz"], tmp_path / "o", explain_method="occlusion:blur", html=False)
+    assert [f["label"] for f in res.findings if f["heatmap"]] == ["Pleural effusion"]
+    with pytest.raises(ValueError, match="unknown 'saliency'"):
+        predict(model, [root / "case_a.nii.gz"], tmp_path / "o3", explain_method="saliency")
+    assert not (tmp_path / "o3").exists()
+
+
+def test_predict_cli_refuses_an_unknown_explanation_method(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--explain-method", "occlusion:air"])
+    assert stop.value.code == 2 and "occlusion:blur" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -21,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per scan)")
     parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive",
                         help="relevance maps for positive findings (default), every label, or none")
-    parser.add_argument("--explain-method", choices=("gradcam", "hirescam", "occlusion", "rollout", "gradrollout"),
-                        default="gradcam", help="relevance-map method (ctxray.inference.heatmap; occlusion is slow; "
-                        "rollout and gradrollout: attention rollout, ViT encoders only)")
+    parser.add_argument("--explain-method", type=_method, default="gradcam",
+                        help="relevance-map method: gradcam, hirescam, occlusion, rollout or gradrollout, optionally "
+                        "with an option: occlusion:blur (patch filled with a smoothed copy, the fill the pointing "
+                        "benchmark validated), occlusion:DxHxW, gradcam:N / hirescam:N (feature stage); "
+                        "ctxray.inference.heatmap; occlusion is slow; rollout and gradrollout: ViT encoders only")
     parser.add_argument("--explain-unvalidated", action="store_true",
                         help="also draw maps of labels whose localisation the model folder never validated "
                              "(by default only labels listed in its localisation.json get maps)")
@@ -55,3 +57,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{ok} scan(s) ok ({warned} with field-of-view warnings), {len(results) - ok - len(failed)} skipped "
           f"(localizers only), {len(failed)} failed; results in {args.out}")
     return 1 if (failed and args.strict) else 0
+
+
+def _method(spec: str) -> str:
+    """``--explain-method``, checked by ``ctxray.inference.heatmap.method_spec`` (an error names the options)."""
+    from ctxray.inference.heatmap import method_spec
+
+    try:
+        method_spec(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return spec

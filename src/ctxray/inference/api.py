@@ -20,7 +20,7 @@ import torch
 from ctxray.data.readers import Volume, read_volume_raw
 from ctxray.data.validate import check_values, validate_raw
 from ctxray.inference.folder import ModelFolderError, read_model_folder, verify_model_dir
-from ctxray.inference.heatmap import direction_score, explain, invert_map
+from ctxray.inference.heatmap import direction_score, explain, invert_map, method_spec
 from ctxray.inference.report import report_writer
 from ctxray.models.zeroshot import encode_texts, prompt_embeddings, zero_shot_probs
 from ctxray.train.checkpoint import load_model
@@ -217,12 +217,15 @@ class CTModel:
         """Relevance map of a preprocessed input on the model grid (``ctxray.inference.heatmap.Relevance``).
 
         Args:
-            stage: the CAM's feature stage (``"auto"``: the encoder's ``explain_stage``; None: the last).
+            method: a method spec (``ctxray.inference.heatmap.method_spec``: ``gradcam``, ``occlusion:blur``, ...).
+            stage: the CAM's feature stage (``"auto"``: the encoder's ``explain_stage``; None: the last), unless
+                the spec names one.
         """
+        name, options = method_spec(method)
         (i,) = self._label_rows([label])
         pos, neg = self.prompt_embeddings()
-        return explain(self.model, x, direction_score(self.model, pos[i] - neg[i]), method,  # type: ignore[arg-type]
-                       stage=stage)
+        return explain(self.model, x, direction_score(self.model, pos[i] - neg[i]), name,  # type: ignore[arg-type]
+                       **{"stage": stage, **options})
 
     def explain_input(self, x: torch.Tensor, label: str, shape: tuple[int, ...],
                       spacing_zyx: tuple[float, float, float], method: str = "gradcam") -> tuple[np.ndarray, str]:

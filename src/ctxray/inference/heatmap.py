@@ -54,6 +54,36 @@ Method = Literal["gradcam", "hirescam", "occlusion", "rollout", "gradrollout"]
 METHODS: tuple[str, ...] = ("gradcam", "hirescam", "occlusion", "rollout", "gradrollout")
 ATTENTION_METHODS: tuple[str, ...] = ("rollout", "gradrollout")  # ViT encoders only (ctxray.inference.rollout)
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, D, H, W) -> (B,)
+CAM_METHODS: tuple[str, ...] = ("gradcam", "hirescam")
+
+
+def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A method as ``ctxray predict --explain-method`` and ``bench/pointing_game.py`` name it: ``name`` or
+    ``name:option``, as :func:`explain`'s ``method`` and keyword arguments.
+
+    Options: ``occlusion:blur`` (the patch filled with a smoothed copy of the volume, ``baseline="blur"``),
+    ``occlusion:DxHxW`` (patch size in voxels, e.g. ``occlusion:4x8x8``), ``gradcam:N`` / ``hirescam:N`` (the
+    CAM on feature stage N).
+
+    Raises:
+        ValueError: an unknown method, or an option the method does not take (naming both).
+    """
+    name, _, option = str(spec).partition(":")
+    if name not in METHODS:
+        raise ValueError(f"explanation method {spec!r}: unknown {name!r}; choose from {', '.join(METHODS)} "
+                         "(options: occlusion:blur, occlusion:DxHxW, gradcam:N, hirescam:N)")
+    if not option:
+        return name, {}
+    if name == "occlusion" and option == "blur":
+        return name, {"baseline": "blur"}
+    if name == "occlusion" and option.count("x") == 2 and option.replace("x", "").isdigit():
+        patch = tuple(int(v) for v in option.split("x"))
+        if min(patch) >= 1:
+            return name, {"patch": patch}
+    if name in CAM_METHODS and option.isdigit():
+        return name, {"stage": int(option)}
+    raise ValueError(f"explanation method {spec!r}: {name} takes no option {option!r} (options: occlusion:blur, "
+                     "occlusion:DxHxW, gradcam:N, hirescam:N)")
 
 _TEXT = {
     "gradcam": "Grad-CAM (channel weights = mean gradient) on {layer}",

@@ -32,6 +32,7 @@ from ctxray.data.volume import RawVolume
 from ctxray.inference.api import CTModel, Finding, NoDecoderError
 from ctxray.inference.card import limits_section
 from ctxray.inference.fov import chest_fov_check
+from ctxray.inference.heatmap import method_spec
 from ctxray.inference.html import ReportPage, write_report_html
 from ctxray.inference.report import report_source
 from ctxray.inference.scans import discover_scans, open_scan, scrub, scrubbed_logs
@@ -212,8 +213,9 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
         out: output folder.
         explain: relevance maps for positive findings, all labels, or none; of those, only labels whose maps
             the model folder's ``localisation.json`` validated for ``explain_method``, unless ``explain_unvalidated``.
-        explain_method: ``gradcam``, ``hirescam``, ``occlusion``, ``rollout`` or ``gradrollout``
-            (``ctxray.inference.heatmap``).
+        explain_method: ``gradcam``, ``hirescam``, ``occlusion``, ``rollout`` or ``gradrollout``, optionally with
+            an option (``occlusion:blur``, ``occlusion:4x8x8``, ``hirescam:1``; ``heatmap.method_spec``);
+            it is also the key of the validated labels in ``localisation.json``.
         explain_unvalidated: also draw maps of labels whose localisation was never validated (marked so).
         html: write ``report.html`` per scan.
         max_voxels: display-grid budget of the HTML viewer.
@@ -223,6 +225,7 @@ def predict(model: CTModel, inputs: Sequence[str | Path], out: str | Path, expla
     Returns:
         One :class:`ScanResult` per scan, in input order.
     """
+    method_spec(explain_method)  # an unknown method fails here, not once per scan
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scans = discover_scans(inputs)

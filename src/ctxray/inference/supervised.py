@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ctxray.data.readers import Volume, read_volume_raw
-from ctxray.inference.heatmap import Relevance, explain
+from ctxray.inference.heatmap import Relevance, explain, method_spec
 from ctxray.models.registry import create_volume_encoder
 
 
@@ -59,9 +59,12 @@ class ClassifierModel:
 
     def relevance_input(self, x: torch.Tensor, label: str, method: str = "gradcam", stage: Any = "auto",
                         **kwargs: Any) -> Relevance:
-        """The label's logit explained on the model grid (``ctxray.inference.heatmap.explain``; ``kwargs`` go there)."""
+        """The label's logit explained on the model grid (``ctxray.inference.heatmap.explain``; ``method`` is a spec
+        of ``method_spec``, e.g. ``occlusion:blur``; ``kwargs`` go to ``explain``)."""
+        name, options = method_spec(method)
         i = self.labels.index(label)
-        return explain(self.net, x, lambda v: self.net(v)[:, i], method, stage=stage, **kwargs)  # type: ignore[arg-type]
+        return explain(self.net, x, lambda v: self.net(v)[:, i], name,  # type: ignore[arg-type]
+                       **{"stage": stage, **options, **kwargs})
 
 
 def build_classifier(encoder: str, input_shape: Sequence[int], n_labels: int, **encoder_kwargs: Any) -> nn.Sequential:
