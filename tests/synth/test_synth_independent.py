@@ -68,3 +68,15 @@ def test_pointing_preset_scans_use_independent_labels_and_visible_nodules() -> N
     assert differ > 10
     assert len(sizes["pointing"]) >= 5 and min(sizes["pointing"]) >= MIN_VISIBLE_NODULE_MM
     assert min(sizes["tiny"]) < MIN_VISIBLE_NODULE_MM  # CT-sized nodules in the default world
+
+
+def test_pointing_fine_is_the_pointing_world_on_the_demo_grid() -> None:
+    """Same patients, labels and lesions (drawn in mm before any grid), written on the demo world's CT grid."""
+    fine, point, demo = get_preset("pointing_fine"), get_preset("pointing"), get_preset("demo")
+    assert (fine.ct_shape, fine.ct_spacing) == (demo.ct_shape, demo.ct_spacing)
+    assert (fine.findings, fine.nodules, fine.n_train, fine.n_valid) == ("independent", "visible", point.n_train,
+                                                                        point.n_valid)
+    for a, b in zip(plan_scans(fine, 0, "train", None)[:20], plan_scans(point, 0, "train", None)[:20]):
+        (_, labels_a, _, lesions_a), (_, labels_b, _, lesions_b) = scan_lesions(a), scan_lesions(b)
+        assert labels_a == labels_b
+        assert [(les.label, les.size_mm) for les in lesions_a] == [(les.label, les.size_mm) for les in lesions_b]
