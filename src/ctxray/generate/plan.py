@@ -223,7 +223,8 @@ class SideProbe:
         self.prior: np.ndarray | None = None  # (L, 2) training rate of left / right involvement
 
     def fit(self, x: np.ndarray, x_flipped: np.ndarray, targets: np.ndarray) -> SideProbe:
-        """Shape: x, x_flipped (N, F) features of the volumes and of their mirror images; targets (N, L, 2)."""
+        """Shape: x, x_flipped (N, F) features of the volumes and of their mirror images, or (N, L, F) features per
+        label (label ``j`` reads ``x[:, j]``); targets (N, L, 2)."""
         known = (~np.isnan(targets)).sum(0)
         self.prior = np.where(known > 0, np.nansum(targets, axis=0) / np.maximum(known, 1), 0.5)  # (L, 2)
         for j in range(targets.shape[1]):
@@ -231,17 +232,20 @@ class SideProbe:
             if rows.sum() < self.min_examples:
                 continue
             t = targets[rows, j]
-            xx = np.concatenate([x[rows], x_flipped[rows]])
+            xj, fj = (x[rows, j], x_flipped[rows, j]) if x.ndim == 3 else (x[rows], x_flipped[rows])
+            xx = np.concatenate([xj, fj])
             yy = np.concatenate([t, t[:, ::-1]])  # a mirror image has the sides swapped
             self.probes[j] = LabelProbe(self.c, self.seed).fit(xx, yy)
         return self
 
     def side(self, x: np.ndarray, j: int) -> str | None:
-        """The side word for label ``j`` of one volume (None if the label was never given a side)."""
+        """The side word for label ``j`` of one volume (None if the label was never given a side).
+
+        Shape: x (F,) or (L, F) (per-label features, as in :meth:`fit`)."""
         if self.prior is None:
             raise RuntimeError("SideProbe: call fit first")
         if j in self.probes:
-            p = self.probes[j].scores(x[None])[0]
+            p = self.probes[j].scores((x[j] if x.ndim == 2 else x)[None])[0]
         else:
             p = self.prior[j]
         if not np.isfinite(p).all() or (self.prior[j] == 0).all():
@@ -274,7 +278,7 @@ def plans_from_scores(scores: np.ndarray, thresholds: np.ndarray, names: Sequenc
     """Plans from label scores: positive where ``score >= threshold``; sides from ``sides`` for ``sided`` labels.
 
     Shape:
-        scores: (N, L); thresholds: (L,); side_features: (N, F)
+        scores: (N, L); thresholds: (L,); side_features: (N, F) or (N, L, F) (:meth:`SideProbe.fit`)
     """
     decided = np.asarray(scores) >= np.asarray(thresholds)[None]
     out = []

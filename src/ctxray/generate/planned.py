@@ -85,6 +85,10 @@ class PlannedConfig:
             (the most frequent training sentence that states the planned finding).
         neighbours: training volumes whose sentences are preferred, nearest first.
         sided_min_rate: a label is sided when at least this share of its training mentions names a side.
+        side_features: what the side probe reads: ``thirds`` (the left and right thirds of the last feature map)
+            or ``swap`` (for each label, the drop of its own score when one half of the volume is replaced by the
+            mirror image of the other half, :func:`swap_halves`: two numbers per label, from the whole model;
+            costs two more encoder passes per volume).
         seed: seeds the probes' folds and solver.
         label_set: the labeler's label set.
         train_split: manifest split the planner and the sentence bank are built from.
@@ -100,21 +104,57 @@ class PlannedConfig:
     wording: Literal["neighbours", "frequent"] = "neighbours"
     neighbours: int = 10
     sided_min_rate: float = 0.5
+    side_features: Literal["thirds", "swap"] = "thirds"
     seed: int = 0
     label_set: Literal["ct"] = "ct"
     train_split: str = "train"
 
 
-class VolumeView(nn.Module):
-    """The frozen volume tower of a dual encoder: feature map, pooled vector and joint-space embedding."""
+def swap_halves(x: torch.Tensor, half: Literal["low", "high"]) -> torch.Tensor:
+    """The volume with one half of its last (left-right) axis replaced by the mirror image of the other half.
 
-    def __init__(self, encoder: nn.Module, proj: nn.Module) -> None:
+    A finding on the replaced side is gone (unless it is on both sides); one on the kept side is doubled.
+
+    Shape:
+        x (..., W) -> (..., W)
+    """
+    w = x.shape[-1]
+    h = w // 2
+    out = x.clone()
+    if half == "low":
+        out[..., :h] = torch.flip(x[..., w - h:], dims=[-1])
+    else:
+        out[..., w - h:] = torch.flip(x[..., :h], dims=[-1])
+    return out
+
+
+SWAPS = ("swap_low", "swap_high")
+
+
+class VolumeView(nn.Module):
+    """The frozen volume tower of a dual encoder: feature map, pooled vector and joint-space embedding.
+
+    Args:
+        swap: also the embeddings and pooled vectors of the two half-swapped volumes (:func:`swap_halves`), as
+            ``swap_low.embedding``, ``swap_low.pooled``, ``swap_high.*`` (``PlannedConfig.side_features="swap"``).
+    """
+
+    def __init__(self, encoder: nn.Module, proj: nn.Module, swap: bool = False) -> None:
         super().__init__()
-        self.encoder, self.proj = encoder, proj
+        self.encoder, self.proj, self.swap = encoder, proj, swap
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third."""
+    def features(self, x: torch.Tensor, swap: bool | None = None) -> dict[str, torch.Tensor]:
+        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third;
+        with ``swap`` (default: the view's) also ``swap_low.*`` and ``swap_high.*`` (embedding, pooled)."""
+        out = self._features(x)
+        if self.swap if swap is None else swap:
+            for name, half in zip(SWAPS, ("low", "high")):
+                f = self._features(swap_halves(x, half))  # type: ignore[arg-type]
+                out.update({f"{name}.{k}": f[k] for k in ("embedding", "pooled")})
+        return out
+
+    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.encoder.feature_map(x).float()  # (B, C, d, h, w)
         w = fmap.shape[-1]
         third = max(1, w // 3)
@@ -136,9 +176,9 @@ def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor
     view.eval()
     for start in progress(range(0, len(loaders), batch_size), desc="features", unit="batch"):
         x = torch.cat([load() for load in loaders[start:start + batch_size]]).to(device)
-        if flip:
+        if flip:  # the mirror images feed the thirds side probe only: no half-swapped copies of them
             x = torch.flip(x, dims=[-1])
-        for k, v in view.features(x).items():
+        for k, v in view.features(x, swap=False if flip else None).items():
             parts.setdefault(k, []).append(v.cpu().numpy().astype(np.float32))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -191,12 +231,34 @@ class PlannedGenerator:
             raise RuntimeError("this planned generator has no normal gate")
         return self.gate.scores(probe_input(feats, self.cfg.probe_features))[:, 0]
 
+    def side_inputs(self, feats: Features) -> np.ndarray:
+        """What the side probe reads (``PlannedConfig.side_features``).
+
+        Shape:
+            thirds: (N, 2C), ``feats["sides"]``; swap: (N, L, 2), each label's score drop in log-odds when the
+            low / high half of the volume is replaced by the other's mirror image
+        """
+        if self.cfg.side_features == "thirds":
+            return feats["sides"]
+        missing = [f"{name}.embedding" for name in SWAPS if f"{name}.embedding" not in feats]
+        if missing:
+            raise ValueError(f"side_features='swap' needs {missing} (VolumeView(..., swap=True))")
+
+        def log_odds(f: Features) -> np.ndarray:
+            p = np.clip(self.scores(f), 1e-6, 1 - 1e-6)
+            return np.log(p / (1 - p))
+
+        base = log_odds(feats)
+        drops = [base - log_odds({"embedding": feats[f"{name}.embedding"], "pooled": feats[f"{name}.pooled"]})
+                 for name in SWAPS]
+        return np.stack(drops, axis=-1)
+
     def plan(self, feats: Features) -> list[Plan]:
         scores = self.scores(feats)
         if self.gate is not None:
             normal = self.p_normal(feats) >= self.gate_threshold
             scores = np.where(normal[:, None], -np.inf, scores)
-        return plans_from_scores(scores, self.thresholds, self.names, feats["sides"], self.sides, self.sided)
+        return plans_from_scores(scores, self.thresholds, self.names, self.side_inputs(feats), self.sides, self.sided)
 
     def neighbours(self, feats: Features) -> np.ndarray:
         """Training report indices, nearest first. Shape: -> (N, k)."""
@@ -247,12 +309,13 @@ def fit_planned(train_feats: Features, train_flipped: Features, findings: Sequen
         thresholds = f1_thresholds(y, oof, cfg.beta)
     else:
         raise ValueError(f"PlannedConfig.planner={cfg.planner!r}: expected 'probe' or 'zeroshot'")
-    sides = SideProbe(c=cfg.probe_c, seed=cfg.seed).fit(train_feats["sides"], train_flipped["sides"],
-                                                       side_targets(plans, names))
     bank = SentenceBank(findings, impressions, skeleton, cfg.label_set)
     log.info("planned generator: %d training reports, sided labels %s", len(findings), sided)
-    gen = PlannedGenerator(cfg, names, sided, thresholds, probe, prompts, sides,
+    gen = PlannedGenerator(cfg, names, sided, thresholds, probe, prompts, SideProbe(c=cfg.probe_c, seed=cfg.seed),
                            train_feats["embedding"].astype(np.float32), bank)
+    side_x = gen.side_inputs(train_feats)  # swap: the drops of the fitted probe's own scores
+    gen.sides.fit(side_x, train_flipped["sides"] if cfg.side_features == "thirds" else side_x[..., ::-1],
+                  side_targets(plans, names))
     gen.train_oof = oof
     x = probe_input(train_feats, cfg.probe_features)
     normal = (y.sum(1) == 0).astype(np.float32)[:, None]
@@ -336,7 +399,7 @@ def load_planned(folder: str | Path, device: str = "cpu") -> tuple[PlannedGenera
         proj.load_state_dict({k[len("proj."):]: v for k, v in state.items() if k.startswith("proj.")})
     except RuntimeError as err:
         raise ValueError(f"{root / 'encoder.safetensors'}: does not fit encoder {desc['name']!r}: {err}") from err
-    view = VolumeView(freeze(encoder), freeze(proj)).to(device)
+    view = VolumeView(freeze(encoder), freeze(proj), swap=cfg.side_features == "swap").to(device)
     arrays = load_np(str(root / "planner.safetensors"))
     probe = None
     if any(k.startswith("probe.") for k in arrays):

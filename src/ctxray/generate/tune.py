@@ -86,8 +86,8 @@ def calibration_reports(gen: PlannedGenerator, calibration: Calibration, beta: f
         decided[rows] = np.where(scores[rows] >= f1_thresholds(y[rest], scores[rest], beta)[None], 1.0, -1.0)
         if share > 0 and p_normal is not None:
             decided[rows & (p_normal >= gate_threshold(p_normal[rest], share))] = -1.0
-    plans = plans_from_scores(decided, np.zeros(len(gen.names)), gen.names, calibration.feats["sides"], gen.sides,
-                              gen.sided)
+    plans = plans_from_scores(decided, np.zeros(len(gen.names)), gen.names, gen.side_inputs(calibration.feats),
+                              gen.sides, gen.sided)
     return [report_text(f, i) for f, i in gen.write(plans, gen.neighbours(calibration.feats))]
 
 
@@ -109,7 +109,7 @@ def training_reports(gen: PlannedGenerator, feats: Features, groups: Sequence[st
             normal = gen.train_gate_oof[rows] >= gate_threshold(gen.train_gate_oof[rest], normal_share)
             block[normal] = -1.0
         scores[rows] = block
-    plans = plans_from_scores(scores, np.zeros(len(gen.names)), gen.names, feats["sides"], gen.sides, gen.sided)
+    plans = plans_from_scores(scores, np.zeros(len(gen.names)), gen.names, gen.side_inputs(feats), gen.sides, gen.sided)
     if gen.cfg.wording == "frequent":
         nb = np.zeros((len(plans), 0), dtype=np.int64)
     else:
