@@ -2,7 +2,8 @@
 
     volume --frozen CT encoder--> embedding (E,), last feature map (C, d, h, w)
       --label probe (or zero-shot prompts) + training-chosen thresholds--> plan: findings
-      --side probe on the left/right thirds of the feature map--> plan: sides
+      --side probe on the left/right thirds of the feature map (or, ``side_features="swap"``, on each label's
+        score drop when one half of the volume is replaced by the mirror of the other)--> plan: sides
       --SentenceBank.realise(plan, nearest training volumes)--> Findings + Impression
 
 Why this design: with the current encoders a learnt decoder writes the majority (normal) report, because
