@@ -173,11 +173,6 @@ def report_tower_config(settings: DemoSettings, seed: int) -> ReportTowerConfig 
     return from_dict(ReportTowerConfig, apply_overrides(to_dict(cfg), settings.report_tower), "report_tower")
 
 
-def _pretrain_tower_job(cache: Path, out: Path, cfg: ReportTowerConfig) -> dict[str, Any]:
-    """:func:`pretrain_report_tower` in a worker process (its threads were set by :class:`_BesideProcess`)."""
-    return pretrain_report_tower(cache, out, cfg)
-
-
 def _init_beside(threads: int, level: int) -> None:
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s [report tower]: %(message)s",
@@ -260,7 +255,7 @@ def run_demo(out: str | Path, preset: str = "demo", seed: int = 0, workers: int 
     with _BesideProcess(tower_cfg is not None and parallel) as beside:
         # the report tower reads only the cache's reports: it trains in a process of its own while the expert
         # trains and retrieves, each on half the threads (on 2 cores ~20% less wall time than one after the other)
-        job = beside.submit(_pretrain_tower_job, cache, out / "report_tower", tower_cfg) if beside.active else None
+        job = beside.submit(pretrain_report_tower, cache, out / "report_tower", tower_cfg) if beside.active else None
         teacher_metrics = stage("teacher", lambda: train_teacher(world / "xray", teacher_dir, tcfg))
         quality = stage("retrieve", lambda: retrieve(retrieval))
         tower = None

@@ -151,7 +151,8 @@ def test_locked_text_memo_gives_encode_text_without_the_backbone(tmp_path, caplo
     kept = ["There is cardiomegaly.", "Small left pleural effusion.", "No acute cardiopulmonary process."]
     enc = tokenize_reports(tok, kept, cfg.text.max_length)
     with torch.no_grad():
-        save_text_memo(tmp_path, kept, model.text_encoder(enc["input_ids"], enc["attention_mask"]))
+        save_text_memo(tmp_path, kept, model.text_encoder(enc["input_ids"], enc["attention_mask"]),
+                       cfg.text.max_length)
     fresh = load_teacher(tmp_path)
     assert fresh.memo is not None and len(fresh.memo[0]) == 3
     texts = ["A new sentence about the heart.", *kept[::-1]]

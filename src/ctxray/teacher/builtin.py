@@ -187,13 +187,16 @@ def _backbone_files(folder: Path) -> list[Path]:
     return files or [folder / "model.safetensors"]
 
 
-def save_text_memo(out: str | Path, texts: list[str], features: torch.Tensor) -> None:
+def save_text_memo(out: str | Path, texts: list[str], features: torch.Tensor, max_length: int) -> None:
     """Keep a locked text backbone's outputs for ``texts`` in the teacher folder (``text_features.safetensors``).
 
     The teacher trains on them anyway (a locked backbone is run once per distinct report); kept, they spare
     :class:`BuiltinTeacher` running the backbone again on the same reports (retrieval embeds the gallery's: on the
     demo world 2,119 of its ~2,560 distinct reports, ~20 s of two CPU cores). Keyed by each text's SHA-256, with
     the hash of the backbone's files: a folder whose backbone was replaced ignores the memo.
+
+    Args:
+        max_length: the tokenizer length the features were computed at (the teacher's ``text.max_length``).
 
     Shape:
         features: (len(texts), text width), the pooled backbone outputs (before ``text_proj``)
@@ -203,7 +206,7 @@ def save_text_memo(out: str | Path, texts: list[str], features: torch.Tensor) ->
         raise ValueError(f"text memo: {len(texts)} texts but {len(features)} feature rows")
     meta = {"digests": json.dumps([text_digest(t) for t in texts]),
             "backbone": fingerprint_files(_backbone_files(out)),
-            "max_length": json.dumps(json.loads((out / "config.json").read_text())["text"]["max_length"])}
+            "max_length": json.dumps(int(max_length))}
     atomic_write(out / TEXT_MEMO, lambda p: save_file({"features": features.detach().float().contiguous()}, str(p),
                                                      metadata=meta))
 

@@ -348,7 +348,7 @@ def train_teacher(xray_dir: str | Path, out: str | Path, cfg: TeacherTrainConfig
     out = Path(out)
     save_builtin(model, tokenizer, out)
     if locked:  # the locked backbone's outputs for the training reports: retrieval need not compute them again
-        save_text_memo(out, locked["texts"], locked["features"])
+        save_text_memo(out, locked["texts"], locked["features"], cfg.model.text.max_length)
     teacher = BuiltinTeacher.from_folder(out).freeze()
     metrics = evaluate_teacher(teacher, held, load_images(held, size))
     metrics.update({
