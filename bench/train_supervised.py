@@ -13,6 +13,13 @@ label and location, log-sum-exp pooling; ``--stem-stride``, ``--widths``, ``--la
 with ``--patch`` a ``PatchEncoder`` whose cells see only themselves and a few voxels around),
 with AdamW and a one-cycle schedule.
 
+``--cell-weight W --worlds W0 W1 ...`` (lse only; one world per cache, in the order ``--cache``,
+``--extra-train``) also trains the per-location logits on where the world puts each label's lesions
+(``ctxray.inference.pointing.cell_targets``, loss ``ctxray.losses.balanced_cell_bce``): a reference whose score
+certainly comes from the lesion, so a method whose map misses there is wrong, not the model. It uses the
+synthetic world's lesion positions, which a real dataset does not give: a reference for validating explanation
+methods, not a recipe.
+
     .venv/bin/python bench/train_supervised.py --cache CACHE --out OUT [--extra-train CACHE1 CACHE2 ...]
         [--encoder resnet3d_small] [--epochs 12] [--head lse --norm batch]
 """
@@ -30,6 +37,53 @@ import numpy as np
 import torch
 
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
+
+
+class _Cells(torch.utils.data.Dataset):
+    """A cache dataset whose items also carry ``cells``: per-label lesion targets on the net's logit grid."""
+
+    def __init__(self, base, cells: dict[str, np.ndarray]) -> None:
+        self.base, self.cells = base, cells
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.base[index]
+        return {**item, "cells": torch.from_numpy(self.cells[item["id"]])}
+
+
+def _with_cells(parts, caches, worlds, net, margin_mm: float, labels):
+    """The training parts with their cell targets (each cache's world's ground truth on the net's grid)."""
+    from torch.utils.data import ConcatDataset
+
+    from ctxray.inference.pointing import FOCAL, _stem, add_missing_regions, cell_targets
+    from ctxray.labels import CT_RATE_LABELS
+
+    if len(worlds) != len(caches):
+        raise SystemExit(f"--cell-weight needs one --worlds entry per cache ({len(caches)}); got {len(worlds)}")
+    rows = {}
+    for cache, world in zip(caches, worlds):
+        gt = Path(world) / "ct-rate" / "ground_truth.jsonl"
+        got = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
+        rows[cache] = {_stem(r["VolumeName"]): r for r in add_missing_regions(world, got)}
+    out, t0 = [], time.perf_counter()
+    for part in parts:
+        key = next(c for c in caches if Path(c).resolve() == Path(part.cache_dir).resolve())
+        spec = part.spec
+        grid = net.stage_grid(spec.shape_zyx, net.explain_stage)
+        cells = {}
+        for entry in part.entries:
+            row = rows[key].get(entry["id"])
+            if row is None:
+                raise SystemExit(f"{key}: volume {entry['id']} has no ground-truth row in its world")
+            cells[entry["id"]] = cell_targets(row, CT_RATE_LABELS, spec, grid, entry["orig_shape"],
+                                              entry["orig_spacing"], margin_mm, labels or FOCAL)
+        out.append(_Cells(part, cells))
+    n = sum(len(p) for p in out)
+    print(f"cell targets for {n} volumes on a {'x'.join(map(str, grid))} grid in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return ConcatDataset(out)
 
 
 def main() -> None:
@@ -57,6 +111,13 @@ def main() -> None:
     parser.add_argument("--patch", default=None, help="lse: cell size in voxels, e.g. 4,8,8: a PatchEncoder whose "
                         "cells see only themselves and a few voxels around (--widths: its two widths) instead of "
                         "the ResNet stages")
+    parser.add_argument("--cell-weight", type=float, default=0.0,
+                        help="lse: weight of the per-cell lesion loss (needs --worlds)")
+    parser.add_argument("--worlds", nargs="*", default=[],
+                        help="the synthetic world of each cache (--cache first, then --extra-train), for --cell-weight")
+    parser.add_argument("--cell-margin", type=float, default=0.0, help="mm added to a lesion for its cells")
+    parser.add_argument("--cell-labels", nargs="+", default=None,
+                        help="labels given cell targets (default: the pointing game's focal findings)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     from ctxray.utils.machine import describe_machine
@@ -70,6 +131,7 @@ def main() -> None:
 
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.evaluate.finetune import FinetuneSettings, _predict, train_full
+    from ctxray.inference.pointing import FOCAL
     from ctxray.labels import CT_RATE_LABELS
     from ctxray.models.registry import create_volume_encoder
 
@@ -80,6 +142,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     encoder_kwargs = {"norm": args.norm} if args.norm else {}
     t0 = time.perf_counter()
+    if args.cell_weight > 0 and args.head != "lse":
+        raise SystemExit("--cell-weight trains per-location logits: it needs --head lse")
     if args.head == "lse":
         from ctxray.inference.localising import fit
         from ctxray.inference.supervised import build_from_info
@@ -92,7 +156,11 @@ def main() -> None:
                               "sharpness": args.sharpness, "patch": ints(args.patch)}
         info = {"head": "lse", "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
                 "labels": list(CT_RATE_LABELS)}
-        model = fit(build_from_info(info), train_ds, args.epochs, args.lr, args.batch_size, args.seed)
+        net = build_from_info(info)
+        if args.cell_weight > 0:
+            train_ds = _with_cells(parts, [args.cache, *args.extra_train], args.worlds, net, args.cell_margin,
+                                  args.cell_labels)
+        model = fit(net, train_ds, args.epochs, args.lr, args.batch_size, args.seed, cell_weight=args.cell_weight)
     else:
         enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
         settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
@@ -113,10 +181,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    cells = {"cell_weight": args.cell_weight, "cell_margin": args.cell_margin, "worlds": list(args.worlds),
+             "cell_labels": list(args.cell_labels or FOCAL)}
     doc = {"head": args.head, "encoder": args.encoder if args.head == "linear" else "LocalisingClassifier",
            "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
            "labels": list(CT_RATE_LABELS),
-           "extra_train": list(args.extra_train), "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+           "extra_train": list(args.extra_train), **(cells if args.cell_weight > 0 else {}),
+           "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
            "train_seconds": round(seconds, 1),
            "n_train": len(train_ds), "n_valid": len(valid_ds), "valid_auroc": auroc,
            "thresholds": thresholds, "threshold_source": "Youden's J on the validation split",

@@ -14,6 +14,7 @@ from ctxray.losses import (
     RelationKDLoss,
     ReportPromptLoss,
     RobustContrastiveLoss,
+    balanced_cell_bce,
     equivalence_from_labels,
     equivalence_from_text,
     mask_entity_tokens,
@@ -414,3 +415,22 @@ def test_report_prompt_loss_bad_inputs():
         ReportPromptLoss()(text, pos, pos, torch.zeros(3, 3))
     with pytest.raises(ValueError, match="pos/neg"):
         ReportPromptLoss()(text, pos, _unit(3, 4), torch.zeros(3, 2))
+
+
+def test_balanced_cell_bce_weighs_lesion_and_background_cells_alike():
+    cells = torch.zeros(1, 2, 2, 4, 4)
+    cells[0, 0, 0, 0, 0] = 1.0  # one lesion cell among 32 of label 0
+    cells[0, 1] = float("nan")  # label 1: present somewhere unknown
+    logits = torch.zeros_like(cells)
+    logits[0, 0] = -3.0
+    logits[0, 1] = 50.0  # an unknown label's logits do not count
+    got = balanced_cell_bce(logits, cells)
+    pos = F.binary_cross_entropy_with_logits(torch.tensor(-3.0), torch.tensor(1.0))
+    neg = F.binary_cross_entropy_with_logits(torch.tensor(-3.0), torch.tensor(0.0))
+    assert torch.isclose(got, (pos + neg) / 2)  # a plain mean would be (pos + 31 neg) / 32
+    logits.requires_grad_(True)
+    balanced_cell_bce(logits, cells).backward()
+    assert logits.grad[0, 1].abs().sum() == 0 and logits.grad[0, 0, 0, 0, 0] < 0
+    assert balanced_cell_bce(torch.zeros(1, 1, 2, 2, 2), torch.full((1, 1, 2, 2, 2), float("nan"))) == 0
+    with pytest.raises(ValueError, match="balanced_cell_bce"):
+        balanced_cell_bce(torch.zeros(1, 2, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2))

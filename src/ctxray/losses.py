@@ -12,6 +12,8 @@
 - :class:`ReportPromptLoss` (L_prompt): binary cross-entropy of the zero-shot score of each *report* (its
   embedding against the prompt ensembles, scored exactly as zero-shot scores a volume) against that report's
   labels: it trains the report tower to read reports the way zero-shot will read prompts.
+- :func:`balanced_cell_bce`: binary cross-entropy of a localising classifier's per-cell logits against where
+  the lesions are (the supervised reference of the explanation benchmark, not BIUD).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "RelationKDLoss",
     "ReportPromptLoss",
     "RobustContrastiveLoss",
+    "balanced_cell_bce",
     "contrastive_targets",
     "equivalence_from_labels",
     "equivalence_from_text",
@@ -352,3 +355,23 @@ def mask_entity_tokens(
     masked = torch.where(selected & (action < 0.8), torch.full_like(input_ids, mask_id), input_ids)
     masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, masked)
     return masked, labels
+
+
+def balanced_cell_bce(logit_map: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of per-cell logits, lesion cells and other cells weighted equally.
+
+    The mean of the BCE over the known (non-NaN) target-1 cells and the mean over the known target-0 cells,
+    averaged: a lesion covers a handful of the thousands of cells, so a plain mean would let the loss ignore
+    it. NaN targets (a label present somewhere unknown) are left out; with no known cell the loss is 0.
+
+    Shape:
+        logit_map, cells: (B, L, d, h, w)
+    """
+    if logit_map.shape != cells.shape:
+        raise ValueError(f"balanced_cell_bce: logits {tuple(logit_map.shape)} vs targets {tuple(cells.shape)}")
+    known = ~torch.isnan(cells)
+    terms = []
+    for keep in (known & (cells > 0.5), known & (cells <= 0.5)):
+        if keep.any():
+            terms.append(F.binary_cross_entropy_with_logits(logit_map[keep], cells[keep]))
+    return torch.stack(terms).mean() if terms else logit_map.sum() * 0.0

@@ -215,3 +215,54 @@ def test_regions_are_rebuilt_for_a_world_written_without_them(tiny_world):
                                          for les in stripped[0]["lesions"]]}]
     with pytest.raises(ValueError, match="regenerate the world"):
         add_missing_regions(tiny_world, moved)
+
+
+def _cell_spec():
+    from ctxray.data.spec import PreprocessSpec
+
+    return PreprocessSpec("cells", (4.0, 4.0, 4.0), (8, 16, 16))  # the scan below is on the same grid
+
+
+def test_cell_targets_mark_the_lesion_cells_and_only_those():
+    from ctxray.inference.pointing import FOCAL, cell_targets
+
+    labels = ["Lung nodule", "Consolidation", "Emphysema", "Pleural effusion"]
+    row = {"labels": {"Lung nodule": 1, "Consolidation": 1, "Emphysema": 1, "Pleural effusion": 0},
+           "lesions": [
+               # 2 mm across, inside cell (0, 1, 2) of a 2x4x4 grid (cells of 4 voxels = 16 mm): no cell centre lies
+               # in it, so only its nearest cell is marked
+               {"label": "Lung nodule", "center_zyx_vox": [1.0, 5.0, 9.0], "size_mm": 2.0},
+               # 40 mm across about the centre of cell (1, 2, 1): its own centre and its 5 neighbours' (16 mm away;
+               # the grid has no z + 1), not the diagonal ones (22.6 mm)
+               {"label": "Consolidation", "center_zyx_vox": [5.5, 9.5, 5.5], "size_mm": 40.0},
+               {"label": "Emphysema", "center_zyx_vox": [4.0, 8.0, 8.0], "size_mm": 10.0}]}
+    t = cell_targets(row, labels, _cell_spec(), (2, 4, 4), (8, 16, 16), (4.0, 4.0, 4.0), localised=FOCAL)
+    assert t.shape == (4, 2, 4, 4) and t.dtype == np.float32
+    nodule = np.zeros((2, 4, 4))
+    nodule[0, 1, 2] = 1
+    np.testing.assert_array_equal(t[0], nodule)
+    assert t[1].sum() == 6 and t[1][1, 2, 1] == 1 and t[1][0, 2, 1] == 1 and t[1][1, 1, 1] == 1
+    assert t[1][1, 2, 2] == 1 and t[1][1, 1, 2] == 0 and t[1][1, 0, 1] == 0  # 16 mm: in; 22.6 and 32 mm: out
+    assert np.isnan(t[2]).all()  # not in the localised set: unknown, not "nowhere"
+    assert (t[3] == 0).all()  # absent: nowhere
+    # the margin widens the lesion; without ``localised`` emphysema's nominal centre counts
+    wide = cell_targets(row, labels, _cell_spec(), (2, 4, 4), (8, 16, 16), (4.0, 4.0, 4.0), margin_mm=20.0)
+    assert wide[0].sum() > 1 and wide[2].sum() >= 1
+    # a label present without a localised lesion is unknown everywhere
+    row2 = {"labels": {"Lung nodule": 1}, "lesions": []}
+    assert np.isnan(cell_targets(row2, labels[:1], _cell_spec(), (2, 4, 4), (8, 16, 16), (4.0,) * 3)).all()
+
+
+def test_cell_targets_follow_the_left_right_axis():
+    """Mirroring the lesion left-right mirrors its cells (the last axis is the scan's left-right axis)."""
+    from ctxray.inference.pointing import cell_targets
+
+    spec, grid = _cell_spec(), (2, 4, 4)
+    left = {"labels": {"Lung nodule": 1}, "lesions": [{"label": "Lung nodule", "center_zyx_vox": [2, 6, 2],
+                                                       "size_mm": 4.0}]}
+    right = {"labels": {"Lung nodule": 1}, "lesions": [{"label": "Lung nodule", "center_zyx_vox": [2, 6, 13],
+                                                        "size_mm": 4.0}]}
+    a = cell_targets(left, ["Lung nodule"], spec, grid, (8, 16, 16), (4.0,) * 3)
+    b = cell_targets(right, ["Lung nodule"], spec, grid, (8, 16, 16), (4.0,) * 3)
+    np.testing.assert_array_equal(a[..., ::-1], b)
+    assert a[0, 0, 1, 0] == 1

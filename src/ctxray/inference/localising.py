@@ -151,22 +151,30 @@ class LocalisingClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: (B, 1, D, H, W) -> (B, n_labels)."""
-        s = self.logit_map(x).flatten(2)  # (B, L, d*h*w)
+        return self.pool(self.logit_map(x))
+
+    def pool(self, logit_map: torch.Tensor) -> torch.Tensor:
+        """Log-sum-exp pooling of per-location logits. Shape: (B, n_labels, d, h, w) -> (B, n_labels)."""
+        s = logit_map.flatten(2)  # (B, L, d*h*w)
         r = self.sharpness
         return (torch.logsumexp(r * s, dim=-1) - math.log(s.shape[-1])) / r
 
 
 def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, seed: int,
-        weight_decay: float = 1e-4) -> nn.Module:
+        weight_decay: float = 1e-4, cell_weight: float = 0.0) -> nn.Module:
     """Train ``net`` (volumes -> logits) with masked binary cross-entropy, AdamW, no decay on 1-D parameters.
 
     Args:
-        dataset: items ``{"volume": (1, D, H, W), "labels": (L,)}`` (NaN: unknown).
+        dataset: items ``{"volume": (1, D, H, W), "labels": (L,)}`` (NaN: unknown); with ``cell_weight`` also
+            ``"cells"`` (L, d, h, w): where each label's lesions are on the net's logit map
+            (``ctxray.inference.pointing.cell_targets``).
+        cell_weight: weight of :func:`ctxray.losses.balanced_cell_bce` on ``net.logit_map`` (0: labels only).
 
     Returns:
         ``net`` in eval mode.
     """
     from ctxray.evaluate.finetune import _loader, masked_bce
+    from ctxray.losses import balanced_cell_bce
 
     torch.manual_seed(seed)
     decay = [p for p in net.parameters() if p.ndim > 1]
@@ -179,7 +187,12 @@ def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, s
     for epoch in range(epochs):
         t0, losses = time.perf_counter(), []
         for batch in _loader(dataset, batch_size, shuffle=True, seed=seed + epoch):
-            loss = masked_bce(net(batch["volume"]), batch["labels"].float())
+            if cell_weight > 0:
+                cell_map = net.logit_map(batch["volume"])
+                loss = masked_bce(net.pool(cell_map), batch["labels"].float()) + cell_weight * balanced_cell_bce(
+                    cell_map, batch["cells"].float())
+            else:
+                loss = masked_bce(net(batch["volume"]), batch["labels"].float())
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,6 +235,56 @@ def lesion_radius_mm(size_mm: object) -> float:
         return 0.0
     values = np.atleast_1d(np.asarray(size_mm, dtype=np.float64))
     return float(np.nanmax(values)) / 2.0 if values.size else 0.0
+
+
+def lesions_of(row: dict, label: str) -> list[Lesion]:
+    """The localised lesions of ``label`` in one ground-truth row (``ground_truth.jsonl``)."""
+    return [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")),
+                   Region.from_record(les.get("region")))
+            for les in row.get("lesions", []) if les.get("label") == label]
+
+
+def cell_targets(row: dict, labels: Sequence[str], spec, grid: Sequence[int], shape: Sequence[int],
+                 spacing_zyx: Sequence[float], margin_mm: float = 0.0,
+                 localised: Collection[str] | None = None) -> np.ndarray:
+    """Where each label's lesions lie on a model's feature grid: the per-cell targets of a localising model.
+
+    A cell is 1 for a label when its centre (on the scan, :func:`grid_centres`) lies in one of the label's
+    lesions dilated by ``margin_mm`` (:meth:`Lesion.contains`, the pointing game's hit rule) or when it is the
+    cell nearest a ball lesion's centre (a lesion smaller than a cell still marks one); every other cell is 0.
+    A label the row marks absent is 0 everywhere; one it marks present without a localised lesion (a diffuse
+    finding, or one the world does not place) is NaN everywhere (unknown where), and so is every label outside
+    ``localised`` when it is given (e.g. :data:`FOCAL`: diffuse findings such as emphysema carry one nominal
+    centre in the ground truth, which is not where they are).
+
+    Args:
+        row: one ground-truth row (``labels`` and ``lesions``).
+        labels: the model's labels, in its order.
+        spec: the ``PreprocessSpec`` that made the model input; grid: the map's (d, h, w).
+        shape, spacing_zyx: the scan's grid (the ground truth's voxel coordinates are on it).
+
+    Shape:
+        output: (len(labels), d, h, w) float32
+    """
+    centres = grid_centres(spec, grid, shape, spacing_zyx)
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    out = np.zeros((len(labels), len(centres)), dtype=np.float32)
+    for j, label in enumerate(labels):
+        if localised is not None and label not in localised:
+            out[j] = np.nan
+            continue
+        if not row.get("labels", {}).get(label):
+            continue
+        lesions = lesions_of(row, label)
+        if not lesions:
+            out[j] = np.nan
+            continue
+        hit = _hits(centres, lesions, spacing, margin_mm)
+        for lesion in lesions:
+            if lesion.region is None:
+                hit[np.argmin(np.linalg.norm((centres - np.asarray(lesion.center_zyx)) * spacing, axis=1))] = True
+        out[j] = hit
+    return out.reshape(len(labels), *grid)
 
 
 def _hits(points_zyx: np.ndarray, lesions: Sequence[Lesion], spacing: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -530,9 +580,7 @@ def collect_cases(model: PointingModel, rows: Iterable[dict], paths: dict[str, P
             if require_decision and not decided[label]:
                 continue
             counts[label]["tp"] += 1
-            lesions = [Lesion(label, tuple(les["center_zyx_vox"]), lesion_radius_mm(les.get("size_mm")),
-                              Region.from_record(les.get("region")))
-                       for les in row.get("lesions", []) if les.get("label") == label]
+            lesions = lesions_of(row, label)
             if not lesions:
                 continue
             counts[label]["tp_localised"] += 1
