@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--probe-features", default="embedding")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--wording", default="frequent", choices=["frequent", "neighbours"])
-    ap.add_argument("--side-features", default="thirds", choices=["thirds", "swap"],
+    ap.add_argument("--side-features", default="thirds", choices=["thirds", "swap", "hemithorax"],
                     help="PlannedConfig.side_features (swap: two more encoder passes per volume; use a fresh --work)")
     ap.add_argument("--betas", nargs="+", type=float, default=[0.75, 0.5, 0.35])
     ap.add_argument("--shares", nargs="+", type=float, default=[0.45, 0.6, 0.75])
@@ -166,6 +166,11 @@ def main() -> None:
                 nb = gen.neighbours(feats["valid"])
                 texts = [report_text(f, i) for f, i in gen.write(plans, nb)]
                 score(f"planned-{planner} ({name})", seed, texts)
+                sides = gen.side_agreement(feats["valid"], truth)
+                rows[-1]["side_probe"] = sides
+                per = ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in sides["per_label"].items())
+                print(f"  side probe ({cfg.side_features}) on every true sided finding: exact {sides['exact']:.3f} "
+                      f"({sides['n']}; the training side rates alone {sides['prior_exact']:.3f}): {per}", flush=True)
                 samples[f"planned-{planner}-{name}-s{seed}"] = texts
                 samples[f"plans-{planner}-{name}-s{seed}"] = [p.to_dict() for p in plans]
                 if not oracle_done:

@@ -208,3 +208,78 @@ def test_a_swap_generator_folder_reloads_with_its_half_swapped_view(tmp_path) ->
     feats2 = encode_volumes(view2, loaders)
     assert np.allclose(feats2["swap_high.embedding"], feats["swap_high.embedding"], atol=1e-5)
     assert [p.to_dict() for p in again.plan(feats2)] == [p.to_dict() for p in gen.plan(feats)]
+
+
+def test_hemithorax_quantiles_see_which_third_is_denser_and_swap_under_a_mirror() -> None:
+    import torch
+
+    from ctxray.generate.planned import HEMI_QUANTILES, hemithorax_quantiles
+
+    q = len(HEMI_QUANTILES)
+    x = torch.zeros(2, 1, 8, 12, 18)
+    x[0, 0, :, 6:, 0:6] = 1.0  # volume 0: the low third's second half of the H axis is all dense
+    x[1, 0, 2:6, 0:6, 12:18] = 1.0  # volume 1: half of the high third's first half of the H axis
+    f = hemithorax_quantiles(x)
+    assert f.shape == (2, 4 * q)
+    blocks = f.view(2, 4, q)  # low third [first half, second half], high third [first half, second half]
+    assert torch.equal(blocks[0, 1], torch.ones(q)) and blocks[0, [0, 2, 3]].abs().sum() == 0
+    assert blocks[1, 2, -1] == 1 and blocks[1, 2, 0] == 0 and blocks[1, [0, 1, 3]].abs().sum() == 0
+    mirrored = hemithorax_quantiles(torch.flip(x, dims=[-1])).view(2, 4, q)
+    assert torch.equal(mirrored[:, [2, 3]], blocks[:, [0, 1]]) and torch.equal(mirrored[:, [0, 1]], blocks[:, [2, 3]])
+    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\)"):
+        hemithorax_quantiles(x[:, 0])
+
+
+def test_hemithorax_side_features_put_the_effusion_on_its_side() -> None:
+    """side_features='hemithorax' through fit_planned and plan: fluid painted posterior in one third of the volume,
+    the report naming that side; new volumes get the side of their fluid, their mirror images the other side,
+    while an encoder whose feature map carries nothing (zeros) leaves the thirds probe at chance."""
+    import torch
+    from torch import nn
+
+    from ctxray.generate.planned import PlannedConfig, VolumeView, encode_volumes, fit_planned
+
+    class Blank(nn.Module):
+        out_dim = 4
+
+        def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 4, 2, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3, 4)).repeat(1, 4)
+
+    gen_rng = torch.Generator().manual_seed(0)
+    sides = [i % 2 for i in range(60)]
+
+    def volume(side: int) -> torch.Tensor:
+        v = 0.1 * torch.rand(1, 1, 8, 12, 18, generator=gen_rng)
+        cols = slice(0, 6) if side == 0 else slice(12, 18)
+        depth = int(torch.randint(3, 6, (1,), generator=gen_rng))
+        v[..., :, 12 - depth:, cols] += 0.6  # fluid: the posterior rows of one third
+        return v
+
+    vols = [volume(s) for s in sides]
+    loaders = [lambda v=v: v for v in vols]
+    view = VolumeView(Blank(), nn.Identity())
+    train, test = slice(0, 40), slice(40, 60)
+    feats, flipped = encode_volumes(view, loaders[train]), encode_volumes(view, loaders[train], flip=True)
+    word = ("Left", "Right")
+    findings = [f"{word[s]} pleural effusion is present. Heart size is normal." for s in sides[train]]
+    impressions = [f"{word[s]} pleural effusion." for s in sides[train]]
+    truth = [word[s].lower() for s in sides[test]]
+    got = {}
+    for kind in ("hemithorax", "thirds"):
+        gen = fit_planned(feats, flipped, findings, impressions, (findings[0], impressions[0]),
+                          PlannedConfig(folds=2, wording="frequent", side_features=kind))
+        gen.gate_threshold = float("inf")
+        for name, f in (("new", encode_volumes(view, loaders[test])),
+                        ("mirror", encode_volumes(view, loaders[test], flip=True))):
+            plans = gen.plan(f)
+            got[kind, name] = np.mean([p.sides.get("Pleural effusion") == t for p, t in zip(plans, truth)])
+            records = [{"lesions": [{"label": "Pleural effusion", "laterality": t}]} for t in truth]
+            agree = gen.side_agreement(f, records)
+            assert agree["n"] == 20 and agree["per_label"]["Pleural effusion"]["n"] == 20
+            assert agree["exact"] == pytest.approx(got[kind, name])  # every volume's effusion is planned here
+            assert agree["prior_exact"] == 0  # half the training effusions on each side: the rates say bilateral
+    assert got["hemithorax", "new"] >= 0.9 and got["hemithorax", "mirror"] <= 0.1
+    assert got["thirds", "new"] <= 0.6  # the blank feature map knows no side (its probe writes "bilateral")

@@ -3,7 +3,8 @@
     volume --frozen CT encoder--> embedding (E,), last feature map (C, d, h, w)
       --label probe (or zero-shot prompts) + training-chosen thresholds--> plan: findings
       --side probe on the left/right thirds of the feature map (or, ``side_features="swap"``, on each label's
-        score drop when one half of the volume is replaced by the mirror of the other)--> plan: sides
+        score drop when one half of the volume is replaced by the mirror of the other; ``"hemithorax"``, on
+        the intensity quantiles of the volume's own left and right thirds)--> plan: sides
       --SentenceBank.realise(plan, nearest training volumes)--> Findings + Impression
 
 Why this design: with the current encoders a learnt decoder writes the majority (normal) report, because
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,7 +43,9 @@ from torch import nn
 
 from ctxray.config import from_dict, to_dict
 from ctxray.data.text import report_text
+from ctxray.generate.checks import truth_sides
 from ctxray.generate.plan import (
+    SIDES,
     LabelProbe,
     Plan,
     SideProbe,
@@ -89,7 +92,9 @@ class PlannedConfig:
         side_features: what the side probe reads: ``thirds`` (the left and right thirds of the last feature map)
             or ``swap`` (for each label, the drop of its own score when one half of the volume is replaced by the
             mirror image of the other half, :func:`swap_halves`: two numbers per label, from the whole model;
-            costs two more encoder passes per volume).
+            costs two more encoder passes per volume) or ``hemithorax`` (the intensity quantiles of the input's
+            left and right thirds, anterior and posterior halves apart, :func:`hemithorax_quantiles`: read from
+            the scan, not the encoder; the control for an encoder whose features do not say where).
         seed: seeds the probes' folds and solver.
         label_set: the labeler's label set.
         train_split: manifest split the planner and the sentence bank are built from.
@@ -105,10 +110,34 @@ class PlannedConfig:
     wording: Literal["neighbours", "frequent"] = "neighbours"
     neighbours: int = 10
     sided_min_rate: float = 0.5
-    side_features: Literal["thirds", "swap"] = "thirds"
+    side_features: Literal["thirds", "swap", "hemithorax"] = "thirds"
     seed: int = 0
     label_set: Literal["ct"] = "ct"
     train_split: str = "train"
+
+
+HEMI_QUANTILES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
+
+
+def hemithorax_quantiles(x: torch.Tensor, quantiles: Sequence[float] = HEMI_QUANTILES) -> torch.Tensor:
+    """Intensity quantiles of the low and high thirds of the last (left-right) axis, each split into the two
+    halves of the anterior-posterior axis: what one side holds that the other does not (fluid lies posterior,
+    a consolidation is denser than lung).
+
+    Shape:
+        x (B, 1, D, H, W) -> (B, 2 * 2 * Q): the low third's [first half, second half] quantiles, then the high's
+    """
+    if x.ndim != 5 or x.shape[1] != 1:
+        raise ValueError(f"hemithorax_quantiles: expected (B, 1, D, H, W), got {tuple(x.shape)}")
+    w, h = x.shape[-1], x.shape[-2]
+    third, half = max(1, w // 3), max(1, h // 2)
+    q = torch.tensor(quantiles, dtype=torch.float32, device=x.device)
+    out = []
+    for cols in (slice(0, third), slice(w - third, w)):
+        for rows in (slice(0, half), slice(h - half, h)):
+            part = x[:, 0, :, rows, cols].float().reshape(x.shape[0], -1)
+            out.append(torch.quantile(part, q, dim=1).T)  # (B, Q)
+    return torch.cat(out, dim=1)
 
 
 def swap_halves(x: torch.Tensor, half: Literal["low", "high"]) -> torch.Tensor:
@@ -146,8 +175,9 @@ class VolumeView(nn.Module):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, swap: bool | None = None) -> dict[str, torch.Tensor]:
-        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third;
-        with ``swap`` (default: the view's) also ``swap_low.*`` and ``swap_high.*`` (embedding, pooled)."""
+        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third,
+        hemithorax (B, 4Q) (:func:`hemithorax_quantiles`); with ``swap`` (default: the view's) also ``swap_low.*``
+        and ``swap_high.*`` (embedding, pooled)."""
         out = self._features(x)
         if self.swap if swap is None else swap:
             for name, half in zip(SWAPS, ("low", "high")):
@@ -162,7 +192,8 @@ class VolumeView(nn.Module):
         cols = fmap.mean(dim=(2, 3))  # (B, C, w)
         low, high = cols[..., :third].mean(-1), cols[..., w - third:].mean(-1)
         emb = nn.functional.normalize(self.proj(self.encoder(x).float()), dim=-1)
-        return {"embedding": emb, "pooled": fmap.mean(dim=(2, 3, 4)), "sides": torch.cat([low, high], dim=1)}
+        return {"embedding": emb, "pooled": fmap.mean(dim=(2, 3, 4)), "sides": torch.cat([low, high], dim=1),
+                "hemithorax": hemithorax_quantiles(x)}
 
 
 def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor]], batch_size: int = 4,
@@ -170,7 +201,7 @@ def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor
     """Features of many volumes (``flip``: of their left-right mirror images, last axis reversed).
 
     Returns:
-        ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C), float32 numpy.
+        ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C), ``hemithorax`` (N, 4Q), float32 numpy.
     """
     device = next(iter(view.parameters()), torch.empty(0)).device
     parts: dict[str, list[np.ndarray]] = {}
@@ -236,11 +267,16 @@ class PlannedGenerator:
         """What the side probe reads (``PlannedConfig.side_features``).
 
         Shape:
-            thirds: (N, 2C), ``feats["sides"]``; swap: (N, L, 2), each label's score drop in log-odds when the
-            low / high half of the volume is replaced by the other's mirror image
+            thirds: (N, 2C), ``feats["sides"]``; hemithorax: (N, 4Q), ``feats["hemithorax"]``; swap: (N, L, 2),
+            each label's score drop in log-odds when the low / high half of the volume is replaced by the other's
+            mirror image
         """
-        if self.cfg.side_features == "thirds":
-            return feats["sides"]
+        if self.cfg.side_features in ("thirds", "hemithorax"):
+            key = "sides" if self.cfg.side_features == "thirds" else "hemithorax"
+            if key not in feats:
+                raise ValueError(f"side_features={self.cfg.side_features!r} needs features[{key!r}] (features "
+                                 "encoded before it existed: encode the volumes again)")
+            return feats[key]
         missing = [f"{name}.embedding" for name in SWAPS if f"{name}.embedding" not in feats]
         if missing:
             raise ValueError(f"side_features='swap' needs {missing} (VolumeView(..., swap=True))")
@@ -253,6 +289,36 @@ class PlannedGenerator:
         drops = [base - log_odds({"embedding": feats[f"{name}.embedding"], "pooled": feats[f"{name}.pooled"]})
                  for name in SWAPS]
         return np.stack(drops, axis=-1)
+
+    def side_agreement(self, feats: Features, truths: Sequence[Mapping]) -> dict:
+        """The side probe alone, with the findings taken as known: for every sided label that a volume's
+        ``ground_truth.jsonl`` record puts on a side, whether the probe's side set matches. Unlike the laterality
+        of the written reports, this does not depend on which findings the plan states.
+
+        Returns:
+            ``{"n": pairs, "exact": share, "prior_exact": the same for the training reports' side rates alone (the
+            baseline: "bilateral" where both sides are named at least half the time, else the commoner side),
+            "per_label": {label: {"n", "hits", "prior_hits"}}}`` (shares NaN when n is 0)
+        """
+        if len(truths) != len(feats["embedding"]):
+            raise ValueError(f"{len(feats['embedding'])} volumes but {len(truths)} ground-truth records")
+        def side_set(p: np.ndarray) -> set[str]:
+            return {"left", "right"} if (p >= 0.5).all() else {SIDES[int(np.argmax(p))]}
+
+        x = self.side_inputs(feats)
+        per: dict[str, list[tuple[bool, bool]]] = {}
+        for i, record in enumerate(truths):
+            for label, true in truth_sides(record).items():
+                if label in self.sided:
+                    j = self.names.index(label)
+                    side = self.sides.side(x[i], j)
+                    got = {"left", "right"} if side == "bilateral" else {side}
+                    per.setdefault(label, []).append((got == set(true), side_set(self.sides.prior[j]) == set(true)))
+        flat = [h for v in per.values() for h in v]
+        return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
+                "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),
+                "per_label": {k: {"n": len(v), "hits": sum(a for a, _ in v), "prior_hits": sum(b for _, b in v)}
+                              for k, v in sorted(per.items())}}
 
     def plan(self, feats: Features) -> list[Plan]:
         scores = self.scores(feats)
@@ -315,8 +381,8 @@ def fit_planned(train_feats: Features, train_flipped: Features, findings: Sequen
     gen = PlannedGenerator(cfg, names, sided, thresholds, probe, prompts, SideProbe(c=cfg.probe_c, seed=cfg.seed),
                            train_feats["embedding"].astype(np.float32), bank)
     side_x = gen.side_inputs(train_feats)  # swap: the drops of the fitted probe's own scores
-    gen.sides.fit(side_x, train_flipped["sides"] if cfg.side_features == "thirds" else side_x[..., ::-1],
-                  side_targets(plans, names))
+    side_flipped = side_x[..., ::-1] if cfg.side_features == "swap" else gen.side_inputs(train_flipped)
+    gen.sides.fit(side_x, side_flipped, side_targets(plans, names))
     gen.train_oof = oof
     x = probe_input(train_feats, cfg.probe_features)
     normal = (y.sum(1) == 0).astype(np.float32)[:, None]
