@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 
-def _encode(name: str, checkpoint: str, init: str, items, work: Path, swap: bool = False):
+def _encode(name: str, checkpoint: str, init: str, items, work: Path, swap: bool = False, hemithorax: bool = False):
     from ctxray.generate.data import load_cached_volume
     from ctxray.generate.planned import VolumeView, encode_volumes
     from ctxray.labels import load_labels
@@ -50,7 +50,7 @@ def _encode(name: str, checkpoint: str, init: str, items, work: Path, swap: bool
                 if hasattr(m, "reset_parameters") and m is not model.volume_encoder:
                     m.reset_parameters()
             model.volume_proj.reset_parameters()
-        view = VolumeView(model.volume_encoder, model.volume_proj, swap=swap)
+        view = VolumeView(model.volume_encoder, model.volume_proj, swap=swap, hemithorax=hemithorax)
         data = {}
         for split, rows in items.items():
             loaders = [lambda p=i.path: load_cached_volume(p) for i in rows]
@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--wording", default="frequent", choices=["frequent", "neighbours"])
     ap.add_argument("--side-features", default="thirds", choices=["thirds", "swap", "hemithorax"],
-                    help="PlannedConfig.side_features (swap: two more encoder passes per volume; use a fresh --work)")
+                    help="PlannedConfig.side_features (swap: two more encoder passes per volume; swap and hemithorax: "
+                         "use a fresh --work, or the features kept there lack them)")
     ap.add_argument("--betas", nargs="+", type=float, default=[0.75, 0.5, 0.35])
     ap.add_argument("--shares", nargs="+", type=float, default=[0.45, 0.6, 0.75])
     ap.add_argument("--no-tune", action="store_true", help="use the first --betas and --shares as they are")
@@ -136,13 +137,13 @@ def main() -> None:
     samples: dict[str, list] = {}
     oracle_done = False
     for name, ckpt, init in runs:
-        swap = args.side_features == "swap"
-        feats, prompts = _encode(name, ckpt, init, {"train": train, "valid": valid}, work, swap)
+        swap, hemi = args.side_features == "swap", args.side_features == "hemithorax"
+        feats, prompts = _encode(name, ckpt, init, {"train": train, "valid": valid}, work, swap, hemi)
         groups = [patient_of(i.id) for i in train]
         calibration = None
         if args.calibration_cache:
             cal = calibration_items(args.calibration_cache, None, args.cache, "train")
-            cal_feats, _ = _encode(f"{name}_calibration", ckpt, init, {"calibration": cal}, work, swap)
+            cal_feats, _ = _encode(f"{name}_calibration", ckpt, init, {"calibration": cal}, work, swap, hemi)
             calibration = calibration_set(cal, cal_feats["calibration"])
         for planner in args.planners:
             base_cfg = PlannedConfig(planner=planner, probe_features=args.probe_features, wording=args.wording,

@@ -173,9 +173,10 @@ def test_side_probe_reads_per_label_features_with_the_mirror_swapping_them() -> 
     assert 0.3 <= np.mean([g == t for g, t in zip(control, truth)]) <= 0.7
 
 
-def test_a_swap_generator_folder_reloads_with_its_half_swapped_view(tmp_path) -> None:
-    """save_planned / load_planned keep side_features='swap': the reloaded view computes the swapped features and
-    the reloaded generator plans the same findings and sides."""
+@pytest.mark.parametrize("kind", ["swap", "hemithorax"])
+def test_a_generator_folder_reloads_with_the_view_its_side_features_need(tmp_path, kind) -> None:
+    """save_planned / load_planned keep side_features='swap' (or 'hemithorax'): the reloaded view computes the
+    swapped features (the hemithorax quantiles) and the reloaded generator plans the same findings and sides."""
     import torch
     from torch import nn
 
@@ -191,7 +192,8 @@ def test_a_swap_generator_folder_reloads_with_its_half_swapped_view(tmp_path) ->
 
     torch.manual_seed(0)
     encoder = create_volume_encoder("resnet3d_tiny", input_shape=(16, 32, 32)).eval()
-    view = VolumeView(encoder, nn.Linear(encoder.out_dim, 8, bias=False), swap=True)
+    view = VolumeView(encoder, nn.Linear(encoder.out_dim, 8, bias=False), swap=kind == "swap",
+                      hemithorax=kind == "hemithorax")
     vols = [torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(12)]
     loaders = [lambda v=v: v for v in vols]
     feats, flipped = encode_volumes(view, loaders), encode_volumes(view, loaders, flip=True)
@@ -199,14 +201,15 @@ def test_a_swap_generator_folder_reloads_with_its_half_swapped_view(tmp_path) ->
                 "Right pleural effusion. Heart size is normal."] * 4
     impressions = ["Left pleural effusion.", "Normal.", "Right pleural effusion."] * 4
     gen = fit_planned(feats, flipped, findings, impressions, (findings[1], impressions[1]),
-                      PlannedConfig(folds=2, wording="frequent", side_features="swap"))
+                      PlannedConfig(folds=2, wording="frequent", side_features=kind))
     gen.thresholds = np.zeros_like(gen.thresholds)
     desc = {"name": "resnet3d_tiny", "kwargs": {"input_shape": [16, 32, 32]}, "source": "test", "init": "random"}
     save_planned(tmp_path / "G", gen, view, desc, (findings, impressions), (findings[1], impressions[1]), None)
     again, view2, _ = load_planned(tmp_path / "G")
-    assert again.cfg.side_features == "swap" and view2.swap
+    assert again.cfg.side_features == kind and view2.swap == (kind == "swap") and view2.hemithorax == (kind != "swap")
     feats2 = encode_volumes(view2, loaders)
-    assert np.allclose(feats2["swap_high.embedding"], feats["swap_high.embedding"], atol=1e-5)
+    key = "swap_high.embedding" if kind == "swap" else "hemithorax"
+    assert np.allclose(feats2[key], feats[key], atol=1e-5)
     assert [p.to_dict() for p in again.plan(feats2)] == [p.to_dict() for p in gen.plan(feats)]
 
 
@@ -260,7 +263,8 @@ def test_hemithorax_side_features_put_the_effusion_on_its_side() -> None:
 
     vols = [volume(s) for s in sides]
     loaders = [lambda v=v: v for v in vols]
-    view = VolumeView(Blank(), nn.Identity())
+    view = VolumeView(Blank(), nn.Identity(), hemithorax=True)
+    assert "hemithorax" not in VolumeView(Blank(), nn.Identity()).features(vols[0])  # a sort per voxel: on request
     train, test = slice(0, 40), slice(40, 60)
     feats, flipped = encode_volumes(view, loaders[train]), encode_volumes(view, loaders[train], flip=True)
     word = ("Left", "Right")

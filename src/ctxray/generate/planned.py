@@ -167,18 +167,22 @@ class VolumeView(nn.Module):
     Args:
         swap: also the embeddings and pooled vectors of the two half-swapped volumes (:func:`swap_halves`), as
             ``swap_low.embedding``, ``swap_low.pooled``, ``swap_high.*`` (``PlannedConfig.side_features="swap"``).
+        hemithorax: also ``hemithorax``, the intensity quantiles of the input's left and right thirds
+            (:func:`hemithorax_quantiles`, ``side_features="hemithorax"``; a sort of every voxel, so only on request).
     """
 
-    def __init__(self, encoder: nn.Module, proj: nn.Module, swap: bool = False) -> None:
+    def __init__(self, encoder: nn.Module, proj: nn.Module, swap: bool = False, hemithorax: bool = False) -> None:
         super().__init__()
-        self.encoder, self.proj, self.swap = encoder, proj, swap
+        self.encoder, self.proj, self.swap, self.hemithorax = encoder, proj, swap, hemithorax
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, swap: bool | None = None) -> dict[str, torch.Tensor]:
-        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third,
-        hemithorax (B, 4Q) (:func:`hemithorax_quantiles`); with ``swap`` (default: the view's) also ``swap_low.*``
-        and ``swap_high.*`` (embedding, pooled)."""
+        """Shape: x (B, 1, D, H, W) -> embedding (B, E), pooled (B, C), sides (B, 2C): left then right third;
+        with the view's ``hemithorax`` also hemithorax (B, 4Q); with ``swap`` (default: the view's) also
+        ``swap_low.*`` and ``swap_high.*`` (embedding, pooled)."""
         out = self._features(x)
+        if self.hemithorax:
+            out["hemithorax"] = hemithorax_quantiles(x)
         if self.swap if swap is None else swap:
             for name, half in zip(SWAPS, ("low", "high")):
                 f = self._features(swap_halves(x, half))  # type: ignore[arg-type]
@@ -192,8 +196,7 @@ class VolumeView(nn.Module):
         cols = fmap.mean(dim=(2, 3))  # (B, C, w)
         low, high = cols[..., :third].mean(-1), cols[..., w - third:].mean(-1)
         emb = nn.functional.normalize(self.proj(self.encoder(x).float()), dim=-1)
-        return {"embedding": emb, "pooled": fmap.mean(dim=(2, 3, 4)), "sides": torch.cat([low, high], dim=1),
-                "hemithorax": hemithorax_quantiles(x)}
+        return {"embedding": emb, "pooled": fmap.mean(dim=(2, 3, 4)), "sides": torch.cat([low, high], dim=1)}
 
 
 def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor]], batch_size: int = 4,
@@ -201,7 +204,8 @@ def encode_volumes(view: VolumeView, loaders: Sequence[Callable[[], torch.Tensor
     """Features of many volumes (``flip``: of their left-right mirror images, last axis reversed).
 
     Returns:
-        ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C), ``hemithorax`` (N, 4Q), float32 numpy.
+        ``embedding`` (N, E), ``pooled`` (N, C), ``sides`` (N, 2C) (+ ``hemithorax`` (N, 4Q) and the swapped
+        volumes' features where the view computes them), float32 numpy.
     """
     device = next(iter(view.parameters()), torch.empty(0)).device
     parts: dict[str, list[np.ndarray]] = {}
@@ -274,8 +278,8 @@ class PlannedGenerator:
         if self.cfg.side_features in ("thirds", "hemithorax"):
             key = "sides" if self.cfg.side_features == "thirds" else "hemithorax"
             if key not in feats:
-                raise ValueError(f"side_features={self.cfg.side_features!r} needs features[{key!r}] (features "
-                                 "encoded before it existed: encode the volumes again)")
+                raise ValueError(f"side_features={self.cfg.side_features!r} needs features[{key!r}] "
+                                 "(VolumeView(..., hemithorax=True))")
             return feats[key]
         missing = [f"{name}.embedding" for name in SWAPS if f"{name}.embedding" not in feats]
         if missing:
@@ -302,6 +306,7 @@ class PlannedGenerator:
         """
         if len(truths) != len(feats["embedding"]):
             raise ValueError(f"{len(feats['embedding'])} volumes but {len(truths)} ground-truth records")
+
         def side_set(p: np.ndarray) -> set[str]:
             return {"left", "right"} if (p >= 0.5).all() else {SIDES[int(np.argmax(p))]}
 
@@ -466,7 +471,8 @@ def load_planned(folder: str | Path, device: str = "cpu") -> tuple[PlannedGenera
         proj.load_state_dict({k[len("proj."):]: v for k, v in state.items() if k.startswith("proj.")})
     except RuntimeError as err:
         raise ValueError(f"{root / 'encoder.safetensors'}: does not fit encoder {desc['name']!r}: {err}") from err
-    view = VolumeView(freeze(encoder), freeze(proj), swap=cfg.side_features == "swap").to(device)
+    view = VolumeView(freeze(encoder), freeze(proj), swap=cfg.side_features == "swap",
+                      hemithorax=cfg.side_features == "hemithorax").to(device)
     arrays = load_np(str(root / "planner.safetensors"))
     probe = None
     if any(k.startswith("probe.") for k in arrays):

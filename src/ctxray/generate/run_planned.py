@@ -43,10 +43,10 @@ from ctxray.utils.io import atomic_write_text, json_safe
 log = logging.getLogger(__name__)
 
 
-def _load_view(checkpoint: str | Path, swap: bool = False) -> tuple[VolumeView, tuple[np.ndarray, np.ndarray, float],
-                                                                   dict]:
-    """The frozen volume tower of a training run (``swap``: with the half-swapped volumes' features), its
-    zero-shot prompt embeddings and a description."""
+def _load_view(checkpoint: str | Path, swap: bool = False,
+               hemithorax: bool = False) -> tuple[VolumeView, tuple[np.ndarray, np.ndarray, float], dict]:
+    """The frozen volume tower of a training run (``swap``: with the half-swapped volumes' features;
+    ``hemithorax``: with the input's hemithorax quantiles), its zero-shot prompt embeddings and a description."""
     model, tokenizer, train_cfg = load_model(checkpoint)
     model.eval()
     pos, neg = prompt_embeddings(model, tokenizer, load_labels())
@@ -55,7 +55,7 @@ def _load_view(checkpoint: str | Path, swap: bool = False) -> tuple[VolumeView, 
     kwargs = dict(mcfg.encoder_kwargs)
     if mcfg.input_shape is not None:
         kwargs["input_shape"] = [int(s) for s in mcfg.input_shape]
-    view = VolumeView(freeze(model.volume_encoder), freeze(model.volume_proj), swap=swap)
+    view = VolumeView(freeze(model.volume_encoder), freeze(model.volume_proj), swap=swap, hemithorax=hemithorax)
     return view, prompts, {"name": mcfg.encoder, "kwargs": kwargs, "source": str(checkpoint), "init": "checkpoint"}
 
 
@@ -116,7 +116,8 @@ def train_planned(checkpoint: str | Path, cache: str | Path, out: str | Path, cf
         the metrics written to ``out/metrics.json`` (``{}`` without evaluation).
     """
     out = Path(out)
-    view, prompts, desc = _load_view(checkpoint, swap=cfg.side_features == "swap")
+    view, prompts, desc = _load_view(checkpoint, swap=cfg.side_features == "swap",
+                                     hemithorax=cfg.side_features == "hemithorax")
     train = read_items(cache, cfg.train_split)
     sections = ([i.findings for i in train], [i.impression for i in train])
     base = most_common_report(train, cfg.label_set)
