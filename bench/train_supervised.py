@@ -83,7 +83,23 @@ def _with_cells(parts, caches, worlds, net, margin_mm: float, labels):
     n = sum(len(p) for p in out)
     print(f"cell targets for {n} volumes on a {'x'.join(map(str, grid))} grid in {time.perf_counter() - t0:.0f} s",
           flush=True)
+    print(cell_summary([t for p in out for t in p.cells.values()], CT_RATE_LABELS, labels or FOCAL), flush=True)
     return ConcatDataset(out)
+
+
+def cell_summary(targets: list[np.ndarray], labels, cell_labels) -> str:
+    """Per label with cell targets: volumes whose lesions mark cells, the mean marked cells among them, and the
+    volumes left unknown (the label present but the world places no lesion: their cells are NaN, not trained)."""
+    lines = ["cell targets per label: volumes with lesion cells (mean cells each), present but unplaced (NaN):"]
+    for j, label in enumerate(labels):
+        if label not in cell_labels:
+            continue
+        per = [t[j] for t in targets]
+        unknown = sum(bool(np.isnan(c).all()) for c in per)
+        marked = [int(c.sum()) for c in per if not np.isnan(c).all() and c.sum() > 0]
+        mean = f"{np.mean(marked):.1f}" if marked else "-"
+        lines.append(f"  {label:<38} {len(marked):5d} ({mean} cells)   unplaced {unknown}")
+    return "\n".join(lines)
 
 
 def main() -> None:

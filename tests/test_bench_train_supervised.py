@@ -34,7 +34,7 @@ def cache(tiny_world, tmp_path_factory):
     return out
 
 
-def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, cache, tiny_world):
+def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, cache, tiny_world, capsys):
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.inference.localising import LocalisingClassifier
     from ctxray.inference.pointing import FOCAL
@@ -68,6 +68,16 @@ def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, cache, tin
                 brighter += cell_mean[m].mean() > cell_mean[m[..., ::-1]].mean()
     # measured: 49 of 58 lesions on the tiny world (seed 0); a left-right slip of the targets would give < 0.5
     assert n >= 10 and brighter / n >= 0.7, (brighter, n)
+    # the run says what it did to its input: per focal label, volumes with lesion cells and those left unknown
+    printed = capsys.readouterr().out
+    summary = {line.split("  ")[1].strip(): line for line in printed.splitlines() if line.startswith("  ")}
+    assert set(summary) == set(FOCAL)
+    for label in FOCAL:
+        j = CT_RATE_LABELS.index(label)
+        per = [ds[i]["cells"][j].numpy() for i in range(len(ds))]
+        marked = sum(bool(not np.isnan(c).all() and c.sum() > 0) for c in per)
+        unknown = sum(bool(np.isnan(c).all()) for c in per)
+        assert f" {marked} (" in summary[label] and summary[label].endswith(f"unplaced {unknown}")
 
 
 def test_cell_weight_needs_one_world_per_cache(bench, cache, tiny_world):
