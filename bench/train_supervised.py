@@ -57,16 +57,13 @@ def _with_cells(parts, caches, worlds, net, margin_mm: float, labels):
     """The training parts with their cell targets (each cache's world's ground truth on the net's grid)."""
     from torch.utils.data import ConcatDataset
 
-    from ctxray.inference.pointing import FOCAL, _stem, add_missing_regions, cell_targets
+    from ctxray.inference.pointing import FOCAL, _stem, cell_targets, read_ground_truth
     from ctxray.labels import CT_RATE_LABELS
 
     if len(worlds) != len(caches):
         raise SystemExit(f"--cell-weight needs one --worlds entry per cache ({len(caches)}); got {len(worlds)}")
-    rows = {}
-    for cache, world in zip(caches, worlds):
-        gt = Path(world) / "ct-rate" / "ground_truth.jsonl"
-        got = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
-        rows[cache] = {_stem(r["VolumeName"]): r for r in add_missing_regions(world, got)}
+    rows = {cache: {_stem(r["VolumeName"]): r for r in read_ground_truth(world)[0]}
+            for cache, world in zip(caches, worlds)}
     out, t0 = [], time.perf_counter()
     for part in parts:
         key = next(c for c in caches if Path(c).resolve() == Path(part.cache_dir).resolve())
@@ -94,9 +91,9 @@ def cell_summary(targets: list[np.ndarray], labels, cell_labels) -> str:
     for j, label in enumerate(labels):
         if label not in cell_labels:
             continue
-        per = [t[j] for t in targets]
-        unknown = sum(bool(np.isnan(c).all()) for c in per)
-        marked = [int(c.sum()) for c in per if not np.isnan(c).all() and c.sum() > 0]
+        placed = [t[j] for t in targets if not np.isnan(t[j]).all()]
+        unknown = len(targets) - len(placed)
+        marked = [int(c.sum()) for c in placed if c.sum() > 0]
         mean = f"{np.mean(marked):.1f}" if marked else "-"
         lines.append(f"  {label:<38} {len(marked):5d} ({mean} cells)   unplaced {unknown}")
     return "\n".join(lines)

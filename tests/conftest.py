@@ -27,3 +27,16 @@ def tiny_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     generate_world(out, preset="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_world, tmp_path_factory):
+    """The tiny world cached at the ``tiny`` preset, once per test session (tests only read it)."""
+    from ctxray.data.cache import build_cache
+    from ctxray.data.ingest import discover
+    from ctxray.data.spec import get_preset
+
+    found = discover(tiny_world / "ct-rate")
+    out = tmp_path_factory.mktemp("tiny_cache") / "cache"
+    build_cache(found.items, out, get_preset("tiny"), workers=1, prior_errors=found.errors)
+    return out

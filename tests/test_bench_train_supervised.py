@@ -22,29 +22,17 @@ def bench():
     return mod
 
 
-@pytest.fixture(scope="module")
-def cache(tiny_world, tmp_path_factory):
-    from ctxray.data.cache import build_cache
-    from ctxray.data.ingest import discover
-    from ctxray.data.spec import get_preset
-
-    found = discover(tiny_world / "ct-rate")
-    out = tmp_path_factory.mktemp("cells") / "cache"
-    build_cache(found.items, out, get_preset("tiny"), workers=1, prior_errors=found.errors)
-    return out
-
-
-def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, cache, tiny_world, capsys):
+def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, tiny_cache, tiny_world, capsys):
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.inference.localising import LocalisingClassifier
     from ctxray.inference.pointing import FOCAL
     from ctxray.labels import CT_RATE_LABELS
 
-    part = CTCacheDataset(cache, split="train")
+    part = CTCacheDataset(tiny_cache, split="train")
     shape = tuple(part.spec.shape_zyx)
     net = LocalisingClassifier(len(CT_RATE_LABELS), shape, layers=(1,), widths=(8,), stem_width=4,
                                stem_stride=(1, 1, 1))  # an 8x16x16 grid at the tiny spec
-    ds = bench._with_cells([part], [str(cache)], [str(tiny_world)], net, 0.0, None)
+    ds = bench._with_cells([part], [str(tiny_cache)], [str(tiny_world)], net, 0.0, None)
     grid = net.stage_grid(shape, net.explain_stage)
     assert len(ds) == len(part)
     brighter, n = 0, 0
@@ -80,11 +68,11 @@ def test_cell_targets_lie_on_the_lesions_in_the_cached_volumes(bench, cache, tin
         assert f" {marked} (" in summary[label] and summary[label].endswith(f"unplaced {unknown}")
 
 
-def test_cell_weight_needs_one_world_per_cache(bench, cache, tiny_world):
+def test_cell_weight_needs_one_world_per_cache(bench, tiny_cache, tiny_world):
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.inference.localising import LocalisingClassifier
 
-    part = CTCacheDataset(cache, split="train")
+    part = CTCacheDataset(tiny_cache, split="train")
     net = LocalisingClassifier(18, tuple(part.spec.shape_zyx), layers=(1,), widths=(8,), stem_width=4)
     with pytest.raises(SystemExit, match="one --worlds entry per cache"):
-        bench._with_cells([part], [str(cache), str(cache)], [str(tiny_world)], net, 0.0, None)
+        bench._with_cells([part], [str(tiny_cache), str(tiny_cache)], [str(tiny_world)], net, 0.0, None)

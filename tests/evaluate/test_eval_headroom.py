@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 # Measured on the tiny world (seed 0) at the tiny spec (16x32x32), resnet3d_tiny with BatchNorm, 150 steps:
 # macro AUROC 0.657 / 0.685 / 0.715 for training seeds 0 / 1 / 2 (60 validation volumes: one macro AUROC
 # has an SD of ~0.035 around chance, so 0.60 is ~3 SD above it and below every seed measured).
 CEILING_MIN = 0.60
 SETTINGS = dict(encoder="resnet3d_tiny", steps=150, batch_size=8, lr=2e-3, encoder_kwargs={"norm": "batch"})
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tiny_world, tmp_path_factory):
-    from ctxray.data.cache import build_cache
-    from ctxray.data.ingest import discover
-    from ctxray.data.spec import get_preset
-
-    found = discover(tiny_world / "ct-rate")
-    out = tmp_path_factory.mktemp("headroom") / "cache"
-    build_cache(found.items, out, get_preset("tiny"), workers=1, prior_errors=found.errors)
-    return out
 
 
 def test_supervised_ceiling_learns_and_reports_every_label(tiny_cache):

@@ -47,13 +47,15 @@ class Plan:
 
     def side_set(self, label: str) -> frozenset[str | None]:
         """The sides to state for ``label``: {left}, {right}, {left, right} or {None}."""
-        side = self.sides.get(label)
-        if side == "bilateral":
-            return frozenset(SIDES)
-        return frozenset([side])
+        return side_set(self.sides.get(label))
 
     def to_dict(self) -> dict:
         return {"labels": list(self.labels), "sides": {k: self.sides.get(k) for k in self.labels}}
+
+
+def side_set(side: str | None) -> frozenset[str | None]:
+    """A side word as the set of sides it names: {left}, {right}, {left, right} ("bilateral") or {None}."""
+    return frozenset(SIDES) if side == "bilateral" else frozenset([side])
 
 
 def side_of(sides: set[str | None]) -> str | None:
@@ -245,13 +247,21 @@ class SideProbe:
         if self.prior is None:
             raise RuntimeError("SideProbe: call fit first")
         if j in self.probes:
-            p = self.probes[j].scores((x[j] if x.ndim == 2 else x)[None])[0]
-        else:
-            p = self.prior[j]
+            return self._word(self.probes[j].scores((x[j] if x.ndim == 2 else x)[None])[0], j)
+        return self.prior_side(j)
+
+    def prior_side(self, j: int) -> str | None:
+        """The side word of label ``j`` from the training reports' side rates alone (the baseline of
+        :meth:`side`: "bilateral" where both sides are named at least half the time, else the commoner side)."""
+        if self.prior is None:
+            raise RuntimeError("SideProbe: call fit first")
+        return self._word(self.prior[j], j)
+
+    def _word(self, p: np.ndarray, j: int) -> str | None:
+        """(left, right) involvement probabilities -> a side word (None if label ``j`` was never given a side)."""
         if not np.isfinite(p).all() or (self.prior[j] == 0).all():
             return None
-        both = p >= 0.5
-        if both.all():
+        if (p >= 0.5).all():
             return "bilateral"
         return SIDES[int(np.argmax(p))]
 

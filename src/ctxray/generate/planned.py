@@ -45,7 +45,6 @@ from ctxray.config import from_dict, to_dict
 from ctxray.data.text import report_text
 from ctxray.generate.checks import truth_sides
 from ctxray.generate.plan import (
-    SIDES,
     LabelProbe,
     Plan,
     SideProbe,
@@ -53,6 +52,7 @@ from ctxray.generate.plan import (
     plan_matrix,
     plans_from_reports,
     plans_from_scores,
+    side_set,
     side_targets,
 )
 from ctxray.generate.realise import SentenceBank
@@ -307,18 +307,14 @@ class PlannedGenerator:
         if len(truths) != len(feats["embedding"]):
             raise ValueError(f"{len(feats['embedding'])} volumes but {len(truths)} ground-truth records")
 
-        def side_set(p: np.ndarray) -> set[str]:
-            return {"left", "right"} if (p >= 0.5).all() else {SIDES[int(np.argmax(p))]}
-
         x = self.side_inputs(feats)
         per: dict[str, list[tuple[bool, bool]]] = {}
         for i, record in enumerate(truths):
             for label, true in truth_sides(record).items():
                 if label in self.sided:
                     j = self.names.index(label)
-                    side = self.sides.side(x[i], j)
-                    got = {"left", "right"} if side == "bilateral" else {side}
-                    per.setdefault(label, []).append((got == set(true), side_set(self.sides.prior[j]) == set(true)))
+                    got, prior = side_set(self.sides.side(x[i], j)), side_set(self.sides.prior_side(j))
+                    per.setdefault(label, []).append((got == true, prior == true))
         flat = [h for v in per.values() for h in v]
         return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
                 "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctxray.generate.plan import Plan, side_of
+from ctxray.generate.plan import Plan, side_of, side_set
 from ctxray.labeler import find_mentions
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ def read_sentence(text: str, section: str, position: float, label_set: str = "ct
             pos.setdefault(m.label, set()).add(m.laterality)
     sides = tuple(sorted((k, side_of(v)) for k, v in pos.items()))
     return Sentence(text, section, frozenset(pos), frozenset(neg - set(pos)), sides, position)
-
-
-def _sides_of_word(side: str | None) -> frozenset[str | None]:
-    return frozenset(("left", "right")) if side == "bilateral" else frozenset([side])
 
 
 class SentenceBank:
@@ -161,9 +157,9 @@ class SentenceBank:
             for rank, s in cands:
                 if not s.pos <= planned or s.neg & planned or s in chosen:
                     continue
-                if any(not (_sides_of_word(s.side(lab)) <= plan.side_set(lab)) for lab in s.pos):
+                if any(not (side_set(s.side(lab)) <= plan.side_set(lab)) for lab in s.pos):
                     continue  # names a side the plan does not have
-                gain = sum(len(_sides_of_word(s.side(lab)) & want.get(lab, set())) for lab in s.pos)
+                gain = sum(len(side_set(s.side(lab)) & want.get(lab, set())) for lab in s.pos)
                 if gain == 0:
                     continue
                 key = (-gain, -len(s.neg & keep_neg), rank, -self.frequency[s.text])
@@ -179,7 +175,7 @@ class SentenceBank:
             chosen.append(best)
             for lab in best.pos:
                 if lab in want:
-                    want[lab] -= _sides_of_word(best.side(lab))
+                    want[lab] -= side_set(best.side(lab))
         return chosen
 
     def _any_side(self, want: dict[str, set[str | None]], planned: set[str], chosen: list[Sentence],
