@@ -96,3 +96,51 @@ def test_roc_plot_skips_single_class_labels(tmp_path):
     assert not (tmp_path / "none.png").exists()
     y[:3, 1] = 1
     assert plot_roc(tmp_path / "one.png", y, np.random.default_rng(0).random((6, 2)), ["A", "B"], "t").is_file()
+
+
+class _SideModel(torch.nn.Module):
+    """Text embeds to how often it says left / right (or to a constant: a side-blind report tower)."""
+
+    def __init__(self, blind: bool = False) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.blind = blind
+        self.texts: list[str] = []
+
+    def tokenize(self, texts, max_length):
+        ids = []
+        for t in texts:
+            self.texts.append(t)
+            ids.append([len(self.texts) - 1])
+        ids = torch.tensor(ids)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def encode_text(self, input_ids, attention_mask):
+        rows = []
+        for i in input_ids[:, 0].tolist():
+            words = self.texts[i].lower().split()
+            rows.append([1.0, 0.0, 0.0] if self.blind else [1.0, words.count("left"), words.count("right")])
+        return torch.nn.functional.normalize(torch.tensor(rows), dim=-1)
+
+
+def test_side_test_scores_volumes_against_their_side_swapped_reports():
+    from ctxray.evaluate.run import SplitEmbeddings, side_test
+
+    reports = ["nodule in the left lung", "effusion on the right", "no findings", "right and right and left"]
+    seeing, blind = _SideModel(), _SideModel(blind=True)
+    own = seeing.encode_text(seeing.tokenize(reports, 8)["input_ids"], None)
+    emb = SplitEmbeddings([f"v{i}" for i in range(4)], [f"v{i}" for i in range(4)], own.clone(), own.clone(),
+                          np.zeros((4, 18)), reports)
+    result = side_test(seeing, seeing.tokenize, emb)
+    assert result["n"] == 3 and result["accuracy"] == 1.0  # "no findings" names no side
+    assert result["ci95"][0] < 1.0 == pytest.approx(result["ci95"][1]) and result["mean_margin"] > 0
+    assert result["text_cos_swapped"] < 0.9
+    mirrored = SplitEmbeddings(emb.ids, emb.scan_ids, own[:, [0, 2, 1]], own, emb.labels, reports)  # sides wrong
+    assert side_test(seeing, seeing.tokenize, mirrored)["accuracy"] == 0.0
+    blind_text = blind.encode_text(blind.tokenize(reports, 8)["input_ids"], None)
+    tied = side_test(blind, blind.tokenize, SplitEmbeddings(emb.ids, emb.scan_ids, own, blind_text, emb.labels,
+                                                            reports))
+    assert tied["accuracy"] == 0.5 and tied["text_cos_swapped"] == pytest.approx(1.0)  # every volume ties
+    none = side_test(seeing, seeing.tokenize, SplitEmbeddings(["a"], ["a"], own[:1], own[:1], np.zeros((1, 18)),
+                                                              ["normal"]))
+    assert none["n"] == 0 and np.isnan(none["accuracy"])

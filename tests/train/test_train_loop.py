@@ -119,3 +119,28 @@ def test_prompt_term_trains_logs_and_resumes_on_the_same_trajectory(data, tmp_pa
     wf, wp = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     assert [r["prompt"] for r in _log(tmp_path / "part")] == [r["prompt"] for r in rows]
+
+
+def test_mirror_pairs_train_log_and_resume_on_the_same_trajectory(tmp_path, caplog):
+    """Reports that name a side: half of each batch of 4 is mirrored copies; killed and resumed, the same run."""
+    cache = write_cache(tmp_path / "cache", n_train=16, n_valid=4, seed=4)
+    manifest = cache / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for i, row in enumerate(rows):  # every other training report names a side
+        row["report"] += " Nodule in the right lower lobe." if i % 2 else ""
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    retrieval = write_targets(tmp_path / "retrieval", cache)
+    cfg = tiny_config(cache, retrieval, **{"data.mirror_pairs": 0.5, "optim.epochs": 2})
+    with caplog.at_level("INFO", logger="ctxray.train.loop"):
+        full = train(cfg, tmp_path / "full")
+    made = [r["mirrored"] for r in _log(tmp_path / "full")]
+    assert len(made) == 8 and all(0 <= m <= 2 for m in made) and sum(made) > 4  # 2 asked for per batch
+    assert "pairs per micro-batch were mirrored copies" in caplog.text
+    part = train(cfg, tmp_path / "part", stop_after=3)
+    rest = train(cfg, tmp_path / "part", resume=True)
+    assert part["step"] == 3 and rest["step"] == full["step"] == 8
+    assert [r["mirrored"] for r in _log(tmp_path / "part")] == made
+    wf, wp = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    plain = train(tiny_config(cache, retrieval, **{"optim.epochs": 1}), tmp_path / "plain")
+    assert "mirrored" not in _log(tmp_path / "plain")[0] and plain["step"] == 4

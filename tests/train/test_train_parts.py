@@ -386,3 +386,67 @@ def test_prompt_term_teaches_the_report_tower_only():
     assert image and all(grads[n] is None for n in image)
     assert grads["text_proj.weight"].abs().sum() > 0
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("text_encoder."))
+
+
+def test_mirror_pairs_put_flipped_sided_pairs_in_the_last_places_and_keep_the_batch_size():
+    import numpy as np
+
+    from ctxray.train.data import mirror_pairs
+
+    reports = ["Nodule in the right upper lobe.", "No acute findings.", "Left pleural effusion.",
+               "Right effusion.", "Heart normal.", "Normal lungs.", "x", "y"]
+    items = [{"id": f"v{i}", "index": i, "volume": torch.arange(6.0).reshape(1, 1, 2, 3) + 10 * i,
+              "report": r, "labels": torch.full((18,), float(i)), "slot": 100 + i} for i, r in enumerate(reports)]
+    out, made = mirror_pairs(items, 0.5, np.random.default_rng(0))
+    assert len(out) == 8 and made == 3  # 4 places, but only 3 of the first 4 pairs name a side
+    assert out[:4] == items[:4] and out[7] is items[7]  # originals in front, an unfilled place kept
+    sources = sorted(int(c["index"]) for c in out[4:7])
+    assert sources == [0, 2, 3]
+    for place, copy in zip(range(4, 7), out[4:7]):
+        src = items[copy["index"]]
+        assert copy["mirrored"] and copy["id"] == src["id"] and copy["labels"] is src["labels"]
+        assert torch.equal(copy["volume"], src["volume"].flip(-1))  # x is the array's last axis
+        assert copy["report"] == src["report"].replace("right", "left").replace("Right", "Left") or \
+            copy["report"] == src["report"].replace("Left", "Right")
+        assert copy["slot"] == 100 + place  # the stream position stays with the place
+    assert mirror_pairs(items, 0.0, np.random.default_rng(0)) == (items, 0)
+    again, _ = mirror_pairs(items, 0.5, np.random.default_rng(0))
+    assert [c["index"] for c in again] == [c["index"] for c in out]  # seeded
+
+
+def test_collator_marks_mirrored_pairs_and_the_objective_keeps_them_apart():
+    from ctxray.train.config import LossConfig
+    from ctxray.train.data import PairCollator
+    from ctxray.train.objective import Objective, apart_from_mirrors
+
+    def tok(texts, max_length):
+        ids = torch.tensor([[len(t) % 7 + 1] * 3 for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    items = [{"id": f"v{i}", "index": i, "volume": torch.zeros(1, 2, 2, 2), "report": "left effusion",
+              "labels": torch.zeros(18)} for i in range(4)]
+    batch = PairCollator(tok, 8, mirror=0.5, seed=3)(items)
+    assert batch["mirrored"].tolist() == [False, False, True, True]
+    assert PairCollator(tok, 8, mirror=0.5, seed=3)(items)["index"].tolist() == batch["index"].tolist()
+    assert "mirrored" not in PairCollator(tok, 8)(items)
+
+    eq = torch.ones(4, 4, dtype=torch.bool)
+    apart = apart_from_mirrors(eq, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))
+    assert apart.tolist() == [[True, True, False, True], [True, True, True, False],
+                              [False, True, True, True], [True, False, True, True]]
+    # all four pairs share one label vector: without the mirror flags they are all positives of each other
+    out, _ = _out_and_batch()
+    same = {"labels": torch.zeros(4, 18), "index": torch.tensor([0, 1, 0, 1])}
+    objective = Objective(LossConfig(correction="multi_positive", pkd=0, srkd=0))
+    merged = objective(out, same)[1]["roco"]
+    kept_apart = objective(out, {**same, "mirrored": torch.tensor([False, False, True, True])})[1]["roco"]
+    assert not torch.isclose(merged, kept_apart)
+
+
+def test_mirror_pairs_setting_is_checked():
+    from ctxray.config import from_dict
+    from ctxray.train.config import TrainConfig
+
+    cfg = from_dict(TrainConfig, {"data": {"cache": "c", "mirror_pairs": 0.75}, "loss": {"pkd": 0, "srkd": 0}})
+    with pytest.raises(ValueError, match="mirror_pairs"):
+        cfg.check()

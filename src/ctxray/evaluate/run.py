@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ctxray.data.cachedir import manifest_path, read_cache, scan_ids
 from ctxray.data.dataset import CTCacheDataset
+from ctxray.data.text import names_side, swap_sides
 from ctxray.evaluate.protocol import aggregate_by_scan, zero_shot_protocols
 from ctxray.evaluate.report import per_label_rows, plot_roc, score_rows, write_csv, write_json
 from ctxray.evaluate.retrieval_metrics import retrieval_with_ci
@@ -141,7 +142,32 @@ def evaluate_embeddings(model: Any, tokenizer: Any, emb: SplitEmbeddings, label_
     zero_shot["n_scans"] = zero_shot["per_scan"]["n"]
     retrieval = retrieval_with_ci(emb.volume, emb.text, n_boot=n_boot, seed=seed, clusters=emb.scan_ids)
     report_zs = report_zero_shot(model, tokenizer, emb.text, y, label_set, max_length)
-    return {"zero_shot": zero_shot, "retrieval": retrieval, "report_zero_shot": report_zs}, y, probs
+    sides = side_test(model, tokenizer, emb, max_length)
+    return {"zero_shot": zero_shot, "retrieval": retrieval, "report_zero_shot": report_zs, "sides": sides}, y, probs
+
+
+def side_test(model: Any, tokenizer: Any, emb: SplitEmbeddings, max_length: int = 128) -> dict[str, Any]:
+    """Whether the volume embedding knows which side its findings are on.
+
+    For every report that names a side, the volume's similarity to its own report against the same report with
+    "left" and "right" swapped (:func:`~ctxray.data.text.swap_sides`): nothing else differs, so only sides can
+    decide. ``accuracy`` is the share of volumes closer to their own report (ties count a half; 0.5 is chance),
+    with a Wilson 95% interval; ``text_cos_swapped`` the mean cosine between a report and its swapped copy (1.0:
+    the report tower does not read sides at all, and every volume ties).
+    """
+    idx = [i for i, r in enumerate(emb.reports) if names_side(r)]
+    if not idx:
+        return {"n": 0, "accuracy": float("nan"), "ci95": [float("nan")] * 2, "mean_margin": float("nan"),
+                "text_cos_swapped": float("nan")}
+    swapped = encode_texts(model, tokenizer, [swap_sides(emb.reports[i]) for i in idx], max_length=max_length)
+    vol, own = emb.volume[idx].float(), emb.text[idx].float()
+    margin = ((vol * own).sum(1) - (vol * swapped.float()).sum(1)).double().numpy()
+    n, acc = len(idx), float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+    z = 1.96
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"n": n, "accuracy": acc, "ci95": [float(centre - half), float(centre + half)],
+            "mean_margin": float(margin.mean()), "text_cos_swapped": float((own * swapped.float()).sum(1).mean())}
 
 
 def report_zero_shot(model: Any, tokenizer: Any, text_emb: torch.Tensor, y: np.ndarray, label_set: LabelSet,
@@ -232,4 +258,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, out: str | Pa
              zs["per_scan"]["macro"]["auroc"], zs["macro"]["f1"], zs["n_labels_evaluated"],
              metrics["retrieval"]["volume_to_report"]["R@5"], metrics["retrieval"]["report_to_volume"]["R@5"],
              metrics["report_zero_shot"]["macro"])
+    sides = metrics["sides"]
+    log.info("sides: %d of %d volumes' reports name a side; closer to the own report than to it with left and right "
+             "swapped: %.3f (95%% CI %.3f-%.3f; chance 0.5), report vs swapped cosine %.3f", sides["n"], len(emb.ids),
+             sides["accuracy"], *sides["ci95"], sides["text_cos_swapped"])
     return metrics

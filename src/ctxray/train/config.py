@@ -142,6 +142,10 @@ class DataConfig:
         max_truncated: largest share of training reports the report tower may cut at
             ``model.text.max_length``; above it the run stops with an error (any cut is logged and recorded
             in ``RUN/report_tokens.json``). A cut report loses its last sections (the lungs, the impression).
+        mirror_pairs: share of each micro-batch (0 to 0.5) given to left-right mirror images of other pairs of
+            the batch whose report names a side, with "left" and "right" swapped in the report
+            (:func:`ctxray.train.data.mirror_pairs`): hard negatives that differ only in sides. The false-negative
+            correction never counts a pair and its mirror as equivalent. 0: off.
     """
 
     cache: str = ""
@@ -158,6 +162,7 @@ class DataConfig:
     num_workers: int = 0
     shuffle_targets: bool = False
     max_truncated: float = 0.01
+    mirror_pairs: float = 0.0
 
 
 def _demo_text() -> TextEncoderConfig:
@@ -273,6 +278,9 @@ class TrainConfig:
             raise ValueError(f"loss.prompt_scale={lo.prompt_scale}: must be > 0")
         if da.batch_size < 2:
             raise ValueError(f"data.batch_size={da.batch_size}: contrastive learning needs at least 2")
+        if not 0.0 <= da.mirror_pairs <= 0.5:
+            raise ValueError(f"data.mirror_pairs={da.mirror_pairs}: must be in [0, 0.5] (a mirrored copy needs its "
+                             "original in the batch)")
         if op.grad_accum < 1 or op.epochs < 1:
             raise ValueError("optim.grad_accum and optim.epochs must be >= 1")
         if op.text_lr_scale < 0:

@@ -190,6 +190,11 @@ class Trainer:
                     return self._final(epoch_losses, val)
                 if cfg.save_every and st.step % cfg.save_every == 0:
                     self._save(val)
+            if cfg.data.mirror_pairs > 0 and self.epoch_rows:
+                mirrored = sum(r["mirrored"] for r in self.epoch_rows) / len(self.epoch_rows)
+                log.info("epoch %d: %.1f of %d pairs per micro-batch were mirrored copies (data.mirror_pairs=%g asks "
+                         "for %d; fewer when fewer pairs name a side)", st.epoch + 1, mirrored, cfg.data.batch_size,
+                         cfg.data.mirror_pairs, int(cfg.data.mirror_pairs * cfg.data.batch_size))
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
             if self.data.val_loader is not None and st.epoch % cfg.val_every == 0:
                 val = self._validate()
@@ -235,6 +240,8 @@ class Trainer:
                                prompt_attention_mask=prompts.get("attention_mask"))
             loss, logged = self.objective(out, batch, None if masked is None else masked[1])
             self.scaler.scale(loss / self.config.optim.grad_accum).backward()
+        if "mirrored" in batch:  # data.mirror_pairs: how many of this batch's pairs are mirrored copies
+            logged["mirrored"] = batch["mirrored"].float().sum()
         return logged
 
     def _optimizer_step(self, terms: list[dict[str, torch.Tensor]], seconds: float) -> dict[str, Any]:

@@ -148,6 +148,9 @@ class Objective(nn.Module):
             ct_text = batch.get("ct_text")
             ct_text = gather_features(ct_text.float()) if ct_text is not None else None
             equivalent, text_sim = self._equivalence(labels, ct_text)
+            if equivalent is not None and "mirrored" in batch:
+                equivalent = apart_from_mirrors(equivalent, gather_features(batch["index"]),
+                                                gather_features(batch["mirrored"].long()))
             v, t = gather_features(out["volume"].float()), gather_features(out["text"].float())
             scale = _grad_scaled(out["logit_scale"].float(), 1.0 / world)
             terms["roco"] = self.roco(v, t, scale, equivalent, text_sim)
@@ -185,6 +188,19 @@ class Objective(nn.Module):
             with torch.no_grad():
                 logged.update(kd_controls(self.pkd, kd.detach(), teacher))
         return backward, logged
+
+
+def apart_from_mirrors(equivalent: torch.Tensor, index: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """``equivalent`` with every pair and its left-right mirror (same dataset index, one mirrored) set apart.
+
+    The two share their label vector (and nearly their report), so the false-negative correction would count them
+    as positives of each other and cancel what the mirrored copies are for (``data.mirror_pairs``).
+
+    Shape:
+        equivalent: (N, N) bool; index, mirrored: (N,) -> (N, N) bool
+    """
+    mirror_of = (index[:, None] == index[None, :]) & (mirrored[:, None] != mirrored[None, :])
+    return equivalent & ~mirror_of
 
 
 def kd_controls(pkd: PairwiseKDLoss, kd: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:

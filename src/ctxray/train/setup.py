@@ -155,7 +155,7 @@ def _collator(config: TrainConfig, tokenizer: Tokenizer, targets: Any, ids: list
         table = report_label_table(train_rows(config, cache), load_labels(), config.loss.prompt_labels,
                                    shuffle_seed=config.seed if config.loss.prompt_shuffle else None)
     return PairCollator(tokenizer, config.model.text.max_length, targets, config.loss.target, id_map=id_map,
-                        report_labels=table, **args)
+                        report_labels=table, mirror=config.data.mirror_pairs, seed=config.seed, **args)
 
 
 # Offsets the prompt-label control's permutation from the shuffled-targets control's (same seed otherwise).
