@@ -186,6 +186,10 @@ class ReportTowerConfig:
         max_truncated: largest share of training reports the tower may cut at ``text.max_length``.
         seed: initialisation, batch order and dropout.
         log_every: steps between progress lines.
+        sides: weight of the side term (0: off): each training report that names a side is pushed to a cosine
+            of at most ``side_margin`` with the same report with "left" and "right" swapped, so that the tower
+            reads sides (the prompts name none, and a side-blind tower embeds the two at cosine ~1.0).
+        side_margin: the largest cosine the side term allows between a report and its side-swapped copy.
     """
 
     text: TextEncoderConfig = field(default_factory=_demo_text)
@@ -203,9 +207,14 @@ class ReportTowerConfig:
     max_truncated: float = 0.01
     seed: int = 0
     log_every: int = 50
+    sides: float = 0.0
+    side_margin: float = 0.5
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the setting that cannot run."""
+        if self.sides < 0 or not -1.0 <= self.side_margin < 1.0:
+            raise ValueError(f"sides={self.sides}, side_margin={self.side_margin}: the weight must be >= 0 and the "
+                             "margin in [-1, 1)")
         if self.text.kind != "bert":
             raise ValueError(f"text.kind={self.text.kind!r}: pre-training builds a scratch 'bert' tower")
         for name in ("steps", "batch_size", "embed_dim", "tokenizer_vocab"):

@@ -32,6 +32,7 @@ from torch import nn
 
 from ctxray.config import to_dict
 from ctxray.data.cachedir import read_cache
+from ctxray.data.text import names_side, swap_sides
 from ctxray.labels import load_labels
 from ctxray.losses import ReportPromptLoss
 from ctxray.metrics import auroc_per_label
@@ -78,6 +79,17 @@ def prompt_auroc(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.nda
     finite = per[np.isfinite(per)]
     return {"macro": float(finite.mean()) if finite.size else None,
             "per_label": {n: round(float(v), 4) if np.isfinite(v) else None for n, v in zip(labels.names, per)}}
+
+
+def side_cosine(tower: Any, tokenizer: Tokenizer, reports: list[str], max_length: int) -> float | None:
+    """Mean cosine between each report that names a side and the same report with its sides swapped (1.0: the
+    tower does not read sides); None when no report names a side."""
+    sided = [r for r in reports if names_side(r)]
+    if not sided:
+        return None
+    own = encode_texts(tower, tokenizer, sided, max_length=max_length)
+    swapped = encode_texts(tower, tokenizer, [swap_sides(r) for r in sided], max_length=max_length)
+    return float((own * swapped).sum(1).mean())
 
 
 def _fmt(value: float | None) -> str:
@@ -138,11 +150,15 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
     encoded = tokenizer(reports, max_length=text.max_length)  # once; each batch is cut to its longest report
     lengths = encoded["attention_mask"].sum(1)
     batches = _batches(len(reports), cfg.batch_size, cfg.steps, order)
+    sided = torch.tensor([names_side(r) for r in reports])
+    swapped = tokenizer([swap_sides(r) for r in reports], max_length=text.max_length) if cfg.sides > 0 else None
 
     def score() -> dict[str, Any]:
         result = {"train": prompt_auroc(tower, tokenizer, reports, y_train, text.max_length)}
+        result["train"]["side_cosine"] = side_cosine(tower, tokenizer, reports, text.max_length)
         if val_rows:
             result["valid"] = prompt_auroc(tower, tokenizer, val_reports, y_val_m, text.max_length)
+            result["valid"]["side_cosine"] = side_cosine(tower, tokenizer, val_reports, text.max_length)
         return result
 
     before = score()
@@ -159,6 +175,11 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
         pos, neg = ensemble_directions(tower.encode_text(prompt_batch["input_ids"], prompt_batch["attention_mask"]),
                                        counts)
         loss = loss_fn(emb, pos, neg, y_t[idx])
+        if swapped is not None and sided[idx].any():
+            keep = idx[sided[idx]]
+            other = tower.encode_text(swapped["input_ids"][keep, :width], swapped["attention_mask"][keep, :width])
+            cos = (emb[sided[idx]] * other).sum(1)
+            loss = loss + cfg.sides * F.relu(cos - cfg.side_margin).mean()
         for group in optimizer.param_groups:  # linear warm-up, then cosine to zero: the CT model's schedule
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, min_ratio=0.0)
         optimizer.zero_grad(set_to_none=True)
@@ -181,6 +202,11 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
              _fmt(before["train"]["macro"]), _fmt(after["train"]["macro"]),
              f"; on the validation reports {_fmt(before['valid']['macro'])} -> {_fmt(after['valid']['macro'])}"
              if val_rows else "")
+    log.info("report tower: a report vs the same report with left and right swapped, mean cosine %s -> %s on the "
+             "training reports%s (1.0: sides not read%s)", _fmt(before["train"]["side_cosine"]),
+             _fmt(after["train"]["side_cosine"]), f", {_fmt(before['valid']['side_cosine'])} -> "
+             f"{_fmt(after['valid']['side_cosine'])} on the validation reports" if val_rows else "",
+             "" if cfg.sides > 0 else "; sides=W trains them")
 
     def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in tower.state_dict().items()}, str(tmp / MODEL_FILE))
