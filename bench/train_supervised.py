@@ -13,6 +13,11 @@ label and location, log-sum-exp pooling; ``--stem-stride``, ``--widths``, ``--la
 with ``--patch`` a ``PatchEncoder`` whose cells see only themselves and a few voxels around),
 with AdamW and a one-cycle schedule.
 
+``--side-weight W`` (lse only) also trains the log-sum-exp pools of the grid's left and right halves on the sides
+each training report names (``ctxray.inference.localising.report_side_targets``: multiple-instance learning with
+each half a bag): supervision a real dataset's reports give, unlike ``--cell-weight``. ``bench/side_readout.py``
+reads the sides back on validation volumes against the world's ground truth.
+
 ``--cell-weight W --worlds W0 W1 ...`` (lse only; one world per cache, in the order ``--cache``,
 ``--extra-train``) also trains the per-location logits on where the world puts each label's lesions
 (``ctxray.inference.pointing.cell_targets``, loss ``ctxray.losses.balanced_cell_bce``): a reference whose score
@@ -39,18 +44,46 @@ import torch
 os.environ.setdefault("CTXRAY_NO_PROGRESS", "1")
 
 
-class _Cells(torch.utils.data.Dataset):
-    """A cache dataset whose items also carry ``cells``: per-label lesion targets on the net's logit grid."""
+class _Targets(torch.utils.data.Dataset):
+    """A dataset whose items also carry ``key``: extra per-volume targets by volume id (``cells``: per-label lesion
+    targets on the net's logit grid; ``sides``: per-label left/right targets read from the report)."""
 
-    def __init__(self, base, cells: dict[str, np.ndarray]) -> None:
-        self.base, self.cells = base, cells
+    def __init__(self, base, key: str, table: dict[str, np.ndarray]) -> None:
+        self.base, self.key, self.table = base, key, table
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict:
         item = self.base[index]
-        return {**item, "cells": torch.from_numpy(self.cells[item["id"]])}
+        return {**item, self.key: torch.from_numpy(self.table[item["id"]])}
+
+
+def _with_sides(train_ds, labels):
+    """The training set with ``sides`` targets from its reports (``report_side_targets``), and what they hold."""
+    from ctxray.inference.localising import report_side_targets
+
+    parts = getattr(train_ds, "datasets", [train_ds])  # a ConcatDataset of cache datasets (or of _Targets)
+    entries = [e for part in parts for e in getattr(part, "base", part).entries]
+    ids, reports = [str(e["id"]) for e in entries], [str(e.get("report") or "") for e in entries]
+    targets = report_side_targets(reports, labels)
+    print(side_summary(targets, labels), flush=True)
+    return _Targets(train_ds, "sides", dict(zip(ids, targets)))
+
+
+def side_summary(targets: np.ndarray, labels) -> str:
+    """Per label whose reports name a side: training volumes with the finding on the left only, right only, both,
+    and stated without a side (unknown on both: not trained)."""
+    lines = ["side targets from the training reports: left only / right only / both / no side named:"]
+    for j, label in enumerate(labels):
+        t = targets[:, j]
+        known = ~np.isnan(t).any(axis=1)
+        left, right = (t[:, 0] == 1) & known, (t[:, 1] == 1) & known
+        counts = [int((left & ~right).sum()), int((right & ~left).sum()), int((left & right).sum()),
+                  int((~known).sum())]
+        if sum(counts[:3]):
+            lines.append(f"  {label:<38} {counts[0]:4d} / {counts[1]:4d} / {counts[2]:4d} / {counts[3]:4d}")
+    return "\n".join(lines)
 
 
 def _with_cells(parts, caches, worlds, net, margin_mm: float, labels):
@@ -76,11 +109,11 @@ def _with_cells(parts, caches, worlds, net, margin_mm: float, labels):
                 raise SystemExit(f"{key}: volume {entry['id']} has no ground-truth row in its world")
             cells[entry["id"]] = cell_targets(row, CT_RATE_LABELS, spec, grid, entry["orig_shape"],
                                               entry["orig_spacing"], margin_mm, labels or FOCAL)
-        out.append(_Cells(part, cells))
+        out.append(_Targets(part, "cells", cells))
     n = sum(len(p) for p in out)
     print(f"cell targets for {n} volumes on a {'x'.join(map(str, grid))} grid in {time.perf_counter() - t0:.0f} s",
           flush=True)
-    print(cell_summary([t for p in out for t in p.cells.values()], CT_RATE_LABELS, labels or FOCAL), flush=True)
+    print(cell_summary([t for p in out for t in p.table.values()], CT_RATE_LABELS, labels or FOCAL), flush=True)
     return ConcatDataset(out)
 
 
@@ -131,6 +164,9 @@ def main() -> None:
     parser.add_argument("--cell-margin", type=float, default=0.0, help="mm added to a lesion for its cells")
     parser.add_argument("--cell-labels", nargs="+", default=None,
                         help="labels given cell targets (default: the pointing game's focal findings)")
+    parser.add_argument("--side-weight", type=float, default=0.0,
+                        help="lse: also train the pooled left and right halves of the grid on the sides each "
+                             "training report names (read by the CT labeler; no lesion positions)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     from ctxray.utils.machine import describe_machine
@@ -155,8 +191,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     encoder_kwargs = {"norm": args.norm} if args.norm else {}
     t0 = time.perf_counter()
-    if args.cell_weight > 0 and args.head != "lse":
-        raise SystemExit("--cell-weight trains per-location logits: it needs --head lse")
+    if (args.cell_weight > 0 or args.side_weight > 0) and args.head != "lse":
+        raise SystemExit("--cell-weight and --side-weight train per-location logits: they need --head lse")
     if args.head == "lse":
         from ctxray.inference.localising import fit
         from ctxray.inference.supervised import build_from_info
@@ -173,7 +209,10 @@ def main() -> None:
         if args.cell_weight > 0:
             train_ds = _with_cells(parts, [args.cache, *args.extra_train], args.worlds, net, args.cell_margin,
                                   args.cell_labels)
-        model = fit(net, train_ds, args.epochs, args.lr, args.batch_size, args.seed, cell_weight=args.cell_weight)
+        if args.side_weight > 0:
+            train_ds = _with_sides(train_ds, CT_RATE_LABELS)
+        model = fit(net, train_ds, args.epochs, args.lr, args.batch_size, args.seed, cell_weight=args.cell_weight,
+                    side_weight=args.side_weight)
     else:
         enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
         settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
@@ -200,6 +239,7 @@ def main() -> None:
            "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
            "labels": list(CT_RATE_LABELS),
            "extra_train": list(args.extra_train), **(cells if args.cell_weight > 0 else {}),
+           **({"side_weight": args.side_weight} if args.side_weight > 0 else {}),
            "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
            "train_seconds": round(seconds, 1),
            "n_train": len(train_ds), "n_valid": len(valid_ds), "valid_auroc": auroc,

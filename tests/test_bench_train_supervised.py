@@ -76,3 +76,69 @@ def test_cell_weight_needs_one_world_per_cache(bench, tiny_cache, tiny_world):
     net = LocalisingClassifier(18, tuple(part.spec.shape_zyx), layers=(1,), widths=(8,), stem_width=4)
     with pytest.raises(SystemExit, match="one --worlds entry per cache"):
         bench._with_cells([part], [str(tiny_cache), str(tiny_cache)], [str(tiny_world)], net, 0.0, None)
+
+
+def test_side_targets_from_the_reports_agree_with_the_worlds_lesions(bench, tiny_cache, tiny_world, capsys):
+    """The labeler's sides of each training report against the world's ground truth: a report is the only side
+    source a real dataset has, so it must say where the lesions are."""
+    import json
+
+    from torch.utils.data import ConcatDataset
+
+    from ctxray.data.dataset import CTCacheDataset
+    from ctxray.generate.checks import truth_sides
+    from ctxray.labels import CT_RATE_LABELS
+
+    part = CTCacheDataset(tiny_cache, split="train")
+    ds = bench._with_sides(ConcatDataset([part]), CT_RATE_LABELS)
+    assert "side targets from the training reports" in capsys.readouterr().out
+    truth = {json.loads(line)["VolumeName"][:-7]: json.loads(line)
+             for line in (tiny_world / "ct-rate" / "ground_truth.jsonl").read_text().splitlines()}
+    agree, named = 0, 0
+    for i in range(len(ds)):
+        item = ds[i]
+        sides = item["sides"].numpy()
+        assert sides.shape == (len(CT_RATE_LABELS), 2)
+        lesions = truth_sides(truth[item["id"]])
+        for j, label in enumerate(CT_RATE_LABELS):
+            if float(item["labels"][j]) == 0:
+                assert (sides[j] == 0).all(), (item["id"], label)  # a finding the scan lacks is on neither side
+            elif not np.isnan(sides[j]).any() and sides[j].sum() > 0 and label in lesions:
+                named += 1
+                agree += {w for w, v in zip(("left", "right"), sides[j]) if v == 1} == set(lesions[label])
+    assert named > 50 and agree / named > 0.95
+
+
+def test_side_readout_reads_a_classifier_folder_against_the_world(tiny_cache, tiny_world, tmp_path, capsys,
+                                                                  monkeypatch):
+    import json
+
+    from safetensors.torch import save_file
+
+    from ctxray.data.dataset import CTCacheDataset
+    from ctxray.inference.supervised import build_from_info
+    from ctxray.labels import CT_RATE_LABELS
+
+    spec = importlib.util.spec_from_file_location("side_readout", ROOT / "bench" / "side_readout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shape = list(CTCacheDataset(tiny_cache, split="valid").spec.shape_zyx)
+    info = {"head": "lse", "input_shape": shape, "labels": list(CT_RATE_LABELS), "side_weight": 1.0,
+            "encoder_kwargs": {"layers": [1], "widths": [8], "stem_width": 4, "stem_stride": [2, 2, 2]}}
+    torch.manual_seed(0)
+    folder = tmp_path / "sup"
+    folder.mkdir()
+    save_file(build_from_info(info).state_dict(), str(folder / "model.safetensors"))
+    (folder / "classifier.json").write_text(json.dumps(info))
+    out = tmp_path / "sides.json"
+    monkeypatch.setattr(sys, "argv", ["side_readout", "--classifier", str(folder), "--cache", str(tiny_cache),
+                                      "--world", str(tiny_world), "--out", str(out)])
+    mod.main()
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert "machine:" in printed and "exact side set" in printed and result["side_weight"] == 1.0
+    assert result["n"] == sum(v["n"] for v in result["per_label"].values()) > 0
+    assert 0.0 <= result["exact"] <= 1.0 and 0.0 <= result["prior_exact"] <= 1.0
+    (folder / "classifier.json").write_text(json.dumps({**info, "head": "linear"}))
+    with pytest.raises(SystemExit, match="lse"):
+        mod.main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +152,87 @@ def test_cell_supervision_puts_the_label_on_the_lesion_cell():
     # label), with cells 1.0 on every seed at 25 epochs
     assert on_lesion(0.0) <= 0.25
     assert on_lesion(1.0) >= 0.875
+
+
+def test_side_pools_split_the_grid_at_the_patients_midline():
+    net = _net()
+    m = torch.full((1, 3, 2, 4, 5), -5.0)
+    m[0, 0, :, :, 0] = 5.0  # label 0 on the lowest x: the patient's left (RAS: x grows to the right)
+    m[0, 1, :, :, 4] = 5.0  # label 1 on the highest x: the right
+    m[0, 2, :, :, 2] = 5.0  # label 2 on the middle column of an odd width: in neither half
+    pools = net.side_pools(m)
+    assert pools.shape == (1, 3, 2)
+    assert pools[0, 0, 0] > 0 > pools[0, 0, 1] and pools[0, 1, 1] > 0 > pools[0, 1, 0]
+    assert pools[0, 2].max() < 0
+    torch.testing.assert_close(net.side_pools(m[..., :4])[..., 0], net.pool(m[..., :2]))
+
+
+def test_report_side_targets_read_sides_negations_and_unsided_findings():
+    from ctxray.inference.localising import prior_sides, report_side_targets, side_agreement, side_set_of
+    from ctxray.labels import CT_RATE_LABELS
+
+    names = list(CT_RATE_LABELS)
+    reports = ["A 6 mm nodule in the right upper lobe. No pleural effusion.",
+               "Bilateral pleural effusions. Consolidation in the left lower lobe.",
+               "A lung nodule is seen.", "No acute findings."]
+    t = report_side_targets(reports, names)
+    nod, eff, con = names.index("Lung nodule"), names.index("Pleural effusion"), names.index("Consolidation")
+    assert t.shape == (4, len(names), 2)
+    assert t[0, nod].tolist() == [0.0, 1.0] and t[0, eff].tolist() == [0.0, 0.0]
+    assert t[1, eff].tolist() == [1.0, 1.0] and t[1, con].tolist() == [1.0, 0.0]
+    assert np.isnan(t[2, nod]).all() and (t[3] == 0).all()
+    prior = prior_sides(t, names)
+    assert prior == {"Lung nodule": frozenset({"right"}), "Pleural effusion": frozenset({"left", "right"}),
+                     "Consolidation": frozenset({"left"})}
+    assert side_set_of(np.array([0.9, 0.7])) == {"left", "right"} and side_set_of(np.array([0.2, 0.4])) == {"right"}
+    probs = np.zeros((2, len(names), 2))
+    probs[0, nod] = [0.8, 0.1]
+    truths = [{"Lung nodule": frozenset({"left"}), "Atelectasis": frozenset({"left"})},
+              {"Lung nodule": frozenset({"right"})}]
+    result = side_agreement(probs, truths, names, prior)  # atelectasis: no report gave it a side, not scored
+    assert result["n"] == 2 and result["exact"] == 0.5 and result["prior_exact"] == 0.5
+    assert result["per_label"] == {"Lung nodule": {"n": 2, "hits": 1, "prior_hits": 1}}
+    assert result["one_side"] == {"n": 2, "auroc": 1.0}  # the left nodule leans left, the right one less so
+    with pytest.raises(ValueError, match="ground-truth"):
+        side_agreement(probs, truths[:1], names, prior)
+
+
+def _sided_set(n: int, seed: int) -> list[dict]:
+    """Positive volumes hold a large bright cube on a random side (a co-occurring finding) and a small one (the
+    lesion) on the side the report names; only ``sides`` says which."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        x = torch.rand(1, 8, 16, 16, generator=g) * 0.1
+        sides = torch.zeros(1, 2)
+        if i % 2:
+            big, small = (int(v) for v in torch.randint(0, 2, (2,), generator=g))
+            x[0, 0:4, 4:12, 8 * big:8 * big + 8] = 1.0
+            y0 = int(torch.randint(4, 12, (1,), generator=g))
+            x[0, 5:7, y0:y0 + 2, 8 * small + 3:8 * small + 5] = 1.0
+            sides[0, small] = 1.0  # x index < 8: the left half
+        items.append({"volume": x, "labels": torch.tensor([float(i % 2)]), "sides": sides})
+    return items
+
+
+def test_side_supervision_reads_the_lesions_side():
+    from ctxray.inference.localising import fit, side_set_of
+
+    train, test = _sided_set(48, 0), _sided_set(24, 1)
+
+    def side_accuracy(side_weight: float) -> float:
+        torch.manual_seed(0)
+        net = LocalisingClassifier(1, (8, 16, 16), layers=(1,), widths=(8,), stem_width=4, stem_stride=(2, 2, 2))
+        fit(net, train, epochs=25, lr=1e-2, batch_size=8, seed=0, side_weight=side_weight)
+        hits = []
+        with torch.no_grad():
+            for item in test[1::2]:
+                probs = torch.sigmoid(net.side_pools(net.logit_map(item["volume"][None])))[0, 0].numpy()
+                hits.append(side_set_of(probs) == {("left", "right")[int(item["sides"][0, 1])]})
+        return sum(hits) / len(hits)
+
+    with_sides, labels_only = side_accuracy(1.0), side_accuracy(0.0)
+    print(f"side read right: with side targets {with_sides:.2f}, labels only {labels_only:.2f}")
+    # measured over data and training seeds 0-3: with side targets 1.00 / 1.00 / 0.42 (one run that did not
+    # converge in 25 epochs) / 1.00; labels only 0.00-0.33 (both halves fire: the big cube carries the label)
+    assert with_sides >= 0.9 and labels_only <= 0.5

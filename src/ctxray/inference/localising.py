@@ -159,16 +159,128 @@ class LocalisingClassifier(nn.Module):
         r = self.sharpness
         return (torch.logsumexp(r * s, dim=-1) - math.log(s.shape[-1])) / r
 
+    def side_pools(self, logit_map: torch.Tensor) -> torch.Tensor:
+        """The same pooling over the patient's left and over the right half of the grid.
+
+        The array's last axis is x, which grows toward the patient's right (RAS), so the left half is the lower
+        indices; with an odd width the middle column belongs to neither.
+
+        Shape:
+            (B, n_labels, d, h, w) -> (B, n_labels, 2): [..., 0] left, [..., 1] right.
+        """
+        w = logit_map.shape[-1]
+        return torch.stack([self.pool(logit_map[..., : w // 2]), self.pool(logit_map[..., (w + 1) // 2:])], dim=-1)
+
+
+SIDE_WORDS = ("left", "right")
+
+
+def report_side_targets(reports: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Per report and label, whether the report puts the finding on the patient's left and on the right.
+
+    Read by the CT labeler: a positive or hedged mention with a side sets that side (``bilateral`` both) to 1;
+    a label the report states without naming a side is unknown on both sides (NaN); a label it negates or never
+    mentions is 0 on both. The targets of :func:`fit`'s ``side_weight``: where a finding is, as far as the
+    reports say, with no lesion positions.
+
+    Shape:
+        returns (N, L, 2) float32, [..., 0] left, [..., 1] right.
+    """
+    from ctxray.labeler import find_mentions
+
+    index = {n: j for j, n in enumerate(names)}
+    out = np.zeros((len(reports), len(names), 2), dtype=np.float32)
+    for i, text in enumerate(reports):
+        stated: dict[int, set[str]] = {}
+        for m in find_mentions(text, "ct"):
+            if m.status == "negative" or m.label not in index:
+                continue
+            sides = stated.setdefault(index[m.label], set())
+            if m.laterality == "bilateral":
+                sides.update(SIDE_WORDS)
+            elif m.laterality in SIDE_WORDS:
+                sides.add(m.laterality)
+        for j, sides in stated.items():
+            out[i, j] = [float(w in sides) for w in SIDE_WORDS] if sides else np.nan
+    return out
+
+
+def side_set_of(probs: np.ndarray, threshold: float = 0.5) -> frozenset[str]:
+    """The sides a present finding is read on from its left and right probabilities ``(2,)``: every side at or
+    above ``threshold``, else the likelier one."""
+    chosen = [w for w, p in zip(SIDE_WORDS, probs) if p >= threshold]
+    return frozenset(chosen or [SIDE_WORDS[int(np.argmax(probs))]])
+
+
+def prior_sides(targets: np.ndarray, names: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Per label, the side set of the training reports' side rates alone (the baseline a side readout must beat):
+    both sides where each is named in at least half of the reports that give the label a side, else the
+    commoner side; labels no report gives a side are left out.
+
+    Shape:
+        targets: (N, L, 2) from :func:`report_side_targets`
+    """
+    out: dict[str, frozenset[str]] = {}
+    for j, name in enumerate(names):
+        t = targets[:, j]
+        t = t[~np.isnan(t).any(axis=1) & (t.sum(axis=1) > 0)]
+        if len(t):
+            rates = t.mean(axis=0)
+            out[name] = frozenset(SIDE_WORDS) if (rates >= 0.5).all() else frozenset([SIDE_WORDS[int(rates.argmax())]])
+    return out
+
+
+def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]], names: Sequence[str],
+                   prior: dict[str, frozenset[str]], threshold: float = 0.5) -> dict[str, Any]:
+    """Sides read from the left and right pools against the ground truth, the findings taken as known.
+
+    Args:
+        probs: (N, L, 2) sigmoid of :meth:`LocalisingClassifier.side_pools` per volume.
+        truths: per volume, label -> the sides of its lesions (``ctxray.generate.checks.truth_sides``).
+        prior: :func:`prior_sides` of the training reports; only labels in it are scored.
+
+    Returns:
+        ``{"n", "exact", "prior_exact", "per_label": {label: {"n", "hits", "prior_hits"}}, "one_side": {"n",
+        "auroc"}}`` (shares NaN when n is 0); ``one_side`` ranks the findings on one side only by right minus left
+        probability, threshold-free (0.5: the pools do not know the side).
+    """
+    from ctxray.metrics import auroc_per_label
+
+    if len(truths) != len(probs):
+        raise ValueError(f"{len(probs)} volumes but {len(truths)} ground-truth records")
+    index = {n: j for j, n in enumerate(names)}
+    per: dict[str, list[tuple[bool, bool]]] = {}
+    lean, is_right = [], []
+    for i, truth in enumerate(truths):
+        for label, sides in truth.items():
+            if label in prior and label in index:
+                p = probs[i, index[label]]
+                per.setdefault(label, []).append((side_set_of(p, threshold) == sides, prior[label] == sides))
+                if len(sides) == 1:
+                    lean.append(float(p[1] - p[0]))
+                    is_right.append(float("right" in sides))
+    flat = [h for v in per.values() for h in v]
+    both = 0 < sum(is_right) < len(is_right)
+    auroc = float(auroc_per_label(np.array(is_right)[:, None], np.array(lean)[:, None])[0]) if both else float("nan")
+    return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
+            "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),
+            "per_label": {k: {"n": len(v), "hits": sum(a for a, _ in v), "prior_hits": sum(b for _, b in v)}
+                          for k, v in sorted(per.items())},
+            "one_side": {"n": len(lean), "auroc": auroc}}
+
 
 def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, seed: int,
-        weight_decay: float = 1e-4, cell_weight: float = 0.0) -> nn.Module:
+        weight_decay: float = 1e-4, cell_weight: float = 0.0, side_weight: float = 0.0) -> nn.Module:
     """Train ``net`` (volumes -> logits) with masked binary cross-entropy, AdamW, no decay on 1-D parameters.
 
     Args:
         dataset: items ``{"volume": (1, D, H, W), "labels": (L,)}`` (NaN: unknown); with ``cell_weight`` also
             ``"cells"`` (L, d, h, w): where each label's lesions are on the net's logit map
-            (``ctxray.inference.pointing.cell_targets``).
+            (``ctxray.inference.pointing.cell_targets``); with ``side_weight`` also ``"sides"`` (L, 2): whether
+            the report puts each finding on the left and on the right (:func:`report_side_targets`).
         cell_weight: weight of :func:`ctxray.losses.balanced_cell_bce` on ``net.logit_map`` (0: labels only).
+        side_weight: weight of the masked cross-entropy of ``net.side_pools`` against ``"sides"``: each half of
+            the grid is a bag that holds the finding or not (multiple-instance learning on the report's sides).
 
     Returns:
         ``net`` in eval mode.
@@ -187,10 +299,14 @@ def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, s
     for epoch in range(epochs):
         t0, losses = time.perf_counter(), []
         for batch in _loader(dataset, batch_size, shuffle=True, seed=seed + epoch):
-            if cell_weight > 0:
+            if cell_weight > 0 or side_weight > 0:
                 cell_map = net.logit_map(batch["volume"])
-                loss = masked_bce(net.pool(cell_map), batch["labels"].float()) + cell_weight * balanced_cell_bce(
-                    cell_map, batch["cells"].float())
+                loss = masked_bce(net.pool(cell_map), batch["labels"].float())
+                if cell_weight > 0:
+                    loss = loss + cell_weight * balanced_cell_bce(cell_map, batch["cells"].float())
+                if side_weight > 0:
+                    loss = loss + side_weight * masked_bce(net.side_pools(cell_map).flatten(1),
+                                                           batch["sides"].float().flatten(1))
             else:
                 loss = masked_bce(net(batch["volume"]), batch["labels"].float())
             opt.zero_grad()
