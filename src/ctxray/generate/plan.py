@@ -211,6 +211,11 @@ def side_targets(plans: Sequence[Plan], names: Sequence[str]) -> np.ndarray:
     return out
 
 
+def side_word(p: np.ndarray) -> str:
+    """(left, right) involvement probabilities -> "bilateral" where both reach 0.5, else the likelier side."""
+    return "bilateral" if (np.asarray(p) >= 0.5).all() else SIDES[int(np.argmax(p))]
+
+
 class SideProbe:
     """Which side(s) a finding is on, from the left and right thirds of the feature map.
 
@@ -261,9 +266,7 @@ class SideProbe:
         """(left, right) involvement probabilities -> a side word (None if label ``j`` was never given a side)."""
         if not np.isfinite(p).all() or (self.prior[j] == 0).all():
             return None
-        if (p >= 0.5).all():
-            return "bilateral"
-        return SIDES[int(np.argmax(p))]
+        return side_word(p)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"prior": self.prior}

@@ -172,50 +172,40 @@ class LocalisingClassifier(nn.Module):
         return torch.stack([self.pool(logit_map[..., : w // 2]), self.pool(logit_map[..., (w + 1) // 2:])], dim=-1)
 
 
-SIDE_WORDS = ("left", "right")
-
-
 def report_side_targets(reports: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """Per report and label, whether the report puts the finding on the patient's left and on the right.
 
-    Read by the CT labeler: a positive or hedged mention with a side sets that side (``bilateral`` both) to 1;
-    a label the report states without naming a side is unknown on both sides (NaN); a label it negates or never
-    mentions is 0 on both. The targets of :func:`fit`'s ``side_weight``: where a finding is, as far as the
-    reports say, with no lesion positions.
+    Read by the CT labeler (``ctxray.generate.plan.plans_from_reports``: positive and hedged mentions and their
+    side words; ``bilateral`` is both sides): a label the report states without naming a side is unknown on both
+    sides (NaN); a label it negates or never mentions is 0 on both. The targets of :func:`fit`'s ``side_weight``:
+    where a finding is, as far as the reports say, with no lesion positions.
 
     Shape:
         returns (N, L, 2) float32, [..., 0] left, [..., 1] right.
     """
-    from ctxray.labeler import find_mentions
+    from ctxray.generate.plan import plans_from_reports, side_targets
 
-    index = {n: j for j, n in enumerate(names)}
-    out = np.zeros((len(reports), len(names), 2), dtype=np.float32)
-    for i, text in enumerate(reports):
-        stated: dict[int, set[str]] = {}
-        for m in find_mentions(text, "ct"):
-            if m.status == "negative" or m.label not in index:
-                continue
-            sides = stated.setdefault(index[m.label], set())
-            if m.laterality == "bilateral":
-                sides.update(SIDE_WORDS)
-            elif m.laterality in SIDE_WORDS:
-                sides.add(m.laterality)
-        for j, sides in stated.items():
-            out[i, j] = [float(w in sides) for w in SIDE_WORDS] if sides else np.nan
+    plans = plans_from_reports(reports)
+    out = side_targets(plans, names).astype(np.float32)
+    for i, plan in enumerate(plans):
+        for j, name in enumerate(names):
+            if name not in plan.labels:
+                out[i, j] = 0.0
     return out
 
 
-def side_set_of(probs: np.ndarray, threshold: float = 0.5) -> frozenset[str]:
-    """The sides a present finding is read on from its left and right probabilities ``(2,)``: every side at or
-    above ``threshold``, else the likelier one."""
-    chosen = [w for w, p in zip(SIDE_WORDS, probs) if p >= threshold]
-    return frozenset(chosen or [SIDE_WORDS[int(np.argmax(probs))]])
+def side_set_of(probs: np.ndarray) -> frozenset[str]:
+    """The sides a present finding is read on from its left and right probabilities ``(2,)``: both where both
+    reach 0.5, else the likelier (the planned generator's side rule, ``ctxray.generate.plan.side_word``)."""
+    from ctxray.generate.plan import side_set, side_word
+
+    return side_set(side_word(probs))
 
 
 def prior_sides(targets: np.ndarray, names: Sequence[str]) -> dict[str, frozenset[str]]:
     """Per label, the side set of the training reports' side rates alone (the baseline a side readout must beat):
-    both sides where each is named in at least half of the reports that give the label a side, else the
-    commoner side; labels no report gives a side are left out.
+    the same rule on the share of the reports giving the label a side that name the left and the right (both
+    where each is at least half, else the commoner); labels no report gives a side are left out.
 
     Shape:
         targets: (N, L, 2) from :func:`report_side_targets`
@@ -225,13 +215,12 @@ def prior_sides(targets: np.ndarray, names: Sequence[str]) -> dict[str, frozense
         t = targets[:, j]
         t = t[~np.isnan(t).any(axis=1) & (t.sum(axis=1) > 0)]
         if len(t):
-            rates = t.mean(axis=0)
-            out[name] = frozenset(SIDE_WORDS) if (rates >= 0.5).all() else frozenset([SIDE_WORDS[int(rates.argmax())]])
+            out[name] = side_set_of(t.mean(axis=0))
     return out
 
 
 def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]], names: Sequence[str],
-                   prior: dict[str, frozenset[str]], threshold: float = 0.5) -> dict[str, Any]:
+                   prior: dict[str, frozenset[str]]) -> dict[str, Any]:
     """Sides read from the left and right pools against the ground truth, the findings taken as known.
 
     Args:
@@ -255,7 +244,7 @@ def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]
         for label, sides in truth.items():
             if label in prior and label in index:
                 p = probs[i, index[label]]
-                per.setdefault(label, []).append((side_set_of(p, threshold) == sides, prior[label] == sides))
+                per.setdefault(label, []).append((side_set_of(p) == sides, prior[label] == sides))
                 if len(sides) == 1:
                     lean.append(float(p[1] - p[0]))
                     is_right.append(float("right" in sides))

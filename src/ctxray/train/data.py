@@ -85,7 +85,7 @@ class PairCollator:
         requested, ``mirrored`` (B,) bool with ``mirror`` > 0; ids: list[str]."""
         if self.mirror > 0:
             rng = np.random.default_rng([self.seed, 0x6D6972, *(int(it["index"]) for it in items)])
-            items, _made = mirror_pairs(items, self.mirror, rng)
+            items, _ = mirror_pairs(items, self.mirror, rng)
         ids = [str(it["id"]) for it in items]
         batch: dict[str, Any] = {
             "ids": ids,
