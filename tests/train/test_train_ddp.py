@@ -1,7 +1,7 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the
-concatenated batch (the trainer's Objective, with false-negative correction, both KD terms and the report
-prompt term on, on uneven shards), the whole trainer on 2 ranks follows the single-process run, and on tar
-shards each rank reads its own half across a stop and resume. The training side's one multi-process run: one
+concatenated batch (the trainer's Objective, with false-negative correction that keeps a mirrored pair apart
+across the ranks, both KD terms and the report prompt term on, on uneven shards), the whole trainer on 2 ranks
+follows the single-process run, and on tar shards each rank reads its own half across a stop and resume. The training side's one multi-process run: one
 spawn serves all three checks (``tests/train/test_train_gather.py`` checks the gather with patched
 collectives; ``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
 
@@ -41,8 +41,8 @@ def _model() -> DualEncoder:
 def _batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     labels = torch.zeros(B, 18)
-    labels[0, 3] = labels[4, 3] = 1.0  # rows 0 and 4 equivalent (one on each rank), rows 1 and 2 too
-    labels[3, 5] = labels[5, 7] = 1.0
+    labels[0, 3] = labels[4, 3] = 1.0  # rows 0 and 4 equivalent (one on each rank), rows 1, 2 and 5 too,
+    labels[3, 5] = 1.0  # but row 5 is row 2's left-right mirror (data.mirror_pairs): kept apart across the ranks
     ids = torch.randint(5, 30, (B, 10), generator=g)
     mask = torch.ones(B, 10, dtype=torch.long)
     mask[1, 7:] = 0
@@ -50,7 +50,8 @@ def _batch() -> dict[str, torch.Tensor]:
                                   [0.0, 0.0]])
     return {"volume": torch.rand(B, 1, 16, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask,
             "labels": labels, "teacher": torch.nn.functional.normalize(torch.randn(B, DT, generator=g), dim=1),
-            "report_labels": report_labels}
+            "report_labels": report_labels, "index": torch.tensor([0, 1, 2, 3, 4, 2]),
+            "mirrored": torch.tensor([False, False, False, False, False, True])}
 
 
 def _prompts() -> dict[str, torch.Tensor]:
