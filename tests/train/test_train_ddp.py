@@ -1,9 +1,9 @@
 """Two gloo processes under DistributedDataParallel give the single-process loss and gradients of the concatenated
 batch (the trainer's Objective, with false-negative correction that keeps a mirrored pair apart across the ranks,
-both KD terms and the report prompt term on, on uneven shards), the whole trainer on 2 ranks follows the single-
-process run, and on tar shards each rank reads its own half across a stop and resume. The training side's one multi-
-process run: one spawn serves all three checks (``tests/train/test_train_gather.py`` checks the gather with patched
-collectives; ``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
+both KD terms and the report prompt term on, on uneven shards), the whole trainer on 2 ranks follows the
+single-process run, and on tar shards each rank reads its own half across a stop and resume. The training side's one
+multi-process run: one spawn serves all three checks (``tests/train/test_train_gather.py`` checks the gather with
+patched collectives; ``tests/data/test_data_multinode.py`` checks the torchrun rendezvous of two simulated nodes)."""
 
 from __future__ import annotations
 
