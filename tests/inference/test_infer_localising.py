@@ -131,16 +131,22 @@ def _two_cube_set(n: int, seed: int) -> list[dict]:
     return items
 
 
-def test_cell_supervision_puts_the_label_on_the_lesion_cell():
+def _fit_toy(train: list[dict], **weights: float) -> LocalisingClassifier:
+    """A one-label net on a 2x4x4 grid, trained 25 epochs on a toy set (``weights``: fit's cell/side weights)."""
     from ctxray.inference.localising import fit
 
+    torch.manual_seed(0)
+    net = LocalisingClassifier(1, (8, 16, 16), layers=(1,), widths=(8,), stem_width=4, stem_stride=(2, 2, 2))
+    fit(net, train, epochs=25, lr=1e-2, batch_size=8, seed=0, **weights)
+    assert net.stage_grid((8, 16, 16)) == (2, 4, 4)
+    return net
+
+
+def test_cell_supervision_puts_the_label_on_the_lesion_cell():
     train, test = _two_cube_set(32, 0), _two_cube_set(16, 1)
 
     def on_lesion(cell_weight: float) -> float:
-        torch.manual_seed(0)
-        net = LocalisingClassifier(1, (8, 16, 16), layers=(1,), widths=(8,), stem_width=4, stem_stride=(2, 2, 2))
-        fit(net, train, epochs=25, lr=1e-2, batch_size=8, seed=0, cell_weight=cell_weight)
-        assert net.stage_grid((8, 16, 16)) == (2, 4, 4)
+        net = _fit_toy(train, cell_weight=cell_weight)
         hits = []
         with torch.no_grad():
             for item in test[1::2]:
@@ -216,14 +222,12 @@ def _sided_set(n: int, seed: int) -> list[dict]:
 
 
 def test_side_supervision_reads_the_lesions_side():
-    from ctxray.inference.localising import fit, side_set_of
+    from ctxray.inference.localising import side_set_of
 
     train, test = _sided_set(48, 0), _sided_set(24, 1)
 
     def side_accuracy(side_weight: float) -> float:
-        torch.manual_seed(0)
-        net = LocalisingClassifier(1, (8, 16, 16), layers=(1,), widths=(8,), stem_width=4, stem_stride=(2, 2, 2))
-        fit(net, train, epochs=25, lr=1e-2, batch_size=8, seed=0, side_weight=side_weight)
+        net = _fit_toy(train, side_weight=side_weight)
         hits = []
         with torch.no_grad():
             for item in test[1::2]:

@@ -38,6 +38,16 @@ def truth_sides(record: Mapping) -> dict[str, frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
+def side_hits_summary(per: Mapping[str, Sequence[tuple[bool, bool]]]) -> dict:
+    """Per label, (side set right, the training side rates' set right) pairs -> the side scores of a readout:
+    ``{"n", "exact", "prior_exact", "per_label": {label: {"n", "hits", "prior_hits"}}}`` (shares NaN when n is 0)."""
+    flat = [h for v in per.values() for h in v]
+    return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
+            "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),
+            "per_label": {k: {"n": len(v), "hits": sum(a for a, _ in v), "prior_hits": sum(b for _, b in v)}
+                          for k, v in sorted(per.items())}}
+
+
 def stated_sides(text: str, label_set: str = "ct") -> dict[str, frozenset[str]]:
     """Label -> the sides a report names for it (positive or hedged mentions that name a side)."""
     out: dict[str, set[str]] = {}

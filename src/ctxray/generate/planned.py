@@ -43,7 +43,7 @@ from torch import nn
 
 from ctxray.config import from_dict, to_dict
 from ctxray.data.text import report_text
-from ctxray.generate.checks import truth_sides
+from ctxray.generate.checks import side_hits_summary, truth_sides
 from ctxray.generate.plan import (
     LabelProbe,
     Plan,
@@ -315,11 +315,7 @@ class PlannedGenerator:
                     j = self.names.index(label)
                     got, prior = side_set(self.sides.side(x[i], j)), side_set(self.sides.prior_side(j))
                     per.setdefault(label, []).append((got == true, prior == true))
-        flat = [h for v in per.values() for h in v]
-        return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
-                "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),
-                "per_label": {k: {"n": len(v), "hits": sum(a for a, _ in v), "prior_hits": sum(b for _, b in v)}
-                              for k, v in sorted(per.items())}}
+        return side_hits_summary(per)
 
     def plan(self, feats: Features) -> list[Plan]:
         scores = self.scores(feats)

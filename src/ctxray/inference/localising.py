@@ -183,14 +183,11 @@ def report_side_targets(reports: Sequence[str], names: Sequence[str]) -> np.ndar
     Shape:
         returns (N, L, 2) float32, [..., 0] left, [..., 1] right.
     """
-    from ctxray.generate.plan import plans_from_reports, side_targets
+    from ctxray.generate.plan import plan_matrix, plans_from_reports, side_targets
 
     plans = plans_from_reports(reports)
     out = side_targets(plans, names).astype(np.float32)
-    for i, plan in enumerate(plans):
-        for j, name in enumerate(names):
-            if name not in plan.labels:
-                out[i, j] = 0.0
+    out[plan_matrix(plans, names) == 0] = 0.0  # negated or never mentioned: on neither side
     return out
 
 
@@ -233,6 +230,7 @@ def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]
         "auroc"}}`` (shares NaN when n is 0); ``one_side`` ranks the findings on one side only by right minus left
         probability, threshold-free (0.5: the pools do not know the side).
     """
+    from ctxray.generate.checks import side_hits_summary
     from ctxray.metrics import auroc_per_label
 
     if len(truths) != len(probs):
@@ -248,14 +246,9 @@ def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]
                 if len(sides) == 1:
                     lean.append(float(p[1] - p[0]))
                     is_right.append(float("right" in sides))
-    flat = [h for v in per.values() for h in v]
     both = 0 < sum(is_right) < len(is_right)
     auroc = float(auroc_per_label(np.array(is_right)[:, None], np.array(lean)[:, None])[0]) if both else float("nan")
-    return {"n": len(flat), "exact": float(np.mean([a for a, _ in flat])) if flat else float("nan"),
-            "prior_exact": float(np.mean([b for _, b in flat])) if flat else float("nan"),
-            "per_label": {k: {"n": len(v), "hits": sum(a for a, _ in v), "prior_hits": sum(b for _, b in v)}
-                          for k, v in sorted(per.items())},
-            "one_side": {"n": len(lean), "auroc": auroc}}
+    return {**side_hits_summary(per), "one_side": {"n": len(lean), "auroc": auroc}}
 
 
 def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, seed: int,

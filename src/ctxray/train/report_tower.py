@@ -61,35 +61,33 @@ class ReportTower(nn.Module):
         return F.normalize(self.text_proj(self.text_encoder(input_ids, attention_mask)), dim=-1)
 
 
-def prompt_auroc(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.ndarray,
+def read_reports(tower: Any, tokenizer: Tokenizer, reports: list[str], y: np.ndarray,
                  max_length: int) -> dict[str, Any]:
-    """The zero-shot prompts applied to ``reports``: macro and per-label AUROC against ``y`` (N, L; NaN unknown).
+    """How the tower reads ``reports`` (each encoded once): the zero-shot prompts' macro and per-label AUROC against
+    ``y`` (N, L; NaN unknown), and ``side_cosine``, the mean cosine between each report that names a side and the
+    same report with its sides swapped (1.0: the tower does not read sides; None when no report names a side).
 
     A label with one class among the known entries has no AUROC (None) and is left out of the macro (None when
     no label has one, e.g. validation reports without label columns).
     """
     labels = load_labels()
+    emb = encode_texts(tower, tokenizer, reports, max_length=max_length)
     pos, neg = prompt_embeddings(tower, tokenizer, labels, max_length=max_length)
-    scores = zero_shot_logits(encode_texts(tower, tokenizer, reports, max_length=max_length), pos, neg, 1.0).numpy()
+    scores = zero_shot_logits(emb, pos, neg, 1.0).numpy()
     per = np.full(len(labels), np.nan)
     for j in range(len(labels)):  # per label over its known entries
         known = np.isfinite(y[:, j])
         if known.any():
             per[j] = auroc_per_label(y[known][:, [j]], scores[known][:, [j]])[0]
     finite = per[np.isfinite(per)]
+    sided = [i for i, r in enumerate(reports) if names_side(r)]
+    side_cos = None
+    if sided:
+        swapped = encode_texts(tower, tokenizer, [swap_sides(reports[i]) for i in sided], max_length=max_length)
+        side_cos = float((emb[sided] * swapped).sum(1).mean())
     return {"macro": float(finite.mean()) if finite.size else None,
-            "per_label": {n: round(float(v), 4) if np.isfinite(v) else None for n, v in zip(labels.names, per)}}
-
-
-def side_cosine(tower: Any, tokenizer: Tokenizer, reports: list[str], max_length: int) -> float | None:
-    """Mean cosine between each report that names a side and the same report with its sides swapped (1.0: the
-    tower does not read sides); None when no report names a side."""
-    sided = [r for r in reports if names_side(r)]
-    if not sided:
-        return None
-    own = encode_texts(tower, tokenizer, sided, max_length=max_length)
-    swapped = encode_texts(tower, tokenizer, [swap_sides(r) for r in sided], max_length=max_length)
-    return float((own * swapped).sum(1).mean())
+            "per_label": {n: round(float(v), 4) if np.isfinite(v) else None for n, v in zip(labels.names, per)},
+            "side_cosine": side_cos}
 
 
 def _fmt(value: float | None) -> str:
@@ -154,11 +152,9 @@ def pretrain_report_tower(cache_dir: str | Path, out: str | Path, cfg: ReportTow
     swapped = tokenizer([swap_sides(r) for r in reports], max_length=text.max_length) if cfg.sides > 0 else None
 
     def score() -> dict[str, Any]:
-        result = {"train": prompt_auroc(tower, tokenizer, reports, y_train, text.max_length)}
-        result["train"]["side_cosine"] = side_cosine(tower, tokenizer, reports, text.max_length)
+        result = {"train": read_reports(tower, tokenizer, reports, y_train, text.max_length)}
         if val_rows:
-            result["valid"] = prompt_auroc(tower, tokenizer, val_reports, y_val_m, text.max_length)
-            result["valid"]["side_cosine"] = side_cosine(tower, tokenizer, val_reports, text.max_length)
+            result["valid"] = read_reports(tower, tokenizer, val_reports, y_val_m, text.max_length)
         return result
 
     before = score()
