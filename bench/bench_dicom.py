@@ -50,6 +50,13 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def dcm2niix_version(tool: str) -> str:
+    """The version a dcm2niix executable reports (builds differ in speed: the ratio names the one used)."""
+    done = subprocess.run([tool, "--version"], capture_output=True, text=True)
+    words = [w for w in (done.stdout + done.stderr).split() if w.startswith("v1.")]
+    return words[-1] if words else "(version unknown)"
+
+
 def check_same_volume(series: Path, nifti_dir: Path) -> str:
     """ctxray's read of the series vs dcm2niix's NIfTI read by ctxray: equal HU, spacing, RAS orientation."""
     from ctxray.data.readers import read_volume_raw
@@ -70,12 +77,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=7)
     ap.add_argument("--presets", nargs="+", default=["demo"])
     ap.add_argument("--before-src", default=None, help="another ctxray src folder, run in the same loop")
+    ap.add_argument("--dcm2niix", nargs="+", default=None,
+                    help="dcm2niix executables to compare with, in the same loop (default: the one on PATH); "
+                         "ratios use the first")
     args = ap.parse_args()
     from ctxray.utils.machine import describe_machine
 
-    dcm2niix = shutil.which("dcm2niix")
-    if dcm2niix is None:
-        sys.exit("dcm2niix not found (Debian/Ubuntu: apt-get install dcm2niix)")
+    tools = args.dcm2niix or [shutil.which("dcm2niix")]
+    if None in tools:
+        sys.exit("dcm2niix not found (Debian/Ubuntu: apt-get install dcm2niix; or pip install dcm2niix)")
+    versions = {tool: dcm2niix_version(tool) for tool in tools}
+    names = {tool: f"dcm2niix {versions[tool]}" for tool in tools}
     src = str(Path(__import__("ctxray").__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
     trees = {"ours": env}
@@ -95,7 +107,8 @@ def main() -> None:
             runs.setdefault(name, []).append(run_child(cmd, run_env))
 
         for _ in range(args.n):  # alternate, so a change in load hits every row alike
-            add("dcm2niix", [dcm2niix, "-z", "n", "-o", str(tmp / "nii"), str(tmp / "series")], env, tmp / "nii")
+            for tool in tools:
+                add(names[tool], [tool, "-z", "n", "-o", str(tmp / "nii"), str(tmp / "series")], env, tmp / "nii")
             add("python + numpy", [sys.executable, "-c", "import numpy"], env, tmp / "none")
             for preset in args.presets:
                 for tree, tree_env in trees.items():
@@ -108,10 +121,11 @@ def main() -> None:
           "less)")
     print(f"one axial series, 512x512x{args.slices} uint16 + rescale ({size:.0f} MB, {args.slices} files), "
           f"median of {args.n} fresh processes: wall s / CPU s (ratios from CPU s)")
-    ref = statistics.median(c for _, c in runs["dcm2niix"])
+    print("  " + "; ".join(f"dcm2niix {versions[t]}: {t}" for t in tools))
+    ref = statistics.median(c for _, c in runs[names[tools[0]]])
     for name, values in runs.items():
         wall, cpu = statistics.median(w for w, _ in values), statistics.median(c for _, c in values)
-        line = f"  {name:<44} {wall:6.3f} / {cpu:6.3f}   = {cpu / ref:5.1f}x dcm2niix"
+        line = f"  {name:<44} {wall:6.3f} / {cpu:6.3f}   = {cpu / ref:5.1f}x {names[tools[0]]}"
         if name.startswith("ctxray"):
             line += f"   (goal <= {GOAL:g}x: {'met' if cpu / ref <= GOAL else 'NOT met'})"
         print(line)

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--world", required=True, help="the synthetic world of the cache (ground_truth.jsonl)")
     parser.add_argument("--split", default="valid")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="average each volume's side probabilities with its mirror image's (sides swapped back)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     from ctxray.utils.machine import describe_machine
@@ -41,7 +43,7 @@ def main() -> None:
 
     from ctxray.data.dataset import CTCacheDataset
     from ctxray.generate.checks import truth_sides
-    from ctxray.inference.localising import prior_sides, report_side_targets, side_agreement
+    from ctxray.inference.localising import mirrored_side_probs, prior_sides, report_side_targets, side_agreement
     from ctxray.inference.pointing import _stem, read_ground_truth
     from ctxray.inference.supervised import build_from_info
 
@@ -59,14 +61,17 @@ def main() -> None:
     t0, probs = time.perf_counter(), []
     with torch.no_grad():
         for i in range(len(ds)):
-            probs.append(torch.sigmoid(net.side_pools(net.logit_map(ds[i]["volume"][None])))[0].numpy())
+            volume = ds[i]["volume"][None]
+            probs.append((mirrored_side_probs(net, volume) if args.mirror_average else
+                          torch.sigmoid(net.side_pools(net.logit_map(volume))))[0].numpy())
     missing = [e["id"] for e in ds.entries if e["id"] not in rows]
     if missing:
         raise SystemExit(f"{args.world}: no ground-truth row for {len(missing)} volumes, e.g. {missing[0]}")
     truths = [truth_sides(rows[e["id"]]) for e in ds.entries]
     result = side_agreement(np.stack(probs), truths, names, prior)
     side_weight = info.get("side_weight", 0.0)
-    print(f"{args.classifier} (side_weight {side_weight}), {args.split}: {len(ds)} volumes in "
+    print(f"{args.classifier} (side_weight {side_weight}, mirror {info.get('mirror', 0.0)}"
+          f"{', mirror-averaged reading' if args.mirror_average else ''}), {args.split}: {len(ds)} volumes in "
           f"{time.perf_counter() - t0:.0f} s; {result['n']} sided findings")
     print(f"  exact side set {result['exact']:.3f}; the training reports' side rates alone "
           f"{result['prior_exact']:.3f}; findings on one side only ({result['one_side']['n']}): AUROC of right "
@@ -76,6 +81,8 @@ def main() -> None:
               f"   (rates say {'+'.join(sorted(prior[label]))})")
     if args.out:
         Path(args.out).write_text(json.dumps({"classifier": args.classifier, "side_weight": side_weight,
+                                              "mirror": info.get("mirror", 0.0),
+                                              "mirror_average": args.mirror_average,
                                               "split": args.split, **result}, indent=2) + "\n")
 
 

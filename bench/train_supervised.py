@@ -18,6 +18,9 @@ each training report names (``ctxray.inference.localising.report_side_targets``:
 each half a bag): supervision a real dataset's reports give, unlike ``--cell-weight``. ``bench/side_readout.py``
 reads the sides back on validation volumes against the world's ground truth.
 
+``--mirror P`` (lse only) shows each training volume mirrored left to right with probability P, its report sides
+swapped (``ctxray.inference.localising.mirror_batch``).
+
 ``--cell-weight W --worlds W0 W1 ...`` (lse only; one world per cache, in the order ``--cache``,
 ``--extra-train``) also trains the per-location logits on where the world puts each label's lesions
 (``ctxray.inference.pointing.cell_targets``, loss ``ctxray.losses.balanced_cell_bce``): a reference whose score
@@ -167,6 +170,9 @@ def main() -> None:
     parser.add_argument("--side-weight", type=float, default=0.0,
                         help="lse: also train the pooled left and right halves of the grid on the sides each "
                              "training report names (read by the CT labeler; no lesion positions)")
+    parser.add_argument("--mirror", type=float, default=0.0,
+                        help="lse: probability that a training volume is seen mirrored left to right (report sides "
+                             "swapped, cell targets mirrored)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     from ctxray.utils.machine import describe_machine
@@ -212,7 +218,7 @@ def main() -> None:
         if args.side_weight > 0:
             train_ds = _with_sides(train_ds, CT_RATE_LABELS)
         model = fit(net, train_ds, args.epochs, args.lr, args.batch_size, args.seed, cell_weight=args.cell_weight,
-                    side_weight=args.side_weight)
+                    side_weight=args.side_weight, mirror=args.mirror)
     else:
         enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
         settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
@@ -240,6 +246,7 @@ def main() -> None:
            "labels": list(CT_RATE_LABELS),
            "extra_train": list(args.extra_train), **(cells if args.cell_weight > 0 else {}),
            **({"side_weight": args.side_weight} if args.side_weight > 0 else {}),
+           **({"mirror": args.mirror} if args.mirror > 0 else {}),
            "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
            "train_seconds": round(seconds, 1),
            "n_train": len(train_ds), "n_valid": len(valid_ds), "valid_auroc": auroc,

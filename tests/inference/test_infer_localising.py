@@ -240,3 +240,44 @@ def test_side_supervision_reads_the_lesions_side():
     # measured over data and training seeds 0-3: with side targets 1.00 / 1.00 / 0.42 (one run that did not
     # converge in 25 epochs) / 1.00; labels only 0.00-0.33 (both halves fire: the big cube carries the label)
     assert with_sides >= 0.9 and labels_only <= 0.5
+
+
+def test_mirror_batch_flips_the_chosen_volumes_and_swaps_their_sides():
+    from ctxray.inference.localising import mirror_batch
+
+    vol = torch.arange(2 * 1 * 2 * 2 * 3, dtype=torch.float32).reshape(2, 1, 2, 2, 3)
+    sides = torch.tensor([[[1.0, 0.0], [float("nan"), float("nan")]], [[0.0, 1.0], [1.0, 1.0]]])
+    cells = torch.rand(2, 2, 1, 2, 3)
+    batch = {"volume": vol, "sides": sides, "cells": cells, "labels": torch.ones(2, 2)}
+    out = mirror_batch(batch, torch.tensor([True, False]))
+    assert torch.equal(out["volume"][0], vol[0].flip(-1)) and torch.equal(out["volume"][1], vol[1])
+    assert torch.equal(out["cells"][0], cells[0].flip(-1)) and torch.equal(out["cells"][1], cells[1])
+    assert out["sides"][0, 0].tolist() == [0.0, 1.0] and out["sides"][0, 1].isnan().all()  # unknown stays unknown
+    assert torch.equal(out["sides"][1], sides[1]) and out["labels"] is batch["labels"]
+    assert torch.equal(batch["volume"], vol) and batch["sides"][0, 0].tolist() == [1.0, 0.0]  # input untouched
+    assert torch.equal(mirror_batch(out, torch.tensor([True, False]))["volume"], vol)  # twice: the original
+
+
+def test_mirror_averaged_side_reading_is_exactly_mirror_symmetric():
+    from ctxray.inference.localising import mirrored_side_probs
+
+    net = _net().eval()
+    x = torch.randn(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        p, q = mirrored_side_probs(net, x), mirrored_side_probs(net, x.flip(-1))
+        plain = torch.sigmoid(net.side_pools(net.logit_map(x)))
+    torch.testing.assert_close(q, p.flip(-1))  # the mirror image reads the same finding on the other side
+    assert not torch.allclose(plain, torch.sigmoid(net.side_pools(net.logit_map(x.flip(-1)))).flip(-1))
+
+
+def test_mirrored_training_still_reads_the_lesions_side():
+    from ctxray.inference.localising import side_set_of
+
+    train, test = _sided_set(48, 0), _sided_set(24, 1)
+    net = _fit_toy(train, side_weight=1.0, mirror=0.5)
+    hits = []
+    with torch.no_grad():
+        for item in test[1::2]:
+            probs = torch.sigmoid(net.side_pools(net.logit_map(item["volume"][None])))[0, 0].numpy()
+            hits.append(side_set_of(probs) == {("left", "right")[int(item["sides"][0, 1])]})
+    assert sum(hits) / len(hits) >= 0.9

@@ -172,6 +172,40 @@ class LocalisingClassifier(nn.Module):
         return torch.stack([self.pool(logit_map[..., : w // 2]), self.pool(logit_map[..., (w + 1) // 2:])], dim=-1)
 
 
+def mirror_batch(batch: dict[str, Any], which: torch.Tensor) -> dict[str, Any]:
+    """The batch with the volumes ``which`` mirrored left to right: the volume and its ``cells`` flipped on x (the
+    last axis) and its report ``sides`` swapped; labels unchanged. The batch itself is not modified.
+
+    Shape:
+        which: (B,) bool
+    """
+    out = dict(batch)
+    if not bool(which.any()):
+        return out
+    for key in ("volume", "cells"):
+        if key in out:
+            t = out[key].clone()
+            t[which] = t[which].flip(-1)
+            out[key] = t
+    if "sides" in out:
+        t = out["sides"].clone()
+        t[which] = t[which].flip(-1)  # (L, 2): [left, right] -> [right, left]
+        out["sides"] = t
+    return out
+
+
+def mirrored_side_probs(net: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    """Side probabilities averaged over the volume and its mirror image (sides swapped back): a reading that
+    cannot favour one side for a symmetric scan.
+
+    Shape:
+        volume: (B, 1, D, H, W) -> (B, n_labels, 2): [..., 0] left, [..., 1] right.
+    """
+    p = torch.sigmoid(net.side_pools(net.logit_map(volume)))
+    q = torch.sigmoid(net.side_pools(net.logit_map(volume.flip(-1)))).flip(-1)
+    return (p + q) / 2
+
+
 def report_side_targets(reports: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """Per report and label, whether the report puts the finding on the patient's left and on the right.
 
@@ -252,7 +286,8 @@ def side_agreement(probs: np.ndarray, truths: Sequence[dict[str, frozenset[str]]
 
 
 def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, seed: int,
-        weight_decay: float = 1e-4, cell_weight: float = 0.0, side_weight: float = 0.0) -> nn.Module:
+        weight_decay: float = 1e-4, cell_weight: float = 0.0, side_weight: float = 0.0,
+        mirror: float = 0.0) -> nn.Module:
     """Train ``net`` (volumes -> logits) with masked binary cross-entropy, AdamW, no decay on 1-D parameters.
 
     Args:
@@ -263,6 +298,9 @@ def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, s
         cell_weight: weight of :func:`ctxray.losses.balanced_cell_bce` on ``net.logit_map`` (0: labels only).
         side_weight: weight of the masked cross-entropy of ``net.side_pools`` against ``"sides"``: each half of
             the grid is a bag that holds the finding or not (multiple-instance learning on the report's sides).
+        mirror: probability that a training volume is seen mirrored left to right (:func:`mirror_batch`: its
+            ``sides`` swapped and its ``cells`` mirrored), so a side has to be read from where the finding is, not
+            from which side the training reports name more often.
 
     Returns:
         ``net`` in eval mode.
@@ -271,6 +309,7 @@ def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, s
     from ctxray.losses import balanced_cell_bce
 
     torch.manual_seed(seed)
+    flips = torch.Generator().manual_seed(seed + 7919)  # its own stream: mirror=0 leaves the training unchanged
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -281,6 +320,8 @@ def fit(net: nn.Module, dataset: Any, epochs: int, lr: float, batch_size: int, s
     for epoch in range(epochs):
         t0, losses = time.perf_counter(), []
         for batch in _loader(dataset, batch_size, shuffle=True, seed=seed + epoch):
+            if mirror > 0:
+                batch = mirror_batch(batch, torch.rand(len(batch["volume"]), generator=flips) < mirror)
             if cell_weight > 0 or side_weight > 0:
                 cell_map = net.logit_map(batch["volume"])
                 loss = masked_bce(net.pool(cell_map), batch["labels"].float())
