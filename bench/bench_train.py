@@ -30,13 +30,19 @@ this run, so a run here can be the reference of a later run here; the ``#`` note
       ]
     }
 
+A reference can also be measured in the same run: ``--external module:function`` imports ``module`` (from
+``PYTHONPATH``) and calls ``function((D, H, W))``, which must return an ``nn.Module`` mapping ``(B, 1, D, H, W)`` to
+any tensor (an ``n_tokens`` attribute, if it has one, is printed). Per shape it runs first, as its own row, in its
+own subprocess with the same steps, threads and loss, and every other row's ratios are taken against it (wall
+against wall, CPU against CPU); no code of the reference ships with ctxray, the user points at their own copy.
+
 ``bench/reference_ctvit_amd_epyc.json`` holds CT-CLIP's CTViT image encoder as measured by an outside review
 on a 2-core AMD EPYC (2 threads, fp32, batch 1), not by this project. Goal there: at least 3x its throughput
 with at most 1/3 of its memory.
 
     python bench/bench_train.py [--threads 1] [--steps 2] [--warmup 1] [--shapes demo 100x200x200]
         [--encoders vit3d_small vit3d_axial_small] [--levers fp32 ckpt bf16] [--patches main coarse ctvit]
-        [--reference bench/reference_ctvit_amd_epyc.json] [--save this_run.json]
+        [--reference bench/reference_ctvit_amd_epyc.json | --external my_ctvit:build] [--save this_run.json]
     python bench/bench_train.py --device cuda      # on a GPU: peak = torch.cuda.max_memory_allocated
 
 bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / AMX / ARM BF16; the machine line says
@@ -85,6 +91,7 @@ class Config:
     ckpt: bool = False
     bf16: bool = False
     encoder: str = "vit3d_small"
+    external: str | None = None  # "module:function" building a reference encoder (encoder is then its label)
 
     @property
     def levers(self) -> str:
@@ -114,6 +121,16 @@ def default_configs(shapes: list[str], demo_batch: int, encoders: list[str], lev
                 out.append(Config(shape, COARSE_PATCH[name], 1, encoder=encoder))
             if vit and "ctvit" in patches and name in CTVIT_PATCH:
                 out.append(Config(shape, CTVIT_PATCH[name], 1, encoder=encoder))
+    return out
+
+
+def with_external(configs: list[Config], spec: str, label: str) -> list[Config]:
+    """``configs`` with a batch-1 row of the external reference encoder before each shape's first row."""
+    out: list[Config] = []
+    for cfg in configs:
+        if not any(c.shape == cfg.shape for c in out):
+            out.append(Config(cfg.shape, None, 1, encoder=label, external=spec))
+        out.append(cfg)
     return out
 
 
@@ -169,6 +186,37 @@ def describe_reference(ref: dict, here: dict) -> list[str]:
     return lines
 
 
+def build_external(spec: str, shape: tuple[int, int, int]):
+    """The reference encoder of ``--external module:function`` for ``shape`` (D, H, W).
+
+    Raises:
+        ValueError: if ``spec`` is not ``module:function`` or the function does not return an ``nn.Module``.
+    """
+    import importlib
+
+    import torch
+
+    module_name, sep, function = spec.partition(":")
+    if not sep or not module_name or not function:
+        raise ValueError(f"--external {spec!r}: expected module:function (e.g. my_ctvit:build)")
+    build = getattr(importlib.import_module(module_name), function)
+    enc = build(tuple(shape))
+    if not isinstance(enc, torch.nn.Module):
+        raise ValueError(f"--external {spec}: {function}({tuple(shape)}) returned {type(enc).__name__}, not an "
+                         f"nn.Module")
+    return enc
+
+
+def in_run_reference(cfg: Config, res: dict, threads: int, here: dict) -> dict:
+    """A reference (the :func:`load_reference` format) holding one row measured in this run: later rows of the
+    shape and batch are compared with it, wall time with wall time and CPU time with CPU time."""
+    row = {"shape": list(cfg.shape), "batch": cfg.batch, "tokens": res.get("tokens") or "?",
+           "s_per_step": (res["wall"], res["wall"]), "cpu_per_thread": (res["cpu"] / threads,) * 2,
+           "peak_gb": res["peak_gb"]}
+    return {"encoder": cfg.encoder, "source": "measured in this run", "method": "the same steps and loss",
+            "machine": here, "rows": [row], "by_key": {(tuple(cfg.shape), cfg.batch): row}}
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
@@ -183,8 +231,11 @@ def worker(cfg: Config, steps: int, warmup: int, threads: int, device: str = "cp
     base = 0.0 if gpu else _rss_gb()
     from ctxray.models.registry import create_volume_encoder
 
-    kw = {} if cfg.patch is None else {"patch_size": cfg.patch}
-    enc = create_volume_encoder(cfg.encoder, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw).to(dev)
+    if cfg.external:
+        enc = build_external(cfg.external, cfg.shape).to(dev)
+    else:
+        kw = {} if cfg.patch is None else {"patch_size": cfg.patch}
+        enc = create_volume_encoder(cfg.encoder, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw).to(dev)
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
     x = torch.rand(cfg.batch, 1, *cfg.shape, generator=torch.Generator().manual_seed(0)).to(dev)
     walls, cpus = [], []
@@ -200,7 +251,7 @@ def worker(cfg: Config, steps: int, warmup: int, threads: int, device: str = "cp
         if i >= warmup:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-    tokens = None
+    tokens = getattr(enc, "n_tokens", None)
     if cfg.patch is not None:
         tokens = 1
         for s, p in zip(cfg.shape, cfg.patch):
@@ -242,9 +293,9 @@ def format_row(cfg: Config, res: dict, threads: int, ref: dict | None = None) ->
     mem = res["peak_gb"] / r["peak_gb"]
     ref_s = f"{lo:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
     cells = [f"{ref_s:>9} s {r['peak_gb']:5.2f} GB {r.get('tokens', '?'):>6}  {mem:5.2f}"]
-    for seconds in (res["wall"], res["cpu"] / threads):
-        ok = "yes" if lo / seconds >= GOAL_SPEEDUP and mem <= GOAL_MEMORY else "no"
-        cells.append(f"{_ratio(lo / seconds, hi / seconds):>12} {ok:>3}")
+    for seconds, (r_lo, r_hi) in ((res["wall"], (lo, hi)), (res["cpu"] / threads, r.get("cpu_per_thread", (lo, hi)))):
+        ok = "yes" if r_lo / seconds >= GOAL_SPEEDUP and mem <= GOAL_MEMORY else "no"
+        cells.append(f"{_ratio(r_lo / seconds, r_hi / seconds):>12} {ok:>3}")
     return row + "   " + "  ".join(cells)
 
 
@@ -260,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", nargs="+", default=["main", "coarse"], choices=["main", "coarse", "ctvit"],
                    help="ctvit: CTViT's 10x20x20 patch at 240x480x480 (13,824 tokens; slow with full attention)")
     p.add_argument("--reference", help="reference JSON with its machine (schema above); ratios only against it")
+    p.add_argument("--external", help="module:function building a reference encoder measured in this run, first "
+                   "per shape; the other rows' ratios are against it (module from PYTHONPATH)")
+    p.add_argument("--external-name", default=None, help="label of the --external row (default: the module name)")
     p.add_argument("--save", help="write this run's rows and machine as a reference JSON")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -275,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)  # so that the machine line shows the workers' thread count
     here = machine_info()
     ref = None
+    if args.reference and args.external:
+        print("error: give --reference (a JSON) or --external (measured here), not both", file=sys.stderr)
+        return 2
     if args.reference:
         try:
             ref = load_reference(args.reference)
@@ -288,15 +345,23 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} timed steps each")  # fmt: skip
     if "bf16" in args.levers and args.device == "cpu" and not here["cpu_native_bf16"]:
         print("NOTE: this CPU has no native bf16: the bf16 rows measure emulated bf16 (can be many times slower)")
-    for line in describe_reference(ref, here) if ref else ["no --reference: no ratios printed"]:
+    if args.external:
+        print(f"reference: {args.external} measured in this run, first per shape (same machine, steps and threads)")
+    for line in describe_reference(ref, here) if ref else [] if args.external else ["no --reference: no ratios"]:
         print(line)
-    cols = "   reference s, GB, tokens    mem   speed(wall) goal   speed(cpu) goal" if ref else ""
+    cols = "   reference s, GB, tokens    mem   speed(wall) goal   speed(cpu) goal" if ref or args.external else ""
     print(f"{'encoder':>18} {'shape DxHxW':>12} {'patch':>9} {'tokens':>6} {'B':>3} {'levers':>9} {'s/step':>8} "
           f"{'vol/s':>7} {'cpu s':>8} {'peak GB':>7} {'base':>5}{cols}")  # fmt: skip
     rows = []
     configs = default_configs(args.shapes, args.demo_batch, args.encoders, tuple(args.levers), tuple(args.patches))
+    if args.external:
+        configs = with_external(configs, args.external, args.external_name or args.external.partition(":")[0])
     for cfg in configs:
         res = run_config(cfg, args.steps, args.warmup, args.threads, args.device)
+        if cfg.external:
+            ref = in_run_reference(cfg, res, args.threads, here) if "error" not in res else None
+            print(format_row(cfg, res, args.threads), flush=True)
+            continue
         print(format_row(cfg, res, args.threads, ref), flush=True)
         if "error" not in res:
             rows.append({"encoder": cfg.encoder, "shape": list(cfg.shape), "patch": cfg.patch, "batch": cfg.batch,

@@ -84,3 +84,32 @@ def test_encoders_run_side_by_side_at_the_same_patches(bench):
     assert [(c.encoder, c.patch) for c in cfgs] == [("vit3d_small", (10, 20, 20)), ("vit3d_axial_small", (10, 20, 20))]
     cfgs = bench.default_configs(["240x480x480"], 8, ["vit3d_axial_small"], ("fp32",), ("ctvit",))
     assert [c.patch for c in cfgs] == [(10, 20, 20)]
+
+
+def test_an_external_reference_runs_first_per_shape_and_rows_divide_by_it(bench, tmp_path, monkeypatch):
+    cfgs = bench.with_external(bench.default_configs(["demo", "100x200x200"], 8, ["vit3d_small"], ("fp32",),
+                                                     ("main",)), "my_ref:build", "my_ref")
+    assert [(c.encoder, c.shape, c.batch) for c in cfgs] == [
+        ("my_ref", (48, 96, 96), 1), ("vit3d_small", (48, 96, 96), 1), ("vit3d_small", (48, 96, 96), 8),
+        ("my_ref", (100, 200, 200), 1), ("vit3d_small", (100, 200, 200), 1)]
+    ref = bench.in_run_reference(cfgs[3], {"wall": 6.0, "cpu": 9.0, "peak_gb": 2.0, "tokens": 1000}, 1, MACHINE)
+    row = bench.format_row(cfgs[4], RESULT, threads=1, ref=ref)
+    # memory 0.5 / 2.0; wall 6 / 2 = 3x, CPU 9 / 3 = 3x: both meet the goal; a batch-8 row has no reference
+    assert "0.25" in row and row.count("3.00x yes") == 2
+    batch8 = bench.format_row(cfgs[2], RESULT, 1, ref)
+    assert " no" not in batch8 and "yes" not in batch8
+    (tmp_path / "my_ref.py").write_text("import torch\n"
+                                        "def build(shape):\n"
+                                        "    net = torch.nn.Conv3d(1, 2, 4, stride=4)\n"
+                                        "    net.n_tokens = 7\n"
+                                        "    return net\n"
+                                        "def not_a_module(shape):\n"
+                                        "    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = bench.worker(bench.Config((8, 8, 8), None, 1, encoder="my_ref", external="my_ref:build"), 1, 0, 1)
+    assert res["tokens"] == 7 and res["wall"] > 0 and res["params_m"] > 0
+    with pytest.raises(ValueError, match="not an nn.Module"):
+        bench.build_external("my_ref:not_a_module", (8, 8, 8))
+    with pytest.raises(ValueError, match="module:function"):
+        bench.build_external("my_ref", (8, 8, 8))
+    assert bench.main(["--reference", "x.json", "--external", "my_ref:build"]) == 2
