@@ -360,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_config(cfg, args.steps, args.warmup, args.threads, args.device)
         if cfg.external:
             ref = in_run_reference(cfg, res, args.threads, here) if "error" not in res else None
-            print(format_row(cfg, res, args.threads), flush=True)
-            continue
-        print(format_row(cfg, res, args.threads, ref), flush=True)
+        print(format_row(cfg, res, args.threads, None if cfg.external else ref), flush=True)
         if "error" not in res:
             rows.append({"encoder": cfg.encoder, "shape": list(cfg.shape), "patch": cfg.patch, "batch": cfg.batch,
                          "levers": cfg.levers, "tokens": res["tokens"], "s_per_step": round(res["wall"], 3),
@@ -373,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         end = f"goal: >= {GOAL_SPEEDUP:.0f}x the reference's throughput, <= {GOAL_MEMORY:.2f} of its memory; " + end
     print(end)
     if args.save:
-        out = {"schema": SCHEMA, "encoder": ", ".join(args.encoders),
+        names = ([args.external_name or args.external.partition(":")[0]] if args.external else []) + args.encoders
+        out = {"schema": SCHEMA, "encoder": ", ".join(names),
                "source": f"bench/bench_train.py, {time.strftime('%Y-%m-%d %H:%M %Z')}",
                "method": f"fwd+bwd+AdamW on {args.device}, median of {args.steps} steps after {args.warmup}",
                "machine": here, "rows": rows}  # fmt: skip

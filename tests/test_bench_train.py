@@ -113,3 +113,10 @@ def test_an_external_reference_runs_first_per_shape_and_rows_divide_by_it(bench,
     with pytest.raises(ValueError, match="module:function"):
         bench.build_external("my_ref", (8, 8, 8))
     assert bench.main(["--reference", "x.json", "--external", "my_ref:build"]) == 2
+
+
+def test_shipped_same_machine_ctvit_reference_loads(bench):
+    ref = bench.load_reference(ROOT / "bench" / "reference_ctvit_intel_xeon.json")
+    assert ref["machine"]["cpu_model"].startswith("Intel") and ref["machine"]["torch_threads"] == 2
+    assert "measured by this project" in ref["source"] and "never copied into ctxray" in ref["encoder"]
+    assert ref["by_key"][((240, 480, 480), 1)]["tokens"] == 13824

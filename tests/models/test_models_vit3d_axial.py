@@ -70,3 +70,16 @@ def test_same_parameters_as_vit3d_small_and_pooled_equals_mean_of_the_map():
 def test_bad_configs_raise_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         create_volume_encoder("vit3d_axial_tiny", input_shape=SHAPE, **kw)
+
+
+def test_slim_is_the_small_factorised_vit_at_half_the_width():
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    kw = dict(input_shape=(100, 200, 200), patch_size=(10, 20, 20))  # CT-CLIP's grid and patch: 1,000 tokens
+    small, slim = create_volume_encoder("vit3d_axial_small", **kw), create_volume_encoder("vit3d_axial_slim", **kw)
+    assert slim.out_dim == 192 and slim.block_kinds() == small.block_kinds() == ["spatial", "temporal"] * 3
+    assert 3.5e6 < n(slim) < 3.8e6 and n(slim) < n(small) / 3  # 3.6 M against 12.6 M
+    enc = create_volume_encoder("vit3d_axial_slim", input_shape=(16, 32, 32))
+    out = enc(torch.rand(2, 1, 16, 32, 32))
+    assert out.shape == (2, 192)
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
