@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -120,3 +121,20 @@ def test_shipped_same_machine_ctvit_reference_loads(bench):
     assert ref["machine"]["cpu_model"].startswith("Intel") and ref["machine"]["torch_threads"] == 2
     assert "measured by this project" in ref["source"] and "never copied into ctxray" in ref["encoder"]
     assert ref["by_key"][((240, 480, 480), 1)]["tokens"] == 13824
+
+
+def test_main_measures_the_external_first_and_saves_it_as_the_reference(bench, tmp_path, monkeypatch, capsys):
+    (tmp_path / "conv_ref.py").write_text("import torch\n"
+                                          "def build(shape):\n"
+                                          "    return torch.nn.Conv3d(1, 4, 16, stride=16)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    saved = tmp_path / "run.json"
+    assert bench.main(["--shapes", "demo", "--encoders", "vit3d_tiny", "--levers", "fp32", "--demo-batch", "2",
+                       "--threads", "1", "--steps", "1", "--warmup", "0", "--external", "conv_ref:build",
+                       "--save", str(saved)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "48x96x96" in line]
+    assert [line.split()[0] for line in lines] == ["conv_ref", "vit3d_tiny", "vit3d_tiny"]
+    assert "x " in lines[1] and ("yes" in lines[1] or " no" in lines[1])  # batch 1: ratios against conv_ref
+    assert "yes" not in lines[2] and " no" not in lines[2]  # batch 2: no reference row of that batch
+    ref = bench.load_reference(saved)  # the saved run is a reference whose first row per shape is the external
+    assert ref["by_key"][((48, 96, 96), 1)]["encoder"] == "conv_ref" and ref["encoder"] == "conv_ref, vit3d_tiny"
