@@ -83,9 +83,11 @@ def main() -> None:
     args = ap.parse_args()
     from ctxray.utils.machine import describe_machine
 
-    tools = args.dcm2niix or [shutil.which("dcm2niix")]
+    asked = args.dcm2niix or ["dcm2niix"]
+    tools = [shutil.which(tool) for tool in asked]
     if None in tools:
-        sys.exit("dcm2niix not found (Debian/Ubuntu: apt-get install dcm2niix; or pip install dcm2niix)")
+        sys.exit(f"{asked[tools.index(None)]}: no such dcm2niix executable (Debian/Ubuntu: apt-get install dcm2niix; "
+                 f"or pip install dcm2niix)")
     versions = {tool: dcm2niix_version(tool) for tool in tools}
     names = {tool: f"dcm2niix {versions[tool]}" for tool in tools}
     src = str(Path(__import__("ctxray").__file__).resolve().parents[1])
