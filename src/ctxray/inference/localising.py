@@ -182,15 +182,11 @@ def mirror_batch(batch: dict[str, Any], which: torch.Tensor) -> dict[str, Any]:
     out = dict(batch)
     if not bool(which.any()):
         return out
-    for key in ("volume", "cells"):
+    for key in ("volume", "cells", "sides"):  # x is the last axis; sides (L, 2): [left, right] -> [right, left]
         if key in out:
             t = out[key].clone()
             t[which] = t[which].flip(-1)
             out[key] = t
-    if "sides" in out:
-        t = out["sides"].clone()
-        t[which] = t[which].flip(-1)  # (L, 2): [left, right] -> [right, left]
-        out["sides"] = t
     return out
 
 
