@@ -184,7 +184,6 @@ class Canvas:
         self.hu = np.full(grid.shape, -1000.0, dtype=np.float32)
         self.tissue = np.zeros(grid.shape, dtype=np.uint8)
         self._axes = grid.axes()
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
         self._origin, self._spacing = np.asarray(grid.origin, dtype=np.float64), np.asarray(grid.spacing)
         self._strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1], dtype=np.int64)
         self._offset_cache: dict[float, tuple[np.ndarray, ...]] = {}
@@ -347,11 +346,9 @@ class Canvas:
                     ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
                 lins.append((lc[:, None] + off_lin[None, :])[ok])
                 weights.append(w[ok])
-        if self._scratch is None:  # reused by every ball shape: zero again wherever it was written
-            self._scratch = (np.zeros(flat_hu.size, dtype=np.float32), np.empty(flat_hu.size, dtype=np.int64))
         lin, w = (lins[0], weights[0].astype(np.float32)) if len(lins) == 1 else \
             (np.concatenate(lins), np.concatenate(weights).astype(np.float32))
-        lin, w = ops.max_per_voxel(lin, w, *self._scratch)
+        lin, w = ops.max_per_voxel(lin, w, *ops.scratch(flat_hu.size))
         if sp.within is not None:
             keep = ops.tissue_in(flat_ts[lin], sp.within)
             lin, w = lin[keep], w[keep]

@@ -84,6 +84,14 @@ def max_per_voxel(lin: np.ndarray, w: np.ndarray, buf: np.ndarray, last: np.ndar
     return lin[keep], w[keep]
 
 
+@lru_cache(maxsize=4)
+def scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two scratch buffers of :func:`max_per_voxel` for a grid of ``size`` voxels, shared by every canvas of
+    the process (it leaves the first all zeros): fresh ones per canvas cost more in page faults than the balls.
+    """
+    return np.zeros(size, dtype=np.float32), np.empty(size, dtype=np.int64)
+
+
 def ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
     """Integer voxel offsets ``(K, 3)`` inside a ball of ``radius`` mm (at least the centre)."""
     return _ball_offsets_cached(float(radius), tuple(float(s) for s in spacing))
