@@ -186,7 +186,8 @@ class Canvas:
         self._axes = grid.axes()
         self._origin, self._spacing = np.asarray(grid.origin, dtype=np.float64), np.asarray(grid.spacing)
         self._strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1], dtype=np.int64)
-        self._offset_cache: dict[float, tuple[np.ndarray, ...]] = {}
+        self._spacing_t = tuple(float(v) for v in grid.spacing)
+        self._size = float(self._spacing[1:].mean())  # the in-plane voxel size of the balls' partial volume
 
     def paint(self, shape: Shape) -> None:
         """Paint one shape."""
@@ -317,12 +318,11 @@ class Canvas:
         n = len(sp.centres)
         if n == 0:
             return
-        spacing = self._spacing
-        vox = (np.asarray(sp.centres, dtype=np.float64) - self._origin) / spacing  # Grid.to_voxel
+        vox = (np.asarray(sp.centres, dtype=np.float64) - self._origin) / self._spacing  # Grid.to_voxel
         cen = np.round(vox).astype(np.int64)  # (n, 3) nearest voxel of each ball
         lin_c = cen @ self._strides  # (n,) linear index (meaningful inside the grid)
         flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
-        size = float(spacing[1:].mean())
+        size = self._size
         radii = sp.radii
         lins, weights = [], []
         thin = radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
@@ -333,28 +333,49 @@ class Canvas:
             weights.append(((2 * radii[thin] / size) ** 1.5)[ok])
         if n_thin < n:
             for q, sel in self._radius_groups(radii, thin, n_thin):  # other balls by radius (0.5 mm bins)
-                v, centres, r, lc = (vox, cen, radii, lin_c) if sel is None else (vox[sel], cen[sel], radii[sel],
-                                                                                 lin_c[sel])
-                offsets, off_mm, off_lin, span = self._offsets(q / 2 + 0.5 * size)
-                dmm = ((centres - v) * spacing)[:, None, :] + off_mm[None, :, :]  # (n, K, 3)
-                d = np.sqrt(np.einsum("nkc,nkc->nk", dmm, dmm))
-                r = r[:, None]
-                w = np.clip(0.5 + (r - d) / size, 0.0, 1.0) * np.minimum(1.0, 2 * r / size)  # (n, K)
-                ok = w > 0.02
-                if not self._inside(np.stack([centres.min(axis=0) + span[0], centres.max(axis=0) + span[1]])).all():
-                    edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
-                    ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
-                lins.append((lc[:, None] + off_lin[None, :])[ok])
-                weights.append(w[ok])
+                args = (vox, cen, radii, lin_c) if sel is None else (vox[sel], cen[sel], radii[sel], lin_c[sel])
+                lin, w = self._ball_group(q, *args)
+                lins.append(lin)
+                weights.append(w)
         lin, w = (lins[0], weights[0].astype(np.float32)) if len(lins) == 1 else \
             (np.concatenate(lins), np.concatenate(weights).astype(np.float32))
         lin, w = ops.max_per_voxel(lin, w, *ops.scratch(flat_hu.size))
         if sp.within is not None:
             keep = ops.tissue_in(flat_ts[lin], sp.within)
             lin, w = lin[keep], w[keep]
-        flat_hu[lin] += w * (np.float32(sp.value) - flat_hu[lin])
+        hu = flat_hu[lin]  # hu + w * (value - hu), in place
+        step = np.subtract(np.float32(sp.value), hu)
+        step *= w
+        hu += step
+        flat_hu[lin] = hu
         if sp.tissue is not None:
             flat_ts[lin[w > 0.5]] = sp.tissue
+
+    def _ball_group(self, q: float, v: np.ndarray, centres: np.ndarray, r: np.ndarray,
+                    lc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels and weights of balls of one radius bin ``q`` with at least 0.02 weight, inside the grid.
+
+        Shape:
+            v: (n, 3) fractional voxel centres; centres: (n, 3) their nearest voxels; r: (n,) radii mm;
+            lc: (n,) linear indices of ``centres`` -> (M,) int64, (M,) float64
+        """
+        size = self._size
+        offsets, off_mm, off_lin, span = ops.ball_table(float(q / 2 + 0.5 * size), self._spacing_t, self.grid.shape)
+        dmm = ((centres - v) * self._spacing)[:, None, :] + off_mm[None, :, :]  # (n, K, 3)
+        w = np.einsum("nkc,nkc->nk", dmm, dmm)
+        np.sqrt(w, out=w)  # d; below, in place: clip(0.5 + (r - d) / size, 0, 1) * min(1, 2 r / size)
+        r = r[:, None]
+        np.subtract(r, w, out=w)
+        w /= size
+        w += 0.5
+        np.clip(w, 0.0, 1.0, out=w)
+        w *= np.minimum(1.0, 2 * r / size)  # (n, K)
+        ok = w > 0.02
+        lo, hi = (centres.min(axis=0) + span[0]).tolist(), (centres.max(axis=0) + span[1]).tolist()
+        if min(lo) < 0 or any(h >= m for h, m in zip(hi, self.grid.shape)):
+            edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
+            ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
+        return (lc[:, None] + off_lin[None, :])[ok], w[ok]
 
     @staticmethod
     def _radius_groups(radii: np.ndarray, thin: np.ndarray, n_thin: int) -> list[tuple[float, np.ndarray | None]]:
@@ -373,16 +394,6 @@ class Canvas:
         d, h, w = self.grid.shape
         z, y, x = idx[..., 0], idx[..., 1], idx[..., 2]
         return (z >= 0) & (z < d) & (y >= 0) & (y < h) & (x >= 0) & (x < w)
-
-    def _offsets(self, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Voxel offsets ``(K, 3)`` of a ball (:func:`canvas_ops.ball_offsets`), in mm, as linear-index steps on
-        this grid, and their per-axis minimum and maximum ``(2, 3)`` (cached per canvas)."""
-        radius = float(radius)
-        if radius not in self._offset_cache:
-            offsets = ops.ball_offsets(radius, self._spacing)
-            self._offset_cache[radius] = (offsets, offsets * self._spacing, offsets @ self._strides,
-                                          np.stack([offsets.min(axis=0), offsets.max(axis=0)]))
-        return self._offset_cache[radius]
 
 
 def merge(spheres: list[Spheres]) -> Spheres:

@@ -92,6 +92,17 @@ def scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(size, dtype=np.float32), np.empty(size, dtype=np.int64)
 
 
+@lru_cache(maxsize=256)
+def ball_table(radius: float, spacing: tuple[float, float, float],
+               shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel offsets ``(K, 3)`` of a ball (:func:`ball_offsets`), in mm, as linear-index steps on a grid of
+    ``shape``, and their per-axis minimum and maximum ``(2, 3)``; cached for every canvas of the process."""
+    offsets = ball_offsets(radius, np.asarray(spacing))
+    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    return offsets, offsets * np.asarray(spacing), offsets @ strides, np.stack([offsets.min(axis=0),
+                                                                               offsets.max(axis=0)])
+
+
 def ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
     """Integer voxel offsets ``(K, 3)`` inside a ball of ``radius`` mm (at least the centre)."""
     return _ball_offsets_cached(float(radius), tuple(float(s) for s in spacing))
