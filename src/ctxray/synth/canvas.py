@@ -361,8 +361,7 @@ class Canvas:
         """
         size = self._size
         offsets, off_mm, off_lin, span = ops.ball_table(float(q / 2 + 0.5 * size), self._spacing_t, self.grid.shape)
-        dmm = ((centres - v) * self._spacing)[:, None, :] + off_mm[None, :, :]  # (n, K, 3)
-        w = np.einsum("nkc,nkc->nk", dmm, dmm)
+        w = ops.squared_norms((centres - v) * self._spacing, off_mm)  # (n, K)
         np.sqrt(w, out=w)  # d; below, in place: clip(0.5 + (r - d) / size, 0, 1) * min(1, 2 r / size)
         r = r[:, None]
         np.subtract(r, w, out=w)

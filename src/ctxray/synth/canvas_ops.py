@@ -95,12 +95,31 @@ def scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=256)
 def ball_table(radius: float, spacing: tuple[float, float, float],
                shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel offsets ``(K, 3)`` of a ball (:func:`ball_offsets`), in mm, as linear-index steps on a grid of
-    ``shape``, and their per-axis minimum and maximum ``(2, 3)``; cached for every canvas of the process."""
+    """Voxel offsets ``(K, 3)`` of a ball (:func:`ball_offsets`), in mm ``(3, K)``, as linear-index steps on a grid
+    of ``shape``, and their per-axis minimum and maximum ``(2, 3)``; cached for every canvas of the process."""
     offsets = ball_offsets(radius, np.asarray(spacing))
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
-    return offsets, offsets * np.asarray(spacing), offsets @ strides, np.stack([offsets.min(axis=0),
-                                                                               offsets.max(axis=0)])
+    return offsets, np.ascontiguousarray((offsets * np.asarray(spacing)).T), offsets @ strides, \
+        np.stack([offsets.min(axis=0), offsets.max(axis=0)])
+
+
+def squared_norms(a: np.ndarray, off_mm: np.ndarray) -> np.ndarray:
+    """``|a[i] + off[k]|^2`` for every pair, bit for bit what ``einsum("nkc,nkc->nk", d, d)`` of the ``(n, K, 3)``
+    sums ``d`` gives on this NumPy: ``(z^2 + x^2) + y^2`` (its SIMD kernel pairs the first and last terms), built
+    axis by axis on ``(n, K)`` arrays instead of one strided ``(n, K, 3)`` array.
+
+    Shape:
+        a: (n, 3) mm; off_mm: (3, K) mm, one row per axis -> (n, K)
+    """
+    out = a[:, 0:1] + off_mm[0]
+    out *= out
+    term = a[:, 2:3] + off_mm[2]
+    term *= term
+    out += term
+    np.add(a[:, 1:2], off_mm[1], out=term)
+    term *= term
+    out += term
+    return out
 
 
 def ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
