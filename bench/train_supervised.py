@@ -135,6 +135,23 @@ def cell_summary(targets: list[np.ndarray], labels, cell_labels) -> str:
     return "\n".join(lines)
 
 
+def _external(spec: str, shape: tuple[int, ...]) -> torch.nn.Module:
+    """The encoder of ``--external module:function`` (``bench_train.build_external``), checked for a pooled output."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_train import build_external
+
+    enc = build_external(spec, tuple(shape))
+    out_dim = getattr(enc, "out_dim", None)
+    with torch.no_grad():
+        got = enc(torch.zeros(1, 1, *shape))
+    if not isinstance(out_dim, int) or tuple(got.shape) != (1, out_dim):
+        raise SystemExit(f"--external {spec}: needs an int out_dim and forward -> (B, out_dim); got out_dim "
+                         f"{out_dim!r} and an output of shape {tuple(got.shape)}")
+    return enc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True, help="volume cache with labels (ctxray preprocess): its train "
@@ -143,6 +160,12 @@ def main() -> None:
                         help="more caches (other world seeds) whose train and valid splits all train")
     parser.add_argument("--out", required=True)
     parser.add_argument("--encoder", default="resnet3d_small")
+    parser.add_argument("--encoder-kwargs", default=None,
+                        help='linear head: JSON keyword arguments of the encoder, e.g. \'{"stem": "conv"}\'')
+    parser.add_argument("--external", default=None,
+                        help="linear head: module:function building the encoder for a (D, H, W) shape instead of "
+                             "--encoder (e.g. a reference encoder set up outside the project); the module it "
+                             "returns needs out_dim and forward (B, 1, D, H, W) -> (B, out_dim)")
     parser.add_argument("--norm", choices=("group", "batch", "instance"), default=None,
                         help="ResNet normalisation (default: the encoder's, GroupNorm)")
     parser.add_argument("--epochs", type=int, default=12)
@@ -196,6 +219,10 @@ def main() -> None:
     shape = tuple(int(s) for s in train_ds[0]["volume"].shape[-3:])
     torch.manual_seed(args.seed)
     encoder_kwargs = {"norm": args.norm} if args.norm else {}
+    if args.encoder_kwargs:
+        if args.head == "lse":
+            raise SystemExit("--encoder-kwargs is for --head linear (lse has its own options)")
+        encoder_kwargs = {**encoder_kwargs, **json.loads(args.encoder_kwargs)}
     t0 = time.perf_counter()
     if (args.cell_weight > 0 or args.side_weight > 0) and args.head != "lse":
         raise SystemExit("--cell-weight and --side-weight train per-location logits: they need --head lse")
@@ -220,7 +247,8 @@ def main() -> None:
         model = fit(net, train_ds, args.epochs, args.lr, args.batch_size, args.seed, cell_weight=args.cell_weight,
                     side_weight=args.side_weight, mirror=args.mirror)
     else:
-        enc = create_volume_encoder(args.encoder, input_shape=shape, **encoder_kwargs)
+        enc = _external(args.external, shape) if args.external else create_volume_encoder(
+            args.encoder, input_shape=shape, **encoder_kwargs)
         settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, encoder_lr_mult=1.0, weight_decay=1e-4,
                                     batch_size=args.batch_size)
         model = train_full(enc, train_ds, len(CT_RATE_LABELS), settings, args.seed)
@@ -241,7 +269,8 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     cells = {"cell_weight": args.cell_weight, "cell_margin": args.cell_margin, "worlds": list(args.worlds),
              "cell_labels": list(args.cell_labels or FOCAL)}
-    doc = {"head": args.head, "encoder": args.encoder if args.head == "linear" else "LocalisingClassifier",
+    encoder = args.external or args.encoder
+    doc = {"head": args.head, "encoder": encoder if args.head == "linear" else "LocalisingClassifier",
            "encoder_kwargs": encoder_kwargs, "input_shape": list(shape),
            "labels": list(CT_RATE_LABELS),
            "extra_train": list(args.extra_train), **(cells if args.cell_weight > 0 else {}),

@@ -142,3 +142,25 @@ def test_side_readout_reads_a_classifier_folder_against_the_world(tiny_cache, ti
     (folder / "classifier.json").write_text(json.dumps({**info, "head": "linear"}))
     with pytest.raises(SystemExit, match="lse"):
         mod.main()
+
+
+def test_external_encoder_must_give_a_pooled_output(bench, tmp_path, monkeypatch):
+    """``--external module:function`` (a reference encoder built outside the project, e.g. CT-CLIP's CTViT) is
+    trained like a registry encoder; one without ``out_dim`` and a (B, out_dim) output is refused by name."""
+    (tmp_path / "ref_enc.py").write_text(
+        "import torch\n"
+        "class Pooled(torch.nn.Module):\n"
+        "    def __init__(self, shape):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.out_dim = torch.nn.Conv3d(1, 3, 4, stride=4), 3\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x).mean(dim=(2, 3, 4))\n"
+        "def build(shape):\n"
+        "    return Pooled(shape)\n"
+        "def tokens(shape):\n"
+        "    return torch.nn.Conv3d(1, 3, 4, stride=4)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enc = bench._external("ref_enc:build", (8, 8, 8))
+    assert enc(torch.rand(2, 1, 8, 8, 8)).shape == (2, 3)
+    with pytest.raises(SystemExit, match=r"ref_enc:tokens: needs an int out_dim.*\(1, 3, 2, 2, 2\)"):
+        bench._external("ref_enc:tokens", (8, 8, 8))

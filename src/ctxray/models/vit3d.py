@@ -18,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctxray.models.conv_stem import ConvStem
 from ctxray.models.registry import VolumeEncoder, check_input_shape, register_encoder
 
 __all__ = ["ViT3D", "sincos_pos_embed_3d", "vit3d_base", "vit3d_small", "vit3d_tiny"]
 
 PosEmbed = Literal["learned", "sincos"]
 Pool = Literal["mean", "cls"]
+Stem = Literal["patch", "conv"]
 
 
 def _triple(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
@@ -121,6 +123,10 @@ class ViT3D(VolumeEncoder):
         pos_embed: ``"learned"`` (interpolated trilinearly for other grids) or ``"sincos"`` (fixed, recomputed).
         pool: ``"mean"`` over patch tokens or a ``"cls"`` token.
         grad_checkpointing: recompute each block's activations in backward (saves memory in training).
+        stem: ``"patch"`` (one patchify convolution) or ``"conv"`` (strided 3x3x3 convolutions, then a patchify
+            one: :class:`~ctxray.models.conv_stem.ConvStem`; same token grid).
+        stem_width: channels of the conv stem's first convolution (doubled by each later one).
+        stem_convs: number of the conv stem's 3x3x3 convolutions.
 
     Shape:
         forward: (B, 1, D, H, W) float in [0, 1] -> (B, embed_dim);
@@ -138,6 +144,9 @@ class ViT3D(VolumeEncoder):
         pos_embed: PosEmbed = "learned",
         pool: Pool = "mean",
         grad_checkpointing: bool = False,
+        stem: Stem = "patch",
+        stem_width: int = 32,
+        stem_convs: int = 2,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -151,11 +160,17 @@ class ViT3D(VolumeEncoder):
             raise ValueError(f"{name}: pos_embed must be 'learned' or 'sincos'; got {pos_embed!r}")
         if pool not in ("mean", "cls"):
             raise ValueError(f"{name}: pool must be 'mean' or 'cls'; got {pool!r}")
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"{name}: stem must be 'patch' or 'conv'; got {stem!r}")
         grid = self.token_grid(self.input_shape)
         self.out_dim = self.feature_dim = embed_dim
         self.pos_kind, self.pool = pos_embed, pool
         self.grad_checkpointing = bool(grad_checkpointing)
-        self.patch_embed = nn.Conv3d(1, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.stem = stem
+        if stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(self.patch_size, embed_dim, stem_width, stem_convs)
+        else:
+            self.patch_embed = nn.Conv3d(1, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
         n_tokens = math.prod(grid)
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, embed_dim))
@@ -176,9 +191,10 @@ class ViT3D(VolumeEncoder):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        w = self.patch_embed.weight
+        patchify = self.patch_embed.proj if isinstance(self.patch_embed, ConvStem) else self.patch_embed
+        w = patchify.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.zeros_(patchify.bias)
         for m in self.blocks.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)

@@ -24,7 +24,8 @@ from torch import nn
 from ctxray.models.registry import register_encoder
 from ctxray.models.vit3d import Block, ViT3D
 
-__all__ = ["AxialBlock", "AxialViT3D", "vit3d_axial_slim", "vit3d_axial_small", "vit3d_axial_tiny"]
+__all__ = ["AxialBlock", "AxialViT3D", "vit3d_axial_slim", "vit3d_axial_slim_conv", "vit3d_axial_small",
+           "vit3d_axial_tiny"]
 
 AXES = {"s": "spatial", "t": "temporal", "f": "full"}
 
@@ -114,4 +115,13 @@ def vit3d_axial_slim(**kwargs) -> AxialViT3D:
     """``vit3d_axial_small`` at half the width: 192-d, 6 blocks alternating spatial/temporal, 3 heads, patch 16^3
     (3.6 M parameters at CT-CLIP's 10x20x20 patch, against 12.6 M): issue 18's memory goal at 100x200x200."""
     cfg = dict(patch_size=16, embed_dim=192, depth=6, num_heads=3)
+    return AxialViT3D(**{**cfg, **kwargs})
+
+
+@register_encoder
+def vit3d_axial_slim_conv(**kwargs) -> AxialViT3D:
+    """``vit3d_axial_slim`` with a convolutional stem (:class:`~ctxray.models.conv_stem.ConvStem`: two strided
+    3x3x3 convolutions of 32 and 64 channels, then the patchify one) in place of the patch embedding: the same
+    token grid; on the demo world it fits its training labels where the patch-embedded ViT does not."""
+    cfg = dict(patch_size=16, embed_dim=192, depth=6, num_heads=3, stem="conv")
     return AxialViT3D(**{**cfg, **kwargs})
