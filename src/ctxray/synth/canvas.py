@@ -332,13 +332,15 @@ class Canvas:
             lins.append(lin_c[thin][ok])
             weights.append(((2 * radii[thin] / size) ** 1.5)[ok])
         if n_thin < n:
+            reach = (cen.min(axis=0).tolist(), cen.max(axis=0).tolist())  # all balls' nearest voxels: a bound
             for q, sel in self._radius_groups(radii, thin, n_thin):  # other balls by radius (0.5 mm bins)
                 args = (vox, cen, radii, lin_c) if sel is None else (vox[sel], cen[sel], radii[sel], lin_c[sel])
-                lin, w = self._ball_group(q, *args)
+                lin, w = self._ball_group(q, *args, reach)
                 lins.append(lin)
                 weights.append(w)
         lin, w = (lins[0], weights[0].astype(np.float32)) if len(lins) == 1 else \
             (np.concatenate(lins), np.concatenate(weights).astype(np.float32))
+        # below, every step is per voxel (max_per_voxel leaves each once): the order of the entries is free
         lin, w = ops.max_per_voxel(lin, w, *ops.scratch(flat_hu.size))
         if sp.within is not None:
             keep = ops.tissue_in(flat_ts[lin], sp.within)
@@ -351,42 +353,52 @@ class Canvas:
         if sp.tissue is not None:
             flat_ts[lin[w > 0.5]] = sp.tissue
 
-    def _ball_group(self, q: float, v: np.ndarray, centres: np.ndarray, r: np.ndarray,
-                    lc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _ball_group(self, q: float, v: np.ndarray, centres: np.ndarray, r: np.ndarray, lc: np.ndarray,
+                    reach: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Voxels and weights of balls of one radius bin ``q`` with at least 0.02 weight, inside the grid.
+
+        Entries come offset by offset (``(K, n)`` arrays: the long axis innermost), not ball by ball.
 
         Shape:
             v: (n, 3) fractional voxel centres; centres: (n, 3) their nearest voxels; r: (n,) radii mm;
-            lc: (n,) linear indices of ``centres`` -> (M,) int64, (M,) float64
+            lc: (n,) linear indices of ``centres``; reach: per-axis min and max of ``centres`` or of a
+            superset -> (M,) int64, (M,) float64
         """
         size = self._size
         offsets, off_mm, off_lin, span = ops.ball_table(float(q / 2 + 0.5 * size), self._spacing_t, self.grid.shape)
-        w = ops.squared_norms((centres - v) * self._spacing, off_mm)  # (n, K)
+        w = ops.squared_norms(np.multiply((centres - v).T, self._spacing[:, None], order="C"), off_mm)  # (K, n)
         np.sqrt(w, out=w)  # d; below, in place: clip(0.5 + (r - d) / size, 0, 1) * min(1, 2 r / size)
-        r = r[:, None]
         np.subtract(r, w, out=w)
         w /= size
         w += 0.5
         np.clip(w, 0.0, 1.0, out=w)
-        w *= np.minimum(1.0, 2 * r / size)  # (n, K)
+        w *= np.minimum(1.0, 2 * r / size)
         ok = w > 0.02
-        lo, hi = (centres.min(axis=0) + span[0]).tolist(), (centres.max(axis=0) + span[1]).tolist()
-        if min(lo) < 0 or any(h >= m for h, m in zip(hi, self.grid.shape)):
-            edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
-            ok[edge] &= self._inside(centres[edge][:, None, :] + offsets[None, :, :])
-        return (lc[:, None] + off_lin[None, :])[ok], w[ok]
+        if not self._within_grid(reach, span):
+            lo_hi = (centres.min(axis=0).tolist(), centres.max(axis=0).tolist())
+            if not self._within_grid(lo_hi, span):
+                edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
+                ok[:, edge] &= self._inside(centres[edge][None, :, :] + offsets[:, None, :])
+        return (off_lin[:, None] + lc)[ok], w[ok]
+
+    def _within_grid(self, reach: tuple[list[int], list[int]], span: np.ndarray) -> bool:
+        """Whether every voxel within ``span`` (offsets ``(2, 3)``) of the box ``reach`` lies inside the grid."""
+        lo, hi = span.tolist()
+        return all(a + o >= 0 for a, o in zip(reach[0], lo)) and \
+            all(b + o < m for b, o, m in zip(reach[1], hi, self.grid.shape))
 
     @staticmethod
     def _radius_groups(radii: np.ndarray, thin: np.ndarray, n_thin: int) -> list[tuple[float, np.ndarray | None]]:
-        """The radius bins ``ceil(2 r)`` of the balls that are not thin, each with its balls (None: all)."""
+        """The radius bins ``ceil(2 r)`` of the balls that are not thin, in ascending order, each with its balls
+        (None: all)."""
         keys = np.ceil(radii * 2)
         if not n_thin and keys.min() == keys.max():  # one bin (a tube of one radius)
             return [(keys[0], None)]
-        keys[thin] = -1.0
+        keys[thin] = -1.0  # below every bin (radii are positive): the thin balls sort first
         order = np.argsort(keys, kind="stable")
-        qs = np.unique(keys[~thin])
-        bounds = np.searchsorted(keys[order], qs, side="left").tolist() + [len(order)]
-        return [(q, order[lo:hi]) for q, lo, hi in zip(qs, bounds[:-1], bounds[1:])]
+        ks = keys[order]
+        bounds = [n_thin, *(np.flatnonzero(ks[n_thin + 1:] != ks[n_thin:-1]) + n_thin + 1).tolist(), len(ks)]
+        return [(ks[lo], order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def _inside(self, idx: np.ndarray) -> np.ndarray:
         """Whether integer voxel indices ``(..., 3)`` lie inside the grid."""

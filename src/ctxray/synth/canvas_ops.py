@@ -106,17 +106,17 @@ def ball_table(radius: float, spacing: tuple[float, float, float],
 def squared_norms(a: np.ndarray, off_mm: np.ndarray) -> np.ndarray:
     """``|a[i] + off[k]|^2`` for every pair, bit for bit what ``einsum("nkc,nkc->nk", d, d)`` of the ``(n, K, 3)``
     sums ``d`` gives on this NumPy: ``(z^2 + x^2) + y^2`` (its SIMD kernel pairs the first and last terms), built
-    axis by axis on ``(n, K)`` arrays instead of one strided ``(n, K, 3)`` array.
+    axis by axis on ``(K, n)`` arrays instead of one strided ``(n, K, 3)`` array.
 
     Shape:
-        a: (n, 3) mm; off_mm: (3, K) mm, one row per axis -> (n, K)
+        a: (3, n) mm, one row per axis; off_mm: (3, K) mm, one row per axis -> (K, n)
     """
-    out = a[:, 0:1] + off_mm[0]
+    out = off_mm[0][:, None] + a[0]
     out *= out
-    term = a[:, 2:3] + off_mm[2]
+    term = off_mm[2][:, None] + a[2]
     term *= term
     out += term
-    np.add(a[:, 1:2], off_mm[1], out=term)
+    np.add(off_mm[1][:, None], a[1], out=term)
     term *= term
     out += term
     return out
