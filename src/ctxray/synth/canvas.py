@@ -224,8 +224,8 @@ class Canvas:
         s_xy = np.abs(yr / e.radii[1]) ** p + np.abs(xr / e.radii[2]) ** p  # (h, w)
         s_z = np.abs(z / e.radii[0]) ** p  # (d,)
         small = len(z) * s_xy.size < SMALL_BOX  # the 3-D pass is cheap: skip the set-up of the row limits
-        rows = np.ones(len(z), dtype=bool) if e.plane is None or small else self._plane_rows(e, z, y, x)
-        if small or rows is None or s_z.dtype != np.float32 or s_xy.dtype != np.float32:
+        rows = None if small else np.ones(len(z), dtype=bool) if e.plane is None else self._plane_rows(e, z, y, x)
+        if rows is None or s_z.dtype != np.float32 or s_xy.dtype != np.float32:
             self._ellipsoid_dense(e, box, z, y, x, s_xy, s_z)
             return
         if e.edge > 0:

@@ -20,7 +20,9 @@ def nifti_bytes(volume_zyx: np.ndarray, affine_xyz: np.ndarray, compresslevel: i
     The gzip header carries no timestamp or file name, so equal volumes give equal bytes; any gzip
     reader (nibabel, SimpleITK, ``gzip``) reads it.
     """
-    img = nib.Nifti1Image(np.ascontiguousarray(volume_zyx.transpose(2, 1, 0)), affine_xyz)
+    # a transposed view: NIfTI stores x fastest, so nibabel writes the (D, H, W) array's C-order bytes as they lie
+    # (a C-contiguous [x, y, z] copy made it transpose the data twice)
+    img = nib.Nifti1Image(volume_zyx.transpose(2, 1, 0), affine_xyz)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine_xyz, code=1)
     img.set_sform(affine_xyz, code=1)
