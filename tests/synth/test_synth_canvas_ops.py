@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ctxray.synth import canvas as canvas_module
+from ctxray.synth.atlas import _taxicab_depth
 from ctxray.synth.canvas import Canvas, Ellipsoid, Grid, Tissue
 from ctxray.synth.canvas_ops import row_limits, tissue_in
 
@@ -63,3 +65,17 @@ def test_ellipsoid_shortcuts_equal_the_dense_path(seed: int, monkeypatch: pytest
         fast.paint(e)
         _dense(dense, e)
         assert fast.hu.tobytes() == dense.hu.tobytes() and fast.tissue.tobytes() == dense.tissue.tobytes()
+
+
+def test_taxicab_depth_matches_the_whole_grid_transform() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        shape = tuple(int(v) for v in rng.integers(3, 16, 3))
+        mask = np.zeros(shape, bool)
+        for _ in range(int(rng.integers(0, 4))):
+            c, r = rng.integers(0, shape), rng.integers(1, 7, 3)
+            mask[tuple(slice(max(int(a - b), 0), int(a + b)) for a, b in zip(c, r))] = True
+        mask &= rng.random(shape) < 0.97
+        want = ndimage.distance_transform_cdt(mask, metric="taxicab")
+        got = _taxicab_depth(mask)
+        assert got.dtype == want.dtype and np.array_equal(got, want)

@@ -61,8 +61,7 @@ class Atlas:
     def depth(self, side: str) -> np.ndarray:
         """Approximate distance (mm, chamfer) of each atlas voxel of one lung to the nearest non-lung voxel."""
         if side not in self._depth:
-            taxicab = ndimage.distance_transform_cdt(self.lung_mask(side), metric="taxicab")
-            self._depth[side] = taxicab * (ATLAS_SPACING * 0.75)
+            self._depth[side] = _taxicab_depth(self.lung_mask(side)) * (ATLAS_SPACING * 0.75)
         return self._depth[side]
 
     def relative_height(self, side: str, z: float) -> float:
@@ -122,3 +121,19 @@ class Atlas:
         if side == "right" and t < 0.58 and front > 0.0:  # below the horizontal fissure, in front
             return side, "right middle lobe"
         return side, f"{side} upper lobe"
+
+
+def _taxicab_depth(mask: np.ndarray) -> np.ndarray:
+    """``distance_transform_cdt(mask, metric="taxicab")``, computed on the mask's bounding box grown by a voxel.
+
+    The transform is the exact city-block distance to the nearest zero voxel, and for a voxel of the box the nearest
+    one lies in the grown box (clamping a farther zero onto the grown box's border brings it closer and keeps it
+    zero), so the values are the same; outside the box every voxel is zero.
+    """
+    out = np.zeros(mask.shape, dtype=np.int32)
+    nz = [np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != i))) for i in range(mask.ndim)]
+    if not len(nz[0]):
+        return out
+    box = tuple(slice(max(int(v[0]) - 1, 0), int(v[-1]) + 2) for v in nz)
+    out[box] = ndimage.distance_transform_cdt(mask[box], metric="taxicab")
+    return out
