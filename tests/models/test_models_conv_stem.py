@@ -63,3 +63,21 @@ def test_bad_stem_is_named():
         create_volume_encoder("vit3d_tiny", input_shape=(16, 32, 32), stem="hybrid")
     with pytest.raises(ValueError, match="width"):
         ConvStem((4, 8, 8), embed_dim=8, width=0)
+
+
+def test_checkpointing_recomputes_the_stem_with_identical_gradients():
+    x = torch.rand(2, 1, 16, 32, 32)
+    grads, saved = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        enc = create_volume_encoder("vit3d_axial_tiny", input_shape=(16, 32, 32), stem="conv", stem_width=4,
+                                    grad_checkpointing=ckpt)
+        stem_out: list[int] = []
+        hook = enc.patch_embed.convs[0].register_forward_hook(lambda *_a, seen=stem_out: seen.append(1))
+        enc(x).pow(2).sum().backward()
+        hook.remove()
+        saved.append(len(stem_out))  # forward calls of the first stem convolution: 1, or 2 when recomputed
+        grads.append([p.grad.clone() for p in enc.parameters()])
+    assert saved == [1, 2]
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1, atol=1e-5, rtol=1e-4)

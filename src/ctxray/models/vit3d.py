@@ -232,12 +232,17 @@ class ViT3D(VolumeEncoder):
         """Embedded, transformed, normalised tokens (CLS first when pool == 'cls')."""
         self._check_input(x)
         grid = self.token_grid(x.shape[2:])
-        t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if recompute and self.stem == "conv":  # the stem's full-resolution activations are the largest
+            t = checkpoint(self.patch_embed, x, use_reentrant=False)
+        else:
+            t = self.patch_embed(x)
+        t = t.flatten(2).transpose(1, 2)  # (B, C, gd, gh, gw) -> (B, N, C)
         t = t + self._pos_for(grid)
         if self.cls_token is not None:
             t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)  # (B, 1+N, C)
         for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            if recompute:
                 t = checkpoint(block, t, grid, use_reentrant=False)
             else:
                 t = block(t, grid)
