@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctxray.synth import canvas_ops as ops
 from ctxray.synth.canvas import LUNGS, Canvas, Ellipsoid, Shape, Spheres, Tissue, merge, segments, tube
 
 T = Tissue
@@ -219,9 +220,8 @@ def tree(a: Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     if "tree" not in a.cache:
         rng = np.random.default_rng(a.vessel_seed)
-        segs = [s for side in ("right", "left") for s in _side_segments(a, side, rng)]
-        a.cache["tree"] = (np.array([s[0] for s in segs]), np.array([s[1] for s in segs]),
-                           np.array([s[2] for s in segs]))
+        sides = [_side_segments(a, side, rng) for side in ("right", "left")]
+        a.cache["tree"] = tuple(np.concatenate([part for levels in sides for part in levels[i]]) for i in range(3))
     return a.cache["tree"]
 
 
@@ -255,22 +255,28 @@ def _lung_points(a: Anatomy, side: str, rng: np.random.Generator, n: int) -> np.
     return pts[:n] if len(pts) >= n else np.concatenate([pts, np.repeat(centre[None], n - len(pts), axis=0)])
 
 
-def _side_segments(a: Anatomy, side: str, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _side_segments(a: Anatomy, side: str,
+                   rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Grow one lung's tree level by level: every branch forks in two thinner, shorter children, each
-    heading for a random point of the lung, so the tree fills the lung as real vessels do."""
+    heading for a random point of the lung, so the tree fills the lung as real vessels do.
+
+    Returns:
+        Per level, the segments' starts ``(n, 3)``, ends ``(n, 3)`` and radii ``(n,)``.
+    """
     c, r = a.lung_box(side)
     hilum = np.array([c[0] - 0.1 * r[0], a.shift[1] - 6, a.bronchi[side][-1][2]])
     starts, radii = np.repeat(hilum[None], 5, axis=0), np.full(5, 5.5)
-    out: list[tuple[np.ndarray, np.ndarray, float]] = []
+    out: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for _level in range(TREE_LEVELS):
         targets = _lung_points(a, side, rng, len(starts))
         to = targets - starts
-        dist = np.linalg.norm(to, axis=1, keepdims=True)
+        dist = ops.row_norms(to, keepdims=True)
         dirs = to / np.maximum(dist, 1e-6) + rng.normal(0, 0.15, to.shape)
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        dirs /= ops.row_norms(dirs, keepdims=True)
         length = np.clip(dist[:, 0] * rng.uniform(0.4, 0.7, len(starts)), 6.0, 70.0)
         ends = starts + dirs * length[:, None]
-        out += list(zip(starts, ends, radii.tolist()))
+        for part, level in zip(out, (starts, ends, radii)):
+            part.append(level)
         starts, radii = np.repeat(ends, 2, axis=0), np.maximum(np.repeat(radii, 2) * 0.72, 0.8)
     return out
 

@@ -143,7 +143,7 @@ def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: floa
     one_radius = np.ndim(radii) == 0
     radii = np.asarray(radii, dtype=np.float64) if one_radius else \
         np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
-    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    seg = ops.row_norms(np.diff(points, axis=0))
     arc = np.concatenate([[0.0], np.cumsum(seg)])
     step = max(step, 0.4 * float(radii.min()))  # thick tubes: overlapping balls, the wall stays smooth
     s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
@@ -164,7 +164,7 @@ def segments(p0: np.ndarray, p1: np.ndarray, radii: np.ndarray | float, value: f
     """
     p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
     radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(p0),))
-    n = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / np.maximum(step, 0.4 * radii)).astype(int), 1) + 1
+    n = np.maximum(np.ceil(ops.row_norms(p1 - p0) / np.maximum(step, 0.4 * radii)).astype(int), 1) + 1
     seg = np.repeat(np.arange(len(p0)), n)
     t = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     t = t / np.repeat(n - 1, n)

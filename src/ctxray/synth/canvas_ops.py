@@ -17,6 +17,13 @@ def tissue_in(ts: np.ndarray, within: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def row_norms(x: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    """Euclidean norms of the rows of a float ``(n, m)`` array: ``np.linalg.norm(x, axis=1)``'s own operations
+    (``sqrt`` of the reduced ``x * x``) without its argument handling.
+    """
+    return np.sqrt(np.add.reduce(x * x, axis=1, keepdims=keepdims))
+
+
 def span(flags: np.ndarray) -> tuple[int, int]:
     """First and one-past-last index of the true entries of a 1-D bool array (which has one)."""
     idx = np.flatnonzero(flags)
