@@ -217,6 +217,26 @@ def in_run_reference(cfg: Config, res: dict, threads: int, here: dict) -> dict:
             "machine": here, "rows": [row], "by_key": {(tuple(cfg.shape), cfg.batch): row}}
 
 
+def parse_encoder_spec(spec: str) -> tuple[str, dict]:
+    """``name`` or ``name:key=value,key=value`` (values as JSON, else strings) -> (registry name, kwargs), so that
+    variants of one encoder run side by side, e.g. ``vit3d_axial_slim_conv:stem_width=8``.
+
+    Raises:
+        ValueError: if an option is not ``key=value``.
+    """
+    name, _, opts = spec.partition(":")
+    kwargs: dict = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"encoder {spec!r}: options must be key=value, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return name, kwargs
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
@@ -234,8 +254,9 @@ def worker(cfg: Config, steps: int, warmup: int, threads: int, device: str = "cp
     if cfg.external:
         enc = build_external(cfg.external, cfg.shape).to(dev)
     else:
-        kw = {} if cfg.patch is None else {"patch_size": cfg.patch}
-        enc = create_volume_encoder(cfg.encoder, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw).to(dev)
+        name, kw = parse_encoder_spec(cfg.encoder)
+        kw = kw if cfg.patch is None else {**kw, "patch_size": cfg.patch}
+        enc = create_volume_encoder(name, input_shape=cfg.shape, grad_checkpointing=cfg.ckpt, **kw).to(dev)
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
     x = torch.rand(cfg.batch, 1, *cfg.shape, generator=torch.Generator().manual_seed(0)).to(dev)
     walls, cpus = [], []
@@ -306,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--demo-batch", type=int, default=8, help="the demo's batch size (TrainConfig default)")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--encoders", "--encoder", nargs="+", default=["vit3d_small"], help="run side by side")
+    p.add_argument("--encoders", "--encoder", nargs="+", default=["vit3d_small"],
+                   help="run side by side; NAME or NAME:key=value,... (e.g. vit3d_axial_slim_conv:stem_width=8)")
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
     p.add_argument("--patches", nargs="+", default=["main", "coarse"], choices=["main", "coarse", "ctvit"],
                    help="ctvit: CTViT's 10x20x20 patch at 240x480x480 (13,824 tokens; slow with full attention)")

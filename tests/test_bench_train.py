@@ -138,3 +138,16 @@ def test_main_measures_the_external_first_and_saves_it_as_the_reference(bench, t
     assert "yes" not in lines[2] and " no" not in lines[2]  # batch 2: no reference row of that batch
     ref = bench.load_reference(saved)  # the saved run is a reference whose first row per shape is the external
     assert ref["by_key"][((48, 96, 96), 1)]["encoder"] == "conv_ref" and ref["encoder"] == "conv_ref, vit3d_tiny"
+
+
+def test_encoder_variants_run_side_by_side_by_spec(bench):
+    assert bench.parse_encoder_spec("vit3d_axial_slim") == ("vit3d_axial_slim", {})
+    assert bench.parse_encoder_spec("vit3d_axial_slim_conv:stem_width=8,stem=conv") == (
+        "vit3d_axial_slim_conv", {"stem_width": 8, "stem": "conv"})
+    with pytest.raises(ValueError, match="key=value"):
+        bench.parse_encoder_spec("vit3d_tiny:8")
+    # the options reach the encoder: a narrower conv stem has fewer parameters
+    narrow, wide = (bench.worker(bench.Config((16, 32, 32), (8, 16, 16), 1,
+                                              encoder=f"vit3d_tiny:stem=conv,stem_width={w}"), 1, 0, 1)
+                    for w in (4, 16))  # fmt: skip
+    assert narrow["params_m"] < wide["params_m"] and narrow["tokens"] == 8
