@@ -151,3 +151,15 @@ def test_encoder_variants_run_side_by_side_by_spec(bench):
                                               encoder=f"vit3d_tiny:stem=conv,stem_width={w}"), 1, 0, 1)
                     for w in (4, 16))  # fmt: skip
     assert narrow["params_m"] < wide["params_m"] and narrow["tokens"] == 8
+
+
+def test_step_memory_compares_peaks_above_each_runtime_base(bench):
+    cfg = bench.Config((100, 200, 200), (10, 20, 20), 1)
+    ref = bench.in_run_reference(cfg, {"wall": 6.0, "cpu": 9.0, "peak_gb": 2.0, "base_gb": 0.5, "tokens": 1000}, 1,
+                                 MACHINE)  # fmt: skip
+    row = bench.format_row(cfg, RESULT, threads=1, ref=ref)  # peak 0.5, base 0.2: (0.5 - 0.2) / (2.0 - 0.5)
+    assert " 0.25  0.20 " in row  # total memory 0.5 / 2.0, then the step's own
+    no_base = {"by_key": {((100, 200, 200), 1): {"s_per_step": (6.0, 6.0), "peak_gb": 2.0}}}
+    assert " 0.25     - " in bench.format_row(cfg, RESULT, threads=1, ref=no_base)  # a JSON reference without a base
+    res = bench.worker(bench.Config((16, 32, 32), (8, 16, 16), 1, encoder="vit3d_tiny"), 1, 0, 1)
+    assert 0 < res["base_gb"] < res["peak_gb"]  # the base is the runtime before the encoder is built

@@ -81,3 +81,9 @@ def test_checkpointing_recomputes_the_stem_with_identical_gradients():
     assert saved == [1, 2]
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1, atol=1e-5, rtol=1e-4)
+
+
+def test_the_registered_conv_variant_has_the_narrow_stem_measured_for_it():
+    enc = create_volume_encoder("vit3d_axial_slim_conv", input_shape=(16, 32, 32), patch_size=(8, 16, 16))
+    widths = [m.out_channels for m in enc.patch_embed.convs if isinstance(m, torch.nn.Conv3d)]
+    assert widths == [8, 16] and enc.patch_embed.proj.out_channels == 192
