@@ -250,3 +250,54 @@ def test_feature_map_stages_match_hooks_and_leave_forward_unchanged(name):
             (8, 16, 16), (8, 16, 16), (4, 8, 8), (2, 4, 4), (1, 2, 2)]
     with pytest.raises(ValueError, match="stage"):
         enc.feature_module(9)
+
+
+OWN_ENCODER = '''
+import torch
+from torch import nn
+from ctxray.models.registry import VolumeEncoder
+
+class Own(VolumeEncoder):
+    def __init__(self, input_shape, width=6):
+        super().__init__()
+        self.input_shape, self.out_dim, self.feature_dim = tuple(input_shape), width, width
+        self.conv = nn.Conv3d(1, width, 4, stride=4)
+
+    def feature_map(self, x):
+        return self.conv(x)
+
+    def forward(self, x):
+        return self.feature_map(x).mean(dim=(2, 3, 4))
+
+def build(input_shape, width=6):
+    return Own(input_shape, width)
+
+def not_an_encoder(**kwargs):
+    return torch.zeros(3)
+'''
+
+
+def test_an_encoder_of_your_own_by_module_and_function(tmp_path, monkeypatch):
+    from ctxray.models.dual import DualEncoder, DualEncoderConfig
+    from ctxray.models.text import TextEncoderConfig
+
+    (tmp_path / "own_encoders.py").write_text(OWN_ENCODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enc = create_volume_encoder("own_encoders:build", input_shape=SHAPE, width=5)
+    assert enc(torch.rand(2, 1, *SHAPE)).shape == (2, 5)
+    # the dual encoder builds it by the name its config (and so every checkpoint) stores
+    cfg = DualEncoderConfig(encoder="own_encoders:build", input_shape=SHAPE, encoder_kwargs={"width": 5}, embed_dim=8,
+                            text=TextEncoderConfig(hidden=16, layers=1, heads=2, max_length=12, vocab_size=50))
+    model = DualEncoder(cfg)
+    again = DualEncoder(cfg)
+    again.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, *SHAPE)
+    assert torch.equal(model.encode_volume(x), again.encode_volume(x)) and model.encode_volume(x).shape == (2, 8)
+    with pytest.raises(KeyError, match="cannot import 'no_such_module'"):
+        create_volume_encoder("no_such_module:build", input_shape=SHAPE)
+    with pytest.raises(KeyError, match="has no function 'missing'"):
+        create_volume_encoder("own_encoders:missing", input_shape=SHAPE)
+    with pytest.raises(TypeError, match="must return an nn.Module with an int out_dim"):
+        create_volume_encoder("own_encoders:not_an_encoder", input_shape=SHAPE)
+    with pytest.raises(KeyError, match="module:function"):
+        create_volume_encoder("vit3d_huge")

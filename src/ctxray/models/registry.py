@@ -120,7 +120,10 @@ def create_volume_encoder(name: str, checkpoint: str | Path | None = None, **kwa
     """Build a registered encoder.
 
     Args:
-        name: a name from ``list_encoders()``.
+        name: a name from ``list_encoders()``, or ``"module:function"`` for an encoder of your own: ``module`` is
+            imported (from ``PYTHONPATH``) and ``function(**kwargs)`` must return a :class:`VolumeEncoder` (an
+            ``nn.Module`` with ``out_dim`` that maps ``(B, 1, D, H, W)`` to ``(B, out_dim)``). The name is what a
+            run's config and checkpoints store, so evaluation finds the same encoder.
         checkpoint: optional local ``.safetensors`` file with the encoder's weights (keys as in
             ``encoder.state_dict()``; a ViT position embedding of another grid is interpolated).
         **kwargs: passed to the family (``input_shape``, ``grad_checkpointing``, sizes...).
@@ -132,11 +135,38 @@ def create_volume_encoder(name: str, checkpoint: str | Path | None = None, **kwa
         KeyError: for an unknown name (the message lists the known ones).
     """
     _load_builtins()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown volume encoder {name!r}; known: {', '.join(list_encoders())}")
-    encoder = _REGISTRY[name](**kwargs)
+    if name in _REGISTRY:
+        encoder = _REGISTRY[name](**kwargs)
+    elif ":" in name:
+        encoder = _external_encoder(name, kwargs)
+    else:
+        raise KeyError(f"unknown volume encoder {name!r}; known: {', '.join(list_encoders())}, or "
+                       f"'module:function' for an encoder of your own")  # fmt: skip
     if checkpoint is not None:
         load_encoder_weights(encoder, checkpoint)
+    return encoder
+
+
+def _external_encoder(name: str, kwargs: dict[str, Any]) -> VolumeEncoder:
+    """The encoder built by ``module:function`` (see :func:`create_volume_encoder`).
+
+    Raises:
+        KeyError: if the module or function cannot be found (naming which).
+        TypeError: if the function does not return an ``nn.Module`` with an integer ``out_dim``.
+    """
+    module_name, _, function = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise KeyError(f"volume encoder {name!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
+    build = getattr(module, function, None)
+    if not callable(build):
+        raise KeyError(f"volume encoder {name!r}: {module_name} has no function {function!r}")
+    encoder = build(**kwargs)
+    if not isinstance(encoder, nn.Module) or not isinstance(getattr(encoder, "out_dim", None), int):
+        raise TypeError(f"volume encoder {name!r}: {function}() must return an nn.Module with an int out_dim "
+                        f"(a VolumeEncoder); got {type(encoder).__name__}")  # fmt: skip
+    logger.info("volume encoder %s: %s from %s", name, type(encoder).__name__, getattr(module, "__file__", "?"))
     return encoder
 
 
