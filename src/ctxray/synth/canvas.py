@@ -318,9 +318,12 @@ class Canvas:
         n = len(sp.centres)
         if n == 0:
             return
-        vox = (np.asarray(sp.centres, dtype=np.float64) - self._origin) / self._spacing  # Grid.to_voxel
-        cen = np.round(vox).astype(np.int64)  # (n, 3) nearest voxel of each ball
-        lin_c = cen @ self._strides  # (n,) linear index (meaningful inside the grid)
+        # (3, n): one row per axis, so that reductions over the balls run along contiguous rows
+        vox = np.ascontiguousarray(np.asarray(sp.centres, dtype=np.float64).T)
+        vox -= self._origin[:, None]
+        vox /= self._spacing[:, None]  # Grid.to_voxel
+        cen = np.round(vox).astype(np.int64)  # (3, n) nearest voxel of each ball
+        lin_c = self._strides @ cen  # (n,) linear index (meaningful inside the grid)
         flat_hu, flat_ts = self.hu.reshape(-1), self.tissue.reshape(-1)
         size = self._size
         radii = sp.radii
@@ -328,13 +331,13 @@ class Canvas:
         thin = radii < 0.3 * size  # much thinner than a voxel: one voxel, weighted by the filled fraction
         n_thin = int(np.count_nonzero(thin))
         if n_thin:
-            ok = self._inside(cen[thin])
+            ok = self._inside(cen[:, thin].T)
             lins.append(lin_c[thin][ok])
             weights.append(((2 * radii[thin] / size) ** 1.5)[ok])
         if n_thin < n:
-            reach = (cen.min(axis=0).tolist(), cen.max(axis=0).tolist())  # all balls' nearest voxels: a bound
+            reach = (cen.min(axis=1).tolist(), cen.max(axis=1).tolist())  # all balls' nearest voxels: a bound
             for q, sel in self._radius_groups(radii, thin, n_thin):  # other balls by radius (0.5 mm bins)
-                args = (vox, cen, radii, lin_c) if sel is None else (vox[sel], cen[sel], radii[sel], lin_c[sel])
+                args = (vox, cen, radii, lin_c) if sel is None else (vox[:, sel], cen[:, sel], radii[sel], lin_c[sel])
                 lin, w = self._ball_group(q, *args, reach)
                 lins.append(lin)
                 weights.append(w)
@@ -360,13 +363,15 @@ class Canvas:
         Entries come offset by offset (``(K, n)`` arrays: the long axis innermost), not ball by ball.
 
         Shape:
-            v: (n, 3) fractional voxel centres; centres: (n, 3) their nearest voxels; r: (n,) radii mm;
+            v: (3, n) fractional voxel centres; centres: (3, n) their nearest voxels; r: (n,) radii mm;
             lc: (n,) linear indices of ``centres``; reach: per-axis min and max of ``centres`` or of a
             superset -> (M,) int64, (M,) float64
         """
         size = self._size
         offsets, off_mm, off_lin, span = ops.ball_table(float(q / 2 + 0.5 * size), self._spacing_t, self.grid.shape)
-        w = ops.squared_norms(np.multiply((centres - v).T, self._spacing[:, None], order="C"), off_mm)  # (K, n)
+        a = centres - v  # (3, n)
+        a *= self._spacing[:, None]
+        w = ops.squared_norms(a, off_mm)  # (K, n)
         np.sqrt(w, out=w)  # d; below, in place: clip(0.5 + (r - d) / size, 0, 1) * min(1, 2 r / size)
         np.subtract(r, w, out=w)
         w /= size
@@ -375,10 +380,11 @@ class Canvas:
         w *= np.minimum(1.0, 2 * r / size)
         ok = w > 0.02
         if not self._within_grid(reach, span):
-            lo_hi = (centres.min(axis=0).tolist(), centres.max(axis=0).tolist())
+            lo_hi = (centres.min(axis=1).tolist(), centres.max(axis=1).tolist())
             if not self._within_grid(lo_hi, span):
-                edge = ~(self._inside(centres + span[0]) & self._inside(centres + span[1]))
-                ok[:, edge] &= self._inside(centres[edge][None, :, :] + offsets[:, None, :])
+                cen = centres.T  # (n, 3)
+                edge = ~(self._inside(cen + span[0]) & self._inside(cen + span[1]))
+                ok[:, edge] &= self._inside(cen[edge][None, :, :] + offsets[:, None, :])
         return (off_lin[:, None] + lc)[ok], w[ok]
 
     def _within_grid(self, reach: tuple[list[int], list[int]], span: np.ndarray) -> bool:
