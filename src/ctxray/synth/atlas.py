@@ -100,12 +100,12 @@ class Atlas:
         if posterior:
             ys = self._y[np.nonzero(mask.any(axis=(0, 2)))[0]]
             ok &= (self._y < (ys.min() + ys.max()) / 2)[None, :, None]
-        idx = np.argwhere(ok)
+        idx = np.flatnonzero(ok)  # argwhere's voxels in its order, as flat indices: only the n drawn are unravelled
         if len(idx) == 0:  # constraints too tight for a small lung: relax to any lung voxel
-            idx = np.argwhere(mask)
-        i = idx[rng.integers(len(idx), size=n)]
+            idx = np.flatnonzero(mask)
+        iz, iy, ix = np.unravel_index(idx[rng.integers(len(idx), size=n)], ok.shape)
         jitter = rng.uniform(-0.5, 0.5, (n, 3)) * ATLAS_SPACING
-        return np.stack([self._z[i[:, 0]], self._y[i[:, 1]], self._x[i[:, 2]]], axis=1) + jitter
+        return np.stack([self._z[iz], self._y[iy], self._x[ix]], axis=1) + jitter
 
     def lobe(self, point: np.ndarray) -> tuple[str, str]:
         """Side and lobe name of a lung point, by height and depth (a simplified fissure geometry).
