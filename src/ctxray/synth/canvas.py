@@ -141,17 +141,24 @@ def tube(points: np.ndarray, radii: np.ndarray | float, value: float, step: floa
     """
     points = np.asarray(points, dtype=np.float64)
     one_radius = np.ndim(radii) == 0
-    radii = np.asarray(radii, dtype=np.float64) if one_radius else \
-        np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
-    seg = ops.row_norms(np.diff(points, axis=0))
-    arc = np.concatenate([[0.0], np.cumsum(seg)])
-    step = max(step, 0.4 * float(radii.min()))  # thick tubes: overlapping balls, the wall stays smooth
-    s = np.arange(0.0, arc[-1] + 1e-9, step) if arc[-1] > 0 else np.zeros(1)
+    # the same operations as np.diff, np.cumsum after a leading 0 and np.min, without their argument handling
+    arc = np.empty(len(points))  # (K,) arc length at each vertex
+    arc[0] = 0.0
+    np.cumsum(ops.row_norms(points[1:] - points[:-1]), out=arc[1:])
+    if one_radius:
+        radius = float(radii)
+        r_min = radius
+    else:
+        radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
+        r_min = float(np.minimum.reduce(radii))
+    step = max(step, 0.4 * r_min)  # thick tubes: overlapping balls, the wall stays smooth
+    end = float(arc[-1])
+    s = np.arange(0.0, end + 1e-9, step) if end > 0 else np.zeros(1)
     centres = np.empty((len(s), 3))
     for i in range(3):
         centres[:, i] = np.interp(s, arc, points[:, i])
     # np.interp of a constant returns the constant exactly
-    return Spheres(centres, np.full(len(s), float(radii)) if one_radius else np.interp(s, arc, radii), value,
+    return Spheres(centres, np.full(len(s), radius) if one_radius else np.interp(s, arc, radii), value,
                    tissue, within)
 
 
