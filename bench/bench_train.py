@@ -222,13 +222,17 @@ def in_run_reference(cfg: Config, res: dict, threads: int, here: dict) -> dict:
 
 
 def parse_encoder_spec(spec: str) -> tuple[str, dict]:
-    """``name`` or ``name:key=value,key=value`` (values as JSON, else strings) -> (registry name, kwargs), so that
-    variants of one encoder run side by side, e.g. ``vit3d_axial_slim_conv:stem_width=8``.
+    """``name`` or ``name:key=value,key=value`` (values as JSON, else strings) -> (encoder name, kwargs), so that
+    variants of one encoder run side by side, e.g. ``vit3d_axial_slim_conv:stem_width=8``. The name may itself be
+    an encoder of your own, ``module:function`` (options then follow a second colon): options are what follows
+    the last colon when it holds a ``=``.
 
     Raises:
         ValueError: if an option is not ``key=value``.
     """
-    name, _, opts = spec.partition(":")
+    name, _, opts = spec.rpartition(":")
+    if not name or "=" not in opts:
+        return spec, {}
     kwargs: dict = {}
     for item in filter(None, opts.split(",")):
         key, eq, value = item.partition("=")

@@ -145,7 +145,9 @@ def test_encoder_variants_run_side_by_side_by_spec(bench):
     assert bench.parse_encoder_spec("vit3d_axial_slim_conv:stem_width=8,stem=conv") == (
         "vit3d_axial_slim_conv", {"stem_width": 8, "stem": "conv"})
     with pytest.raises(ValueError, match="key=value"):
-        bench.parse_encoder_spec("vit3d_tiny:8")
+        bench.parse_encoder_spec("vit3d_tiny:patch_size=8,16")
+    assert bench.parse_encoder_spec("my_module:build") == ("my_module:build", {})  # an encoder of your own
+    assert bench.parse_encoder_spec("my_module:build:width=5") == ("my_module:build", {"width": 5})
     # the options reach the encoder: a narrower conv stem has fewer parameters
     narrow, wide = (bench.worker(bench.Config((16, 32, 32), (8, 16, 16), 1,
                                               encoder=f"vit3d_tiny:stem=conv,stem_width={w}"), 1, 0, 1)
