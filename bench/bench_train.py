@@ -1,7 +1,7 @@
 """Training throughput and peak memory of volume encoders (default ``vit3d_small``) on this machine.
 
 One training step = forward + backward + AdamW step of the volume encoder alone, on random input. Every
-configuration runs in a fresh subprocess so that its peak memory (``getrusage(RUSAGE_SELF).ru_maxrss``: the
+configuration runs in a fresh subprocess so that its peak memory (Linux's ``VmHWM``, else ``ru_maxrss``: the
 process's peak resident set, which includes the ~0.3 GB of Python + torch itself) is its own. ``base`` is the
 resident set of the runtime every row pays alike, measured before the encoder is built: Python, torch, the
 encoder's module imported, and a throwaway AdamW (building the first AdamW of a process costs ~70 MB of its
@@ -246,6 +246,16 @@ def parse_encoder_spec(spec: str) -> tuple[str, dict]:
 
 
 def _rss_gb() -> float:
+    """Peak resident set of this process so far, GB: Linux's VmHWM, which starts afresh at exec, where
+    ``ru_maxrss`` keeps the parent's peak at the fork (a worker started from a 1.4 GB process would read 1.4 GB
+    before doing anything); ``ru_maxrss`` where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
 
